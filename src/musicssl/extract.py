@@ -1,0 +1,192 @@
+"""Frozen feature extraction: `load_model(path)` and `Encoder.extract(...)`.
+
+The only way evaluation code reaches a model. Any directory with a transformers-format
+config.json and weights loads: our exported backbones and pre-training checkpoints, or a local
+copy of a transformers HubertModel / Data2VecAudioModel checkpoint.
+
+Long audio is processed in chunks (`audio.plan_chunks`): the frame grid and frame count are
+exactly those of one pass over the whole track, and each chunk's frames are computed from that
+chunk's window only. So the CNN output of a per-frame-normalised (layer-norm) model is identical
+to one pass, while Transformer layers, whose attention is global, see at most
+`chunk_seconds + 2 * context_seconds` of audio: near chunk edges they differ from one pass,
+and `context_seconds` (extra audio on both sides, computed and discarded) narrows that gap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from musicssl import audio
+from musicssl.interop.huggingface import import_pretrained
+from musicssl.models.backbone import Backbone, normalize_waveform
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Encoder:
+    """A frozen backbone with its preprocessing. `num_hidden_states` = L + 1 (index 0 is the
+    Transformer input, index i the output of block i)."""
+
+    def __init__(self, backbone: Backbone, device: torch.device | str | None = None, name: str = ""):
+        self.device = torch.device(device) if device is not None else default_device()
+        self.backbone = backbone.to(self.device).eval()
+        self.config = backbone.config
+        self.name = name
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def frame_rate_hz(self) -> float:
+        return self.config.frame_rate_hz
+
+    @property
+    def num_hidden_states(self) -> int:
+        return self.config.num_layers + 1
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    def resolve_layers(self, layers: Sequence[int] | None) -> list[int]:
+        """None -> all hidden states; negative indices count from the end, as in Python."""
+        total = self.num_hidden_states
+        if layers is None:
+            return list(range(total))
+        resolved = []
+        for layer in layers:
+            if not -total <= layer < total:
+                raise ValueError(f"layer {layer} out of range: this model has hidden states 0..{total - 1}")
+            resolved.append(layer % total)
+        return resolved
+
+    def prepare(self, wav: np.ndarray | Tensor, sample_rate: int, source: str = "<array>") -> Tensor:
+        """(N,) or (C, N) at any rate -> (N,) float32 mono at the model rate, checked."""
+        array = wav.detach().cpu().numpy() if isinstance(wav, Tensor) else np.asarray(wav)
+        array = audio.to_mono(array.astype(np.float32, copy=False))
+        array = audio.resample(array, sample_rate, self.sample_rate)
+        if not np.all(np.isfinite(array)):
+            raise audio.AudioError(source, "non-finite samples (NaN or inf)")
+        audio.check_length(array, self.config.receptive_field, source, sample_rate=self.sample_rate)
+        signal = torch.from_numpy(np.ascontiguousarray(array))
+        if self.config.normalize_waveform:
+            # Whole-track statistics, as transformers' feature extractor normalises its input.
+            signal = normalize_waveform(signal[None], torch.tensor([signal.numel()]))[0]
+        return signal
+
+    @torch.no_grad()
+    def extract(self, wav: np.ndarray | Tensor, sample_rate: int, layers: Sequence[int] | None = None,
+                chunk_seconds: float | None = 30.0, context_seconds: float = 0.0,
+                source: str = "<array>") -> Tensor:
+        """Hidden states of one recording: returns float32 (K, T, D) on the CPU, K = len(layers)
+        in the order asked, T = (N - receptive_field) // hop + 1 at the model rate.
+        chunk_seconds=None runs the whole track in one pass."""
+        indices = self.resolve_layers(layers)
+        signal = self.prepare(wav, sample_rate, source)
+        total = signal.numel()
+        chunk = total if chunk_seconds is None else max(int(chunk_seconds * self.sample_rate), self.config.hop)
+        plan = audio.plan_chunks(total, chunk, hop=self.config.hop, receptive_field=self.config.receptive_field,
+                                 context_samples=int(context_seconds * self.sample_rate))
+        pieces = [self._run_window(signal[c.start:c.stop], indices)[:, c.keep_start:c.keep_stop] for c in plan]
+        return torch.cat(pieces, dim=1)
+
+    def _run_window(self, window: Tensor, indices: list[int]) -> Tensor:
+        wav = window[None].to(self.device)  # (1, n)
+        # Stop after the deepest block asked for; a pre-LN model's last state gets its final norm.
+        deepest = max(indices)
+        with self._autocast():
+            out = self.backbone(wav, num_layers=max(deepest, 1))
+        states = list(out.layers)
+        if deepest == self.config.num_layers:
+            states[-1] = out.last_hidden_state
+        return torch.stack([states[i][0].float().cpu() for i in indices])  # (K, T, D)
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def extract_file(self, path: str | Path, layers: Sequence[int] | None = None,
+                     chunk_seconds: float | None = 30.0, context_seconds: float = 0.0) -> Tensor:
+        wav = audio.load_audio(path, self.sample_rate)
+        return self.extract(wav, self.sample_rate, layers, chunk_seconds, context_seconds, source=str(path))
+
+
+def load_model(path: str | Path, device: torch.device | str | None = None, **overrides) -> Encoder:
+    """Open a model directory (config.json + model.safetensors or pytorch_model.bin): ours, a
+    pre-training checkpoint, or transformers'. `overrides` change non-weight config fields
+    (e.g. isolate_padding=False to reproduce transformers on padded batches)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such model directory")
+    if not path.is_dir():
+        raise ValueError(f"{path}: a model is a directory holding config.json and weights, not a file")
+    return Encoder(import_pretrained(path, **overrides), device=device, name=path.name)
+
+
+# ---------------------------------------------------------------------------------------------
+# many files -> one .npz, written incrementally so memory does not grow with the corpus
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aif", ".aiff")
+
+
+def expand_audio_paths(items: Sequence[str | Path]) -> list[Path]:
+    """Files as given; directories scanned recursively for audio by extension (any case)."""
+    paths = []
+    for item in map(Path, items):
+        if item.is_dir():
+            paths += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+        else:
+            paths.append(item)
+    return paths
+
+
+def extract_to_npz(encoder: Encoder, paths: Sequence[Path], out: str | Path, layers: Sequence[int] | None = None,
+                   chunk_seconds: float | None = 30.0, context_seconds: float = 0.0, pool: str = "none",
+                   progress: bool = True) -> tuple[int, list[tuple[str, str]]]:
+    """Write one array per file, keyed by the path as given: (K, T, D) float32 frames, or (K, D)
+    with pool="mean"; plus `layers`, `frame_rate_hz`, `sample_rate` and `files`. A file that
+    fails is reported and skipped. Returns (files written, [(path, reason), ...])."""
+    import zipfile
+
+    from tqdm import tqdm
+
+    if pool not in ("none", "mean"):
+        raise ValueError(f"pool must be 'none' or 'mean', got {pool!r}")
+    indices = encoder.resolve_layers(layers)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    written, failures, names = 0, [], []
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for path in tqdm(paths, desc="extract", unit="file", disable=not progress):
+            try:
+                features = encoder.extract_file(path, indices, chunk_seconds, context_seconds)
+            except (audio.AudioError, OSError) as error:
+                failures.append((str(path), str(error)))
+                tqdm.write(f"skipped {error}")
+                continue
+            array = features.mean(dim=1) if pool == "mean" else features
+            _write_member(archive, str(path), array.numpy())
+            names.append(str(path))
+            written += 1
+        _write_member(archive, "layers", np.asarray(indices))
+        _write_member(archive, "frame_rate_hz", np.asarray(encoder.frame_rate_hz))
+        _write_member(archive, "sample_rate", np.asarray(encoder.sample_rate))
+        _write_member(archive, "files", np.asarray(names, dtype=str))
+    partial.replace(out)  # a killed run never leaves a truncated OUT.npz behind
+    return written, failures
+
+
+def _write_member(archive, key: str, array: np.ndarray) -> None:
+    with archive.open(key + ".npy", "w", force_zip64=True) as member:
+        np.lib.format.write_array(member, np.require(array, requirements="C"), allow_pickle=False)

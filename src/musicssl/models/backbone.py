@@ -1,0 +1,460 @@
+"""The shared backbone of MusicHuBERT and Music2Vec: a 1-D CNN over the waveform, a projection,
+a convolutional positional embedding and a Transformer, returning every layer.
+
+Reads top to bottom in the order audio flows through it. Two variants, as in fairseq:
+
+- ``hubert``: group-norm CNN (one GroupNorm on the first conv), one weight-normed positional
+  conv (kernel 128), raw waveform input. transformers: ``HubertModel``.
+- ``data2vec``: layer-norm CNN, five positional convs each followed by a non-affine LayerNorm
+  (kernel 19), per-utterance normalised waveform. transformers: ``Data2VecAudioModel``.
+
+Shapes: B batch, N samples, C CNN channels, T frames, D model dim, L Transformer blocks.
+Every stage takes and returns lengths, so padded batches stay exact (see ``isolate_padding``).
+Reference behaviour: fairseq ``wav2vec2.py`` / ``hubert.py`` / ``data2vec_audio.py`` and
+transformers ``modeling_hubert.py`` / ``modeling_data2vec_audio.py`` (method-spec §1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# (channels, kernel, stride) of the 7 conv layers: total stride 320 (20 ms at 16 kHz),
+# receptive field 400 samples (25 ms). fairseq `conv_feature_layers` of both base recipes.
+BASE_CONV_LAYERS: tuple[tuple[int, int, int], ...] = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Every architecture hyper-parameter of the backbone. Defaults are HuBERT base (method-spec §1)."""
+
+    variant: str = "hubert"  # "hubert" (weight-normed pos conv) | "data2vec" (stacked LN pos convs)
+    extractor_norm: str = "group"  # fairseq extractor_mode: "group" (default) | "layer" (layer_norm)
+    conv_layers: tuple[tuple[int, int, int], ...] = BASE_CONV_LAYERS
+    conv_bias: bool = False  # fairseq conv_bias, False in both base recipes
+    dim: int = 768  # encoder_embed_dim
+    ffn_dim: int = 3072  # encoder_ffn_embed_dim
+    num_layers: int = 12
+    num_heads: int = 12
+    pos_conv_kernel: int = 128  # hubert conv_pos 128; data2vec conv_pos 95 / depth 5 = 19
+    pos_conv_groups: int = 16  # conv_pos_groups
+    pos_conv_depth: int = 1  # data2vec pos_conv_depth 5
+    layer_norm_first: bool = False  # post-LN in both base recipes; MERT-330M is pre-LN
+    dropout: float = 0.1  # residual dropout, both recipes
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.0  # 0.0 in both recipes (transformers' default is 0.1)
+    input_dropout: float = 0.1  # dropout_input after projection: hubert 0.1, data2vec 0.0
+    layerdrop: float = 0.05  # encoder_layerdrop, both recipes
+    layer_norm_eps: float = 1e-5
+    feature_grad_mult: float = 1.0  # gradient scale into the CNN: hubert 0.1, data2vec 1.0
+    normalize_waveform: bool = False  # per-utterance standardisation: hubert False, data2vec True
+    sample_rate: int = 16_000
+    # True: padding never changes a valid frame (GroupNorm statistics over valid frames only,
+    # padding re-zeroed between positional convs). False: reproduce transformers/fairseq on
+    # padded batches, where padding leaks into valid frames (group norm: every frame; data2vec
+    # pos conv: the last ~36 frames). Unpadded input gives identical results either way.
+    isolate_padding: bool = True
+
+    def __post_init__(self) -> None:
+        if self.variant not in ("hubert", "data2vec"):
+            raise ValueError(f"variant must be 'hubert' or 'data2vec', got {self.variant!r}")
+        if self.extractor_norm not in ("group", "layer"):
+            raise ValueError(f"extractor_norm must be 'group' or 'layer', got {self.extractor_norm!r}")
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if self.variant == "hubert" and self.pos_conv_depth != 1:
+            raise ValueError("the hubert variant has exactly one positional conv (pos_conv_depth=1)")
+
+    @property
+    def hop(self) -> int:
+        """Samples between frames (320 for the base CNN)."""
+        return math.prod(stride for _, _, stride in self.conv_layers)
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples seen by one frame (400 for the base CNN)."""
+        field, jump = 1, 1
+        for _, kernel, stride in self.conv_layers:
+            field += (kernel - 1) * jump
+            jump *= stride
+        return field
+
+    @property
+    def frame_rate_hz(self) -> float:
+        return self.sample_rate / self.hop
+
+
+def _tiny(base: BackboneConfig, **changes) -> BackboneConfig:
+    """The same topology (and frame rate) shrunk for CPU tests and demos."""
+    conv = tuple((64, kernel, stride) for _, kernel, stride in base.conv_layers)
+    return replace(base, conv_layers=conv, dim=128, ffn_dim=512, num_layers=4, num_heads=4,
+                   pos_conv_groups=4, layerdrop=0.0, **changes)
+
+
+HUBERT_BASE = BackboneConfig()
+DATA2VEC_BASE = BackboneConfig(
+    variant="data2vec", extractor_norm="layer", pos_conv_kernel=19, pos_conv_depth=5,
+    input_dropout=0.0, feature_grad_mult=1.0, normalize_waveform=True,
+)
+BACKBONE_PRESETS: dict[str, BackboneConfig] = {
+    "hubert_base": HUBERT_BASE,
+    "data2vec_base": DATA2VEC_BASE,
+    "hubert_tiny": _tiny(HUBERT_BASE, pos_conv_kernel=32),
+    "data2vec_tiny": _tiny(DATA2VEC_BASE, pos_conv_kernel=7, pos_conv_depth=3),
+}
+
+
+def backbone_preset(name: str, variant: str | None = None) -> BackboneConfig:
+    """``hubert_base``, ``data2vec_base``, ``hubert_tiny``, ``data2vec_tiny``; or ``base``/``tiny``
+    with ``variant`` given (how the training recipes ask for theirs)."""
+    key = f"{variant}_{name}" if variant and name in ("base", "tiny") else name
+    if key not in BACKBONE_PRESETS:
+        raise KeyError(f"unknown backbone preset {name!r} (variant {variant!r}); known: {sorted(BACKBONE_PRESETS)}")
+    return BACKBONE_PRESETS[key]
+
+
+@dataclass
+class BackboneOutput:
+    layers: tuple[Tensor, ...]  # L+1 × (B, T, D); [0] = Transformer input after pos conv (HF hidden_states[0])
+    ffn_outputs: tuple[Tensor | None, ...]  # L × (B, T, D): FFN output before residual/norm; None if LayerDrop skipped
+    lengths: Tensor  # (B,) valid frames
+    padding_mask: Tensor  # (B, T) True at padded frames
+    features: Tensor  # (B, T, D) projected CNN features before masking (the data2vec teacher's input)
+    cnn_features: Tensor  # (B, T, C) raw CNN output (HuBERT's feature penalty)
+    last_hidden_state: Tensor  # (B, T, D) layers[-1], after the final LayerNorm of a pre-LN model
+
+
+def frame_lengths(sample_lengths: Tensor, conv_layers: tuple[tuple[int, int, int], ...]) -> Tensor:
+    """Valid output frames for each input length: L <- floor((L - k) / s) + 1 per conv, at least 0."""
+    lengths = sample_lengths
+    for _, kernel, stride in conv_layers:
+        lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+    return lengths.clamp(min=0)
+
+
+def padding_mask_from_lengths(lengths: Tensor, max_length: int) -> Tensor:
+    """(B,) -> (B, T) bool, True at padded positions."""
+    return torch.arange(max_length, device=lengths.device)[None, :] >= lengths[:, None]
+
+
+def normalize_waveform(wav: Tensor, lengths: Tensor, eps: float = 1e-5) -> Tensor:
+    """Zero mean, unit variance per utterance over its valid samples (data2vec's `normalize`,
+    fairseq's F.layer_norm over the 1-D crop); padding stays zero."""
+    valid = ~padding_mask_from_lengths(lengths, wav.shape[1])  # (B, N)
+    count = lengths.clamp(min=1).to(wav.dtype)[:, None]
+    mean = (wav * valid).sum(1, keepdim=True) / count
+    var = (((wav - mean) * valid) ** 2).sum(1, keepdim=True) / count
+    return (wav - mean) / torch.sqrt(var + eps) * valid
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward, gradient multiplied by `scale` backward (fairseq GradMultiply)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad * ctx.scale, None
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. CNN feature extractor: (B, N) samples -> (B, C, T) frames
+
+
+class ConvBlock(nn.Module):
+    """conv -> [norm] -> GELU. `norm` is "group" (one group per channel, over time), "layer"
+    (over channels at each frame) or None."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int,
+                 bias: bool, norm: str | None):
+        super().__init__()
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel, stride=stride, bias=bias)
+        self.norm_kind = norm
+        if norm == "group":
+            self.norm = nn.GroupNorm(out_channels, out_channels, affine=True)
+        elif norm == "layer":
+            self.norm = nn.LayerNorm(out_channels)
+        nn.init.kaiming_normal_(self.conv.weight)
+
+    def forward(self, x: Tensor, lengths: Tensor | None) -> Tensor:
+        x = self.conv(x)  # (B, C, T)
+        if self.norm_kind == "group":
+            x = self._group_norm(x, lengths)
+        elif self.norm_kind == "layer":
+            x = self.norm(x.transpose(1, 2)).transpose(1, 2)
+        return F.gelu(x)
+
+    def _group_norm(self, x: Tensor, lengths: Tensor | None) -> Tensor:
+        # fairseq runs this norm in fp32 (Fp32GroupNorm).
+        if lengths is None:
+            return F.group_norm(x.float(), self.norm.num_groups, self.norm.weight, self.norm.bias,
+                                self.norm.eps).type_as(x)
+        # One group per channel = per-channel statistics over time; exclude padded frames.
+        x32 = x.float()
+        valid = (~padding_mask_from_lengths(lengths, x.shape[-1]))[:, None, :].float()  # (B, 1, T)
+        count = valid.sum(-1, keepdim=True).clamp(min=1)
+        mean = (x32 * valid).sum(-1, keepdim=True) / count
+        var = (((x32 - mean) * valid) ** 2).sum(-1, keepdim=True) / count
+        x32 = (x32 - mean) * torch.rsqrt(var + self.norm.eps)
+        return (x32 * self.norm.weight[:, None] + self.norm.bias[:, None]).type_as(x)
+
+
+class FeatureExtractor(nn.Module):
+    def __init__(self, conv_layers: tuple[tuple[int, int, int], ...], norm: str, bias: bool):
+        super().__init__()
+        blocks, in_channels = [], 1
+        for index, (channels, kernel, stride) in enumerate(conv_layers):
+            block_norm = norm if (norm == "layer" or index == 0) else None
+            blocks.append(ConvBlock(in_channels, channels, kernel, stride, bias, block_norm))
+            in_channels = channels
+        self.conv_layers = nn.ModuleList(blocks)
+        self.layer_specs = conv_layers
+
+    def forward(self, wav: Tensor, lengths: Tensor | None) -> Tensor:
+        x = wav[:, None, :]  # (B, 1, N)
+        for block, spec in zip(self.conv_layers, self.layer_specs):
+            lengths = None if lengths is None else frame_lengths(lengths, (spec,))
+            x = block(x, lengths)
+        return x  # (B, C, T)
+
+
+class FeatureProjection(nn.Module):
+    """LayerNorm over CNN channels, then Linear C -> D, then dropout_input."""
+
+    def __init__(self, in_channels: int, dim: int, dropout: float, eps: float):
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(in_channels, eps=eps)
+        self.projection = nn.Linear(in_channels, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.projection(self.layer_norm(x)))  # (B, T, C) -> (B, T, D)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Convolutional positional embedding: (B, T, D) -> (B, T, D), added to its input
+
+
+class WeightNormConv1d(nn.Module):
+    """Grouped Conv1d whose kernel is g * v / ||v||, the norm over (out, in) for each kernel tap
+    (torch weight_norm with dim=2, as fairseq and transformers apply it to HuBERT's pos conv)."""
+
+    def __init__(self, channels: int, kernel: int, groups: int):
+        super().__init__()
+        self.padding, self.groups = kernel // 2, groups
+        # fairseq make_conv_pos: N(0, sqrt(4 / (kernel * channels))), bias 0, g = ||v||.
+        v = torch.randn(channels, channels // groups, kernel) * math.sqrt(4.0 / (kernel * channels))
+        self.weight_v = nn.Parameter(v)
+        self.weight_g = nn.Parameter(v.norm(dim=(0, 1), keepdim=True))  # (1, 1, kernel)
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    @property
+    def weight(self) -> Tensor:
+        return self.weight_g * self.weight_v / self.weight_v.norm(dim=(0, 1), keepdim=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv1d(x, self.weight, self.bias, padding=self.padding, groups=self.groups)
+
+
+class PositionalConv(nn.Module):
+    """hubert: one weight-normed conv + GELU. data2vec: `depth` x (conv, LayerNorm without
+    affine, GELU). An even kernel drops its last output frame so that T is preserved ("SamePad")."""
+
+    def __init__(self, variant: str, dim: int, kernel: int, groups: int, depth: int,
+                 isolate_padding: bool):
+        super().__init__()
+        self.variant, self.trim = variant, 1 if kernel % 2 == 0 else 0
+        self.isolate_padding = isolate_padding
+        if variant == "hubert":
+            self.convs = nn.ModuleList([WeightNormConv1d(dim, kernel, groups)])
+        else:
+            self.convs = nn.ModuleList(
+                [nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=groups) for _ in range(depth)])
+
+    def forward(self, x: Tensor, padding_mask: Tensor | None) -> Tensor:
+        y = x.transpose(1, 2)  # (B, D, T)
+        keep = None if padding_mask is None else (~padding_mask)[:, None, :].to(y.dtype)  # (B, 1, T)
+        for index, conv in enumerate(self.convs):
+            if index > 0 and keep is not None and self.isolate_padding:
+                y = y * keep  # padding must not reach valid frames through the next conv
+            y = conv(y)
+            if self.trim:
+                y = y[..., :-self.trim]
+            if self.variant == "data2vec":
+                y = F.layer_norm(y.transpose(1, 2), (y.shape[1],)).transpose(1, 2)
+            y = F.gelu(y)
+        return y.transpose(1, 2)  # (B, T, D)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Transformer: (B, T, D) -> L+1 hidden states
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.num_heads, self.dropout = num_heads, dropout
+        self.q_proj, self.k_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.v_proj, self.out_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, attend: Tensor | None) -> Tensor:
+        """x (B, T, D); attend (B, 1, 1, T) bool, True for keys that may be attended (or None)."""
+        batch, frames, dim = x.shape
+        heads = lambda t: t.view(batch, frames, self.num_heads, -1).transpose(1, 2)  # (B, H, T, D/H)
+        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attend,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(y.transpose(1, 2).reshape(batch, frames, dim))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, ffn_dim: int, activation_dropout: float):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, ffn_dim), nn.Linear(ffn_dim, dim)
+        self.activation_dropout = nn.Dropout(activation_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.activation_dropout(F.gelu(self.fc1(x))))
+
+
+class EncoderLayer(nn.Module):
+    """post-LN: h = LN(x + drop(attn(x))); out = LN(h + drop(ffn(h))).
+    pre-LN:  h = x + drop(attn(LN(x)));   out = h + ffn(LN(h)).
+    Also returns the raw FFN output: data2vec's per-layer target ("layer_result")."""
+
+    def __init__(self, dim: int, ffn_dim: int, num_heads: int, dropout: float,
+                 attention_dropout: float, activation_dropout: float, eps: float, pre_ln: bool):
+        super().__init__()
+        self.attention = SelfAttention(dim, num_heads, attention_dropout)
+        self.attention_layer_norm = nn.LayerNorm(dim, eps=eps)
+        self.feed_forward = FeedForward(dim, ffn_dim, activation_dropout)
+        self.final_layer_norm = nn.LayerNorm(dim, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+        self.pre_ln = pre_ln
+
+    def forward(self, x: Tensor, attend: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self.pre_ln:
+            h = x + self.dropout(self.attention(self.attention_layer_norm(x), attend))
+            ffn = self.feed_forward(self.final_layer_norm(h))
+            return h + self.dropout(ffn), ffn
+        h = self.attention_layer_norm(x + self.dropout(self.attention(x, attend)))
+        ffn = self.feed_forward(h)
+        return self.final_layer_norm(h + self.dropout(ffn)), ffn
+
+
+class TransformerEncoder(nn.Module):
+    """pos conv -> (post-LN: LayerNorm) -> dropout -> L blocks (-> pre-LN: final LayerNorm)."""
+
+    def __init__(self, config: BackboneConfig):
+        super().__init__()
+        c = config
+        self.pos_conv = PositionalConv(c.variant, c.dim, c.pos_conv_kernel, c.pos_conv_groups,
+                                       c.pos_conv_depth, c.isolate_padding)
+        self.layer_norm = nn.LayerNorm(c.dim, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.dropout)
+        self.layers = nn.ModuleList([
+            EncoderLayer(c.dim, c.ffn_dim, c.num_heads, c.dropout, c.attention_dropout,
+                         c.activation_dropout, c.layer_norm_eps, c.layer_norm_first)
+            for _ in range(c.num_layers)])
+        self.pre_ln, self.layerdrop = c.layer_norm_first, c.layerdrop
+
+    def forward(self, x: Tensor, padding_mask: Tensor | None,
+                num_layers: int | None = None) -> tuple[tuple[Tensor, ...], tuple[Tensor | None, ...]]:
+        """x (B, T, D); padding_mask (B, T) True at padding, or None. Runs the first
+        `num_layers` blocks (all by default). Returns (hidden states, FFN outputs)."""
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask[..., None], 0.0)  # padding must not feed the pos conv
+        x = x + self.pos_conv(x, padding_mask)
+        if not self.pre_ln:
+            x = self.layer_norm(x)
+        x = self.dropout(x)
+        attend = None if padding_mask is None or not padding_mask.any() else (~padding_mask)[:, None, None, :]
+        hidden, ffn_outputs = [x], []
+        blocks = self.layers if num_layers is None else self.layers[:num_layers]
+        for block in blocks:
+            if self.training and self.layerdrop > 0 and torch.rand(()) < self.layerdrop:
+                ffn_outputs.append(None)  # skipped for the whole batch (fairseq LayerDrop)
+            else:
+                x, ffn = block(x, attend)
+                ffn_outputs.append(ffn)
+            hidden.append(x)
+        return tuple(hidden), tuple(ffn_outputs)
+
+    def final_norm(self, x: Tensor) -> Tensor:
+        """A pre-LN stack ends with a LayerNorm; like transformers' hidden_states, `layers` holds
+        the raw block outputs and this gives the normalised last state."""
+        return self.layer_norm(x) if self.pre_ln else x
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. The backbone
+
+
+class Backbone(nn.Module):
+    def __init__(self, config: BackboneConfig):
+        super().__init__()
+        c = self.config = config
+        self.feature_extractor = FeatureExtractor(c.conv_layers, c.extractor_norm, c.conv_bias)
+        channels = c.conv_layers[-1][0]
+        self.feature_projection = FeatureProjection(channels, c.dim, c.input_dropout, c.layer_norm_eps)
+        self.mask_embedding = nn.Parameter(torch.rand(c.dim))  # fairseq mask_emb: U[0, 1)
+        self.encoder = TransformerEncoder(c)
+        self._init_encoder_linears()
+
+    def _init_encoder_linears(self) -> None:
+        # fairseq init_bert_params: every Linear inside the encoder ~ N(0, 0.02), bias 0.
+        for module in self.encoder.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    def frame_lengths(self, sample_lengths: Tensor) -> Tensor:
+        return frame_lengths(sample_lengths, self.config.conv_layers)
+
+    def forward(self, wav: Tensor, lengths: Tensor | None = None, mask: Tensor | None = None,
+                num_layers: int | None = None) -> BackboneOutput:
+        """wav (B, N) float at `config.sample_rate` (normalised by the caller when
+        `config.normalize_waveform`); lengths (B,) valid samples (None: all N); mask (B, T) bool:
+        frames replaced by the mask embedding (pre-training). `num_layers` stops early."""
+        lengths = self._check_inputs(wav, lengths)
+        padded = bool((lengths < wav.shape[1]).any())
+        cnn = self.feature_extractor(wav, lengths if padded and self.config.isolate_padding else None)
+        if self.config.feature_grad_mult != 1.0 and self.training:
+            cnn = _ScaleGradient.apply(cnn, self.config.feature_grad_mult)
+        cnn = cnn.transpose(1, 2)  # (B, T, C)
+        out_lengths = self.frame_lengths(lengths)
+        padding_mask = padding_mask_from_lengths(out_lengths, cnn.shape[1])  # (B, T)
+        features = self.feature_projection(cnn)  # (B, T, D)
+        x = features
+        if mask is not None:
+            if mask.shape != features.shape[:2]:
+                raise ValueError(f"mask must be (B, T) = {tuple(features.shape[:2])}, got {tuple(mask.shape)}")
+            x = torch.where(mask[..., None], self.mask_embedding.to(x.dtype), x)
+        layers, ffn_outputs = self.encoder(x, padding_mask if padded else None, num_layers)
+        last = self.encoder.final_norm(layers[-1])
+        return BackboneOutput(layers, ffn_outputs, out_lengths, padding_mask, features, cnn, last)
+
+    def _check_inputs(self, wav: Tensor, lengths: Tensor | None) -> Tensor:
+        if wav.dim() != 2:
+            raise ValueError(f"wav must be (batch, samples), got shape {tuple(wav.shape)}")
+        if lengths is None:
+            return torch.full((wav.shape[0],), wav.shape[1], dtype=torch.long, device=wav.device)
+        if lengths.shape != (wav.shape[0],):
+            raise ValueError(f"lengths must be ({wav.shape[0]},), got {tuple(lengths.shape)}")
+        if int(lengths.max()) > wav.shape[1]:
+            raise ValueError(f"a length ({int(lengths.max())}) exceeds the padded size {wav.shape[1]}")
+        if int(lengths.min()) < self.config.receptive_field:
+            raise ValueError(f"an input has {int(lengths.min())} samples, fewer than the receptive "
+                             f"field of {self.config.receptive_field}")
+        return lengths.to(device=wav.device, dtype=torch.long)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
