@@ -445,8 +445,8 @@ class Backbone(nn.Module):
         if wav.dim() != 2:
             raise ValueError(f"wav must be (batch, samples), got shape {tuple(wav.shape)}")
         if lengths is None:
-            return torch.full((wav.shape[0],), wav.shape[1], dtype=torch.long, device=wav.device)
-        if lengths.shape != (wav.shape[0],):
+            lengths = torch.full((wav.shape[0],), wav.shape[1], dtype=torch.long, device=wav.device)
+        elif lengths.shape != (wav.shape[0],):
             raise ValueError(f"lengths must be ({wav.shape[0]},), got {tuple(lengths.shape)}")
         if int(lengths.max()) > wav.shape[1]:
             raise ValueError(f"a length ({int(lengths.max())}) exceeds the padded size {wav.shape[1]}")
