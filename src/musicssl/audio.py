@@ -343,7 +343,8 @@ def plan_chunks(
       owns what remains.
     * ``context_samples`` is rounded UP to a multiple of ``hop`` (``ctx``). The window is
       ``start = max(0, f0*hop - ctx)``, ``stop = min(num_samples, (f0+F-1)*hop +
-      receptive_field + ctx)``: the samples the owned frames need, plus ``ctx`` either side.
+      receptive_field + ctx)``: the samples the owned frames need, plus ``ctx`` either side;
+      the last window always ends at ``num_samples``, so a single-chunk plan is one pass.
     * If a last, partial chunk would own fewer than ``receptive_field`` samples' worth of
       frames (``R < F`` and ``R*hop < receptive_field``), it is merged into the previous
       chunk, which then owns ``F + R`` frames; so no chunk is run just for a sliver.
@@ -371,7 +372,9 @@ def plan_chunks(
     chunks = []
     for f0, f1 in zip(bounds[:-1], bounds[1:]):
         start = max(0, f0 * hop - ctx)
-        stop = min(num_samples, (f1 - 1) * hop + receptive_field + ctx)
+        # The last window runs to the end: the trailing samples that make no frame still enter
+        # a group norm's statistics in one pass, and a one-chunk plan must equal one pass.
+        stop = num_samples if f1 == total else min(num_samples, (f1 - 1) * hop + receptive_field + ctx)
         keep_start = f0 - start // hop
         chunks.append(Chunk(start, stop, keep_start, keep_start + (f1 - f0)))
     return chunks

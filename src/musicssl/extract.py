@@ -15,6 +15,7 @@ and `context_seconds` (extra audio on both sides, computed and discarded) narrow
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -173,7 +174,7 @@ def extract_to_npz(encoder: Encoder, paths: Sequence[Path], out: str | Path, lay
                 features = encoder.extract_file(path, indices, chunk_seconds, context_seconds)
             except (audio.AudioError, OSError) as error:
                 failures.append((str(path), str(error)))
-                tqdm.write(f"skipped {error}")
+                tqdm.write(f"skipped {error}", file=sys.stderr)
                 continue
             array = features.mean(dim=1) if pool == "mean" else features
             _write_member(archive, str(path), array.numpy())
