@@ -19,6 +19,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ __all__ = [
     "audio_info",
     "check_length",
     "crop_or_pad",
+    "find_audio_files",
     "load_audio",
     "num_frames",
     "plan_chunks",
@@ -41,6 +43,13 @@ __all__ = [
 ]
 
 RESAMPLE_QUALITY = "HQ"
+# Extensions scanned for in folders (any case); decoding itself goes by content, not name.
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aif", ".aiff")
+
+
+def find_audio_files(root: str | os.PathLike) -> list[Path]:
+    """Every file under `root` with an audio extension, sorted so runs are reproducible."""
+    return sorted(p for p in Path(root).rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
 
 # soundfile >= 0.11 raises SoundFileError subclasses (LibsndfileError is a RuntimeError);
 # older builds raise plain RuntimeError, so catch both.

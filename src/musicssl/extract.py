@@ -137,15 +137,12 @@ def load_model(path: str | Path, device: torch.device | str | None = None, **ove
 # ---------------------------------------------------------------------------------------------
 # many files -> one .npz, written incrementally so memory does not grow with the corpus
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aif", ".aiff")
-
-
 def expand_audio_paths(items: Sequence[str | Path]) -> list[Path]:
     """Files as given; directories scanned recursively for audio by extension (any case)."""
     paths = []
     for item in map(Path, items):
         if item.is_dir():
-            paths += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+            paths += audio.find_audio_files(item)
         else:
             paths.append(item)
     return paths

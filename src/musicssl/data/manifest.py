@@ -1,0 +1,172 @@
+"""Manifests: fairseq's tsv listing of a corpus, so existing HuBERT/MERT recipe files work here.
+
+    /abs/root/dir
+    relative/path.flac<TAB>num_samples
+    ...
+
+`num_samples` is the length at the model's sample rate after decoding and resampling (what
+`audio.load_audio(path, rate)` returns), so label counts can be checked against it exactly.
+Building a manifest decodes every file once: a file that cannot be decoded, is empty, holds
+NaN/inf or is shorter than the minimum is reported (stderr and a report file) and left out.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from musicssl import audio
+
+REPORT_NAME = "manifest_report.tsv"
+
+
+class ManifestError(ValueError):
+    """A malformed manifest; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    root: Path
+    items: tuple[tuple[str, int], ...]  # (path relative to root, num_samples)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def path(self, index: int) -> Path:
+        return self.root / self.items[index][0]
+
+    def num_samples(self, index: int) -> int:
+        return self.items[index][1]
+
+    def total_samples(self) -> int:
+        return sum(n for _, n in self.items)
+
+    def shard(self, shard: int, num_shards: int) -> range:
+        """Row indices of one of `num_shards` contiguous shards (merging keeps the row order)."""
+        if not 0 <= shard < num_shards:
+            raise ValueError(f"shard must be in 0..{num_shards - 1}, got {shard}")
+        return range(len(self) * shard // num_shards, len(self) * (shard + 1) // num_shards)
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: manifest not found")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines or not lines[0].strip():
+        raise ManifestError(f"{path}:1: the first line must be the audio root directory")
+    if "\t" in lines[0]:
+        raise ManifestError(f"{path}:1: the first line must be the root directory alone, got {lines[0]!r}")
+    items = []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise ManifestError(f"{path}:{number}: expected 'relative/path<TAB>num_samples', got {line!r}")
+        try:
+            count = int(fields[1])
+        except ValueError:
+            raise ManifestError(f"{path}:{number}: num_samples {fields[1]!r} is not an integer") from None
+        if count <= 0:
+            raise ManifestError(f"{path}:{number}: num_samples must be positive, got {count}")
+        items.append((fields[0], count))
+    return Manifest(Path(lines[0].strip()), tuple(items))
+
+
+def write_manifest(path: str | Path, root: str | Path, items: Sequence[tuple[str, int]]) -> None:
+    path = Path(path)
+    lines = [str(Path(root).resolve())] + [f"{relative}\t{count}" for relative, count in items]
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    temporary.replace(path)
+
+
+def probe(path: Path, sample_rate: int, min_samples: int) -> tuple[int | None, str]:
+    """(num_samples at `sample_rate`, "") for a usable file, or (None, reason)."""
+    try:
+        wav = audio.load_audio(path, sample_rate)
+        audio.check_length(wav, min_samples, path, sample_rate=sample_rate)
+    except audio.AudioError as error:
+        return None, error.problem
+    except (OSError, RuntimeError, MemoryError) as error:
+        return None, f"cannot decode: {error}"
+    return int(wav.shape[-1]), ""
+
+
+def _probe_star(args) -> tuple[int | None, str]:
+    return probe(*args)
+
+
+def probe_all(paths: Sequence[Path], sample_rate: int, min_samples: int, workers: int,
+              progress: bool = True) -> Iterator[tuple[Path, int | None, str]]:
+    from tqdm import tqdm
+
+    jobs = [(path, sample_rate, min_samples) for path in paths]
+    if workers <= 1:
+        results = map(_probe_star, jobs)
+    else:
+        pool = ProcessPoolExecutor(max_workers=workers)
+        results = pool.map(_probe_star, jobs, chunksize=8)
+    for path, (count, reason) in tqdm(zip(paths, results), total=len(paths), desc="manifest",
+                                      unit="file", disable=not progress):
+        yield path, count, reason
+    if workers > 1:
+        pool.shutdown()
+
+
+@dataclass
+class ManifestSummary:
+    train: int
+    valid: int
+    failed: list[tuple[str, str]]
+    hours: float
+
+
+def build_manifest(audio_dir: str | Path, out_dir: str | Path, valid_percent: float = 0.0, seed: int = 0,
+                   sample_rate: int = 16_000, min_samples: int = 400, workers: int | None = None,
+                   progress: bool = True) -> ManifestSummary:
+    """Scan `audio_dir`, write `train.tsv`, `valid.tsv` and the failure report to `out_dir`."""
+    root, out_dir = Path(audio_dir).resolve(), Path(out_dir)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: not a directory")
+    if not 0.0 <= valid_percent < 100.0:
+        raise ValueError(f"valid_percent must be in [0, 100), got {valid_percent}")
+    paths = audio.find_audio_files(root)
+    if not paths:
+        raise FileNotFoundError(f"{root}: no audio files ({', '.join(audio.AUDIO_SUFFIXES)})")
+    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    good, failed = [], []
+    for path, count, reason in probe_all(paths, sample_rate, min_samples, workers, progress):
+        relative = path.relative_to(root).as_posix()
+        if count is None:
+            failed.append((relative, reason))
+            print(f"skipped {relative}: {reason}", file=sys.stderr)
+        else:
+            good.append((relative, count))
+    if not good:
+        raise ValueError(f"{root}: none of the {len(paths)} audio files could be used (see stderr)")
+    train, valid = split_items(good, valid_percent, seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_manifest(out_dir / "train.tsv", root, train)
+    write_manifest(out_dir / "valid.tsv", root, valid)
+    report = "".join(f"{relative}\t{reason}\n" for relative, reason in failed)
+    (out_dir / REPORT_NAME).write_text("path\treason\n" + report, encoding="utf-8")
+    hours = sum(count for _, count in good) / sample_rate / 3600
+    return ManifestSummary(len(train), len(valid), failed, hours)
+
+
+def split_items(items: list[tuple[str, int]], valid_percent: float,
+                seed: int) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """A seeded random `valid_percent` of files for validation; both lists keep path order."""
+    count = int(round(len(items) * valid_percent / 100.0))
+    chosen = set(np.random.default_rng(seed).permutation(len(items))[:count].tolist())
+    train = [item for index, item in enumerate(items) if index not in chosen]
+    valid = [item for index, item in enumerate(items) if index in chosen]
+    return train, valid

@@ -1,0 +1,1 @@
+"""Training targets for masked prediction: MFCC and deep-feature frames for k-means."""
