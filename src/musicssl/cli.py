@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -54,16 +55,106 @@ def run_extract(args) -> int:
     return 0 if written else 1
 
 
+def add_manifest(commands) -> None:
+    parser = commands.add_parser(
+        "manifest", help="list a folder of audio as fairseq train.tsv / valid.tsv",
+        description="Decode every audio file under AUDIO_DIR once; write train.tsv and valid.tsv "
+                    "(root line, then relative/path<TAB>num_samples at --sample-rate) and "
+                    "manifest_report.tsv listing the files left out and why.")
+    parser.add_argument("audio_dir")
+    parser.add_argument("-o", "--out", required=True, help="output directory")
+    parser.add_argument("--valid-percent", type=float, default=0.0, help="percent of files for valid.tsv")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sample-rate", type=int, default=16_000)
+    parser.add_argument("--min-seconds", type=float, default=0.025,
+                        help="leave out shorter files (default: the 400-sample receptive field)")
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: min(4, cores))")
+    parser.set_defaults(run=run_manifest)
+
+
+def run_manifest(args) -> int:
+    from musicssl.data.manifest import REPORT_NAME, build_manifest
+
+    summary = build_manifest(args.audio_dir, args.out, args.valid_percent, args.seed, args.sample_rate,
+                             max(1, round(args.min_seconds * args.sample_rate)), args.workers)
+    print(f"train.tsv: {summary.train} files, valid.tsv: {summary.valid} files, {summary.hours:.3f} h; "
+          f"{len(summary.failed)} left out (see {args.out}/{REPORT_NAME})")
+    return 0
+
+
+def add_labels(commands) -> None:
+    parser = commands.add_parser("labels", help="k-means pre-training labels (MFCC or a model layer)",
+                                 description="Fit k-means on frame features and write one line of "
+                                             "cluster ids per manifest row.")
+    kinds = parser.add_subparsers(dest="kind", required=True)
+    mfcc = kinds.add_parser("mfcc", help="MFCC (39 or 60 dims, 100 Hz) clusters: the first iteration")
+    mfcc.add_argument("--dims", type=int, choices=(39, 60), default=39,
+                      help="39 = 13 cepstra + deltas (fairseq); 60 = 20 cepstra + deltas (the paper)")
+    layer = kinds.add_parser("layer", help="clusters of a model's hidden state: a later iteration")
+    layer.add_argument("--model", required=True, help="model directory")
+    layer.add_argument("--layer", type=int, required=True, help="hidden state index (6 = block 6)")
+    for sub in (mfcc, layer):
+        sub.add_argument("--data", required=True, help="manifest directory (train.tsv, valid.tsv)")
+        sub.add_argument("--out", required=True, help="label directory")
+        sub.add_argument("--k", type=int, default=500, help="clusters (paper: 500 or 2000)")
+        sub.add_argument("--fit-fraction", type=float, default=0.1,
+                         help="fraction of train files whose frames feed k-means (fairseq percent 0.1)")
+        sub.add_argument("--max-frames", type=int, default=1_000_000, help="cap on frames kept for fitting")
+        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--splits", nargs="+", default=["train", "valid"])
+        sub.add_argument("--shard", type=int, default=0)
+        sub.add_argument("--num-shards", type=int, default=1)
+        sub.add_argument("--fit-only", action="store_true", help="fit the clusters and stop (before shards)")
+        sub.add_argument("--device", default=None)
+        sub.set_defaults(run=run_labels)
+    merge = kinds.add_parser("merge", help="join shard files into {split}.km and check them")
+    merge.add_argument("label_dir")
+    merge.add_argument("--data", required=True, help="manifest directory")
+    merge.add_argument("--num-shards", type=int, required=True)
+    merge.add_argument("--splits", nargs="+", default=["train", "valid"])
+    merge.set_defaults(run=run_merge)
+
+
+def run_labels(args) -> int:
+    from musicssl.targets.kmeans import KMeansConfig
+    from musicssl.targets.labels import LayerFeatures, MfccFeatures, make_labels
+
+    if args.kind == "mfcc":
+        features = MfccFeatures(f"mfcc{args.dims}", device=args.device)
+    else:
+        features = LayerFeatures(args.model, args.layer, device=args.device)
+    config = KMeansConfig(k=args.k, seed=args.seed, max_frames=args.max_frames)
+    make_labels(args.data, args.out, features, config, args.fit_fraction, tuple(args.splits),
+                args.shard, args.num_shards, args.fit_only)
+    return 0
+
+
+def run_merge(args) -> int:
+    from musicssl.targets.labels import merge_labels
+
+    merge_labels(args.data, args.label_dir, args.num_shards, tuple(args.splits))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="musicssl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     add_extract(commands)
+    add_manifest(commands)
+    add_labels(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (ValueError, OSError) as error:
+        # Bad input (files, manifests, labels, arguments): say what and where, no traceback.
+        if os.environ.get("MUSICSSL_DEBUG"):
+            raise
+        print(f"musicssl {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

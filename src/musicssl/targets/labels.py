@@ -1,0 +1,339 @@
+"""Pre-training labels: one line of cluster ids per manifest row, at the label rate.
+
+Three steps, each restartable on its own (method-spec §3.1-3.4):
+
+1. fit: stream a seeded fraction of the train files through the frame features, keep a
+   bounded reservoir of frames, fit k-means; writes `kmeans.json` + `centroids.npy`.
+2. assign: features -> nearest centroid for every row of a split, or of one contiguous shard
+   of it (`--shard i --num-shards n`, for array jobs); writes `{split}.km` or shard files.
+3. merge (after sharding) and check: row counts, frame counts per row, cluster usage.
+
+`labels.json` describes the whole label set (feature kind and parameters, k, seed, fit
+fraction, the k-means record, per-split usage), so a label directory explains itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from musicssl import audio
+from musicssl.data.manifest import Manifest, read_manifest
+from musicssl.targets.features import MFCC_PRESETS, MfccExtractor, describe, layer_features
+from musicssl.targets.kmeans import FrameSampler, KMeansConfig, KMeansModel, fit_kmeans
+
+LABELS_JSON = "labels.json"
+
+
+class LabelError(ValueError):
+    """Labels that do not fit their manifest; the message names the file and row."""
+
+
+@dataclass(frozen=True)
+class LabelGrid:
+    """Where labels sit in time: frame t covers samples [t * hop, t * hop + window)."""
+
+    sample_rate: int
+    hop: int
+    window: int
+
+    @property
+    def rate_hz(self) -> float:
+        return self.sample_rate / self.hop
+
+    def frames(self, num_samples: int) -> int:
+        return audio.num_frames(num_samples, hop=self.hop, receptive_field=self.window)
+
+
+# ---------------------------------------------------------------------------------------------
+# frame features: MFCC (100 Hz) or a layer of a model (its frame rate)
+
+
+class FrameFeatures(Protocol):
+    grid: LabelGrid
+
+    def __call__(self, wav: np.ndarray) -> np.ndarray: ...  # (N,) at grid.sample_rate -> (T, D)
+    def describe(self) -> dict: ...
+
+
+class MfccFeatures:
+    def __init__(self, preset: str = "mfcc39", device: str | None = None):
+        if preset not in MFCC_PRESETS:
+            raise ValueError(f"unknown MFCC preset {preset!r}; known: {sorted(MFCC_PRESETS)}")
+        self.config = MFCC_PRESETS[preset]
+        self.grid = LabelGrid(self.config.sample_rate, self.config.hop, self.config.window_samples)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.extractor = MfccExtractor(self.config).to(self.device)
+
+    def __call__(self, wav: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            features, _ = self.extractor(torch.from_numpy(wav)[None].to(self.device))
+        return features[0].float().cpu().numpy()  # (T, D)
+
+    def describe(self) -> dict:
+        return describe(self.config)
+
+
+class LayerFeatures:
+    """Hidden state `layer` of a model (the second HuBERT iteration uses block 6 of the first)."""
+
+    def __init__(self, model: str | Path, layer: int, device: str | None = None, chunk_seconds: float = 30.0):
+        from musicssl.extract import load_model
+
+        self.encoder = load_model(model, device=device)
+        self.layer = self.encoder.resolve_layers([layer])[0]
+        self.model, self.chunk_seconds = str(model), chunk_seconds
+        config = self.encoder.config
+        self.grid = LabelGrid(config.sample_rate, config.hop, config.receptive_field)
+
+    def __call__(self, wav: np.ndarray) -> np.ndarray:
+        return layer_features(self.encoder, wav, self.grid.sample_rate, self.layer, self.chunk_seconds)
+
+    def describe(self) -> dict:
+        return {"kind": "layer", "model": self.model, "layer": self.layer, "dim": self.encoder.dim,
+                "frame_rate_hz": self.grid.rate_hz, "sample_rate": self.grid.sample_rate,
+                "chunk_seconds": self.chunk_seconds}
+
+
+def _features_of_row(manifest: Manifest, row: int, features: FrameFeatures) -> np.ndarray:
+    path = manifest.path(row)
+    wav = audio.load_audio(path, features.grid.sample_rate)
+    if wav.shape[-1] != manifest.num_samples(row):
+        raise LabelError(f"{path}: decodes to {wav.shape[-1]} samples, the manifest says "
+                         f"{manifest.num_samples(row)}; the file changed since the manifest was built")
+    return features(wav)
+
+
+class _Throughput:
+    """Audio hours per minute of wall time, for the summary line."""
+
+    def __init__(self, sample_rate: int):
+        self.sample_rate, self.samples, self.started = sample_rate, 0, time.perf_counter()
+
+    def line(self, what: str, files: int) -> str:
+        minutes = (time.perf_counter() - self.started) / 60
+        hours = self.samples / self.sample_rate / 3600
+        return (f"{what}: {files} files, {hours:.3f} h of audio in {minutes * 60:.1f} s "
+                f"({hours / max(minutes, 1e-9):.2f} audio-hours/min)")
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. fit
+
+
+def fit_clusters(manifest: Manifest, features: FrameFeatures, config: KMeansConfig,
+                 fit_fraction: float = 0.1, progress: bool = True) -> KMeansModel:
+    """k-means on frames of a seeded `fit_fraction` of the files (fairseq's `percent`, drawn per
+    file), with at most `config.max_frames` frames kept (reservoir) so memory stays bounded."""
+    from tqdm import tqdm
+
+    if not 0.0 < fit_fraction <= 1.0:
+        raise ValueError(f"fit_fraction must be in (0, 1], got {fit_fraction}")
+    rng = np.random.default_rng(config.seed)
+    count = max(1, math.ceil(len(manifest) * fit_fraction))
+    rows = sorted(rng.choice(len(manifest), size=count, replace=False).tolist())
+    sampler = FrameSampler(sample_fraction=None, max_frames=config.max_frames, seed=config.seed)
+    speed = _Throughput(features.grid.sample_rate)
+    for row in tqdm(rows, desc="fit: features", unit="file", disable=not progress):
+        sampler.add(_features_of_row(manifest, row, features))
+        speed.samples += manifest.num_samples(row)
+    print(speed.line("fit features", len(rows)), file=sys.stderr)
+    record = {"feature": features.describe(), "fit_fraction": fit_fraction, "fit_files": len(rows)}
+    return fit_kmeans(sampler.frames(), config, extra=record)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. assign
+
+
+def label_file(label_dir: Path, split: str, shard: int = 0, num_shards: int = 1) -> Path:
+    name = f"{split}.km" if num_shards == 1 else f"{split}.km.shard{shard}-of-{num_shards}"
+    return label_dir / name
+
+
+def assign_split(manifest: Manifest, features: FrameFeatures, model: KMeansModel, out: Path,
+                 rows: range | None = None, progress: bool = True) -> None:
+    """One line of space-separated cluster ids per row, written atomically."""
+    from tqdm import tqdm
+
+    rows = rows if rows is not None else range(len(manifest))
+    partial = out.with_name(out.name + ".partial")
+    speed = _Throughput(features.grid.sample_rate)
+    with partial.open("w") as handle:
+        for row in tqdm(rows, desc=f"labels: {out.name}", unit="file", disable=not progress):
+            ids = model.assign(_features_of_row(manifest, row, features))
+            handle.write(" ".join(map(str, ids.tolist())) + "\n")
+            speed.samples += manifest.num_samples(row)
+    partial.replace(out)
+    print(speed.line(f"labels {out.name}", len(rows)), file=sys.stderr)
+
+
+def merge_shards(label_dir: Path, split: str, num_shards: int) -> Path:
+    """Concatenate `{split}.km.shard{i}-of-{n}` in shard order into `{split}.km`."""
+    shards = [label_file(label_dir, split, i, num_shards) for i in range(num_shards)]
+    missing = [str(p) for p in shards if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"cannot merge {split}: missing shard files {missing}")
+    out = label_file(label_dir, split)
+    partial = out.with_name(out.name + ".partial")
+    with partial.open("w") as handle:
+        for shard in shards:
+            handle.write(shard.read_text())
+    partial.replace(out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. check
+
+
+@dataclass
+class LabelSummary:
+    rows: int
+    frames: int
+    k: int
+    used_clusters: int
+    entropy_bits: float
+
+    def line(self, split: str) -> str:
+        return (f"{split}: {self.rows} rows, {self.frames} labels, {self.used_clusters}/{self.k} clusters "
+                f"used, entropy {self.entropy_bits:.2f} bits (max {math.log2(self.k):.2f})")
+
+
+def read_labels(path: Path) -> list[np.ndarray]:
+    return [np.array(line.split(), dtype=np.int64) for line in path.read_text().splitlines()]
+
+
+def check_labels(path: Path, manifest: Manifest, grid: LabelGrid, k: int) -> LabelSummary:
+    """Each row's label count must match its audio's frame count within 1 frame per 10 s of
+    audio (at least 1); ids must be in [0, k); more than one cluster must be used."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: label file not found")
+    rows = read_labels(path)
+    if len(rows) != len(manifest):
+        raise LabelError(f"{path}: {len(rows)} rows, the manifest has {len(manifest)}")
+    counts = np.zeros(k, dtype=np.int64)
+    for index, ids in enumerate(rows):
+        samples = manifest.num_samples(index)
+        expected, tolerance = grid.frames(samples), max(1, math.ceil(samples / grid.sample_rate / 10))
+        if abs(len(ids) - expected) > tolerance:
+            raise LabelError(f"{path}: row {index + 1} ({manifest.items[index][0]}) has {len(ids)} labels, "
+                             f"its audio has {expected} frames at {grid.rate_hz:g} Hz")
+        if len(ids) and (ids.min() < 0 or ids.max() >= k):
+            raise LabelError(f"{path}: row {index + 1} has ids outside 0..{k - 1}")
+        counts += np.bincount(ids, minlength=k)
+    used = int((counts > 0).sum())
+    if used < 2:
+        raise LabelError(f"{path}: only {used} cluster used; the labels carry no information")
+    share = counts[counts > 0] / counts.sum()
+    return LabelSummary(len(rows), int(counts.sum()), k, used, float(-(share * np.log2(share)).sum()))
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole job, and the label directory's description
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    directory: Path
+    grid: LabelGrid
+    k: int
+    info: dict
+
+    def path(self, split: str) -> Path:
+        return label_file(self.directory, split)
+
+
+def read_label_set(label_dir: str | Path) -> LabelSet:
+    label_dir = Path(label_dir)
+    path = label_dir / LABELS_JSON
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found; make labels with `musicssl labels mfcc|layer`")
+    info = json.loads(path.read_text())
+    try:
+        grid = LabelGrid(**{key: info["grid"][key] for key in ("sample_rate", "hop", "window")})
+        return LabelSet(label_dir, grid, int(info["k"]), info)
+    except KeyError as missing:
+        raise LabelError(f"{path}: missing field {missing}") from None
+
+
+def _write_label_json(label_dir: Path, info: dict) -> None:
+    partial = label_dir / (LABELS_JSON + ".partial")
+    partial.write_text(json.dumps(info, indent=2) + "\n")
+    partial.replace(label_dir / LABELS_JSON)
+
+
+def _clusters(manifest_dir: Path, label_dir: Path, features: FrameFeatures, config: KMeansConfig,
+              fit_fraction: float, sharded: bool, progress: bool) -> KMeansModel:
+    """Load the clusters of `label_dir`, or fit them (not inside a shard job: shards must share them)."""
+    if (label_dir / "kmeans.json").exists():
+        model = KMeansModel.load(label_dir)
+        if model.record.get("feature") != features.describe():
+            raise LabelError(f"{label_dir}: holds clusters of {model.record.get('feature')}, not of "
+                             f"{features.describe()}; use another --out directory")
+        return model
+    if sharded:
+        raise LabelError(f"{label_dir}: no clusters yet; fit them once with --fit-only, then run the shards")
+    model = fit_clusters(read_manifest(manifest_dir / "train.tsv"), features, config, fit_fraction, progress)
+    model.save(label_dir)
+    return model
+
+
+def make_labels(manifest_dir: str | Path, label_dir: str | Path, features: FrameFeatures, config: KMeansConfig,
+                fit_fraction: float = 0.1, splits: tuple[str, ...] = ("train", "valid"), shard: int = 0,
+                num_shards: int = 1, fit_only: bool = False, progress: bool = True) -> dict[str, LabelSummary]:
+    """Fit (if needed) and assign; unsharded runs are checked and summarised right away."""
+    manifest_dir, label_dir = Path(manifest_dir), Path(label_dir)
+    label_dir.mkdir(parents=True, exist_ok=True)
+    model = _clusters(manifest_dir, label_dir, features, config, fit_fraction, num_shards > 1, progress)
+    k = model.centroids.shape[0]
+    info_path = label_dir / LABELS_JSON
+    info = json.loads(info_path.read_text()) if info_path.exists() else {
+        "feature": features.describe(), "k": k, "seed": config.seed, "fit_fraction": fit_fraction,
+        "grid": {"sample_rate": features.grid.sample_rate, "hop": features.grid.hop,
+                 "window": features.grid.window, "rate_hz": features.grid.rate_hz},
+        "manifest": str(manifest_dir.resolve()), "kmeans": "kmeans.json", "splits": {}}
+    _write_label_json(label_dir, info)
+    summaries = {}
+    for split in () if fit_only else splits:
+        manifest = read_manifest(manifest_dir / f"{split}.tsv")
+        if not len(manifest):
+            continue
+        rows = manifest.shard(shard, num_shards) if num_shards > 1 else None
+        out = label_file(label_dir, split, shard, num_shards)
+        assign_split(manifest, features, model, out, rows, progress)
+        if num_shards == 1:
+            summaries[split] = _record_summary(label_dir, info, split, manifest, features.grid, k)
+    return summaries
+
+
+def merge_labels(manifest_dir: str | Path, label_dir: str | Path, num_shards: int,
+                 splits: tuple[str, ...] = ("train", "valid")) -> dict[str, LabelSummary]:
+    manifest_dir, label_set = Path(manifest_dir), read_label_set(label_dir)
+    summaries = {}
+    for split in splits:
+        manifest = read_manifest(manifest_dir / f"{split}.tsv")
+        if not len(manifest):
+            continue
+        merge_shards(label_set.directory, split, num_shards)
+        summaries[split] = _record_summary(label_set.directory, label_set.info, split, manifest,
+                                           label_set.grid, label_set.k)
+    return summaries
+
+
+def _record_summary(label_dir: Path, info: dict, split: str, manifest: Manifest, grid: LabelGrid,
+                    k: int) -> LabelSummary:
+    summary = check_labels(label_file(label_dir, split), manifest, grid, k)
+    info["splits"][split] = {"rows": summary.rows, "labels": summary.frames,
+                             "used_clusters": summary.used_clusters, "entropy_bits": summary.entropy_bits}
+    _write_label_json(label_dir, info)
+    print(summary.line(split), file=sys.stderr)
+    return summary
