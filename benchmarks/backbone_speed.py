@@ -20,15 +20,20 @@ Input: random waveform (batch, seconds * 16000), no padding. Steps:
 
 What the numbers mean:
 
-- ours s / hf s: median wall time of one step over ``--steps`` timed steps (after one warm-up),
-  the two models' steps interleaved (ours, hf, ours, hf, ...) so machine noise hits both alike.
-- ratio = hf s / ours s: > 1 means ours is faster.
+- ours s / hf s: median wall time of one step over ``--steps`` timed rounds (after one warm-up).
+  Within a mode (eval or train) every model x dtype runs once per round (ours fp32, hf fp32,
+  ours bf16, hf bf16, then again), so a busy machine slows all of them alike.
+- hf/ours: median over rounds of (hf time / ours time) in the same round: > 1 means ours is
+  faster. The target lines use the same per-round ratio (ours bf16 against hf fp32 of the
+  same round). spread: slowest / fastest step of that mode among all models and dtypes,
+  a noise indicator (ratios stay meaningful when absolute times do not).
 - GFLOP: model FLOPs per step counted from the layer shapes (``model_flops``): convolutions,
   linear layers and attention matmuls only (norms, activations, softmax ignored); train = 3x
   forward (backward ~ 2x forward). The same figure is used for both models.
 - MFU: (GFLOP / step time) / matmul peak of the same dtype, where the peak is measured in this run
-  as the median GFLOP/s of a 2048 x 2048 @ 2048 x 2048 matmul (fp32, or bf16 tensors for bf16) at
-  the same thread count.
+  as the GFLOP/s of a 2048 x 2048 @ 2048 x 2048 matmul (fp32, or bf16 tensors for bf16) at the same
+  thread count: the median of samples taken at the start and after every timed round, so the
+  peak sees the same machine load as the model steps.
 - mem GB: peak resident memory of one step above the resident memory right after the model is
   built, measured in a fresh worker subprocess per (model, preset, dtype, mode) (warm-up step +
   one step; the process high-water mark VmHWM minus the post-build VmRSS). Includes activations,
@@ -148,16 +153,27 @@ def timed(fn, *args) -> float:
     return time.perf_counter() - start
 
 
-def time_pair(ours, hf, wav: torch.Tensor, dtype: str, mode: str, steps: int) -> tuple[float, float]:
-    """Median seconds per step of each model: one warm-up each, then interleaved timed steps."""
+def time_round_robin(models: dict, wav: torch.Tensor, dtypes: list[str], mode: str, steps: int,
+                     peak_samples: dict[str, list[float]]) -> dict[tuple[str, str], list[float]]:
+    """Seconds per step of every (impl, dtype): one warm-up each, then `steps` rounds in which
+    every combination runs once (so load changes hit all alike), plus one matmul-peak sample
+    per dtype per round."""
     step = STEPS[mode]
-    step(ours, wav, dtype)
-    step(hf, wav, dtype)
-    ours_times, hf_times = [], []
+    combos = [(impl, dtype) for dtype in dtypes for impl in models]
+    for impl, dtype in combos:
+        step(models[impl], wav, dtype)
+    times = {combo: [] for combo in combos}
     for _ in range(steps):
-        ours_times.append(timed(step, ours, wav, dtype))
-        hf_times.append(timed(step, hf, wav, dtype))
-    return statistics.median(ours_times), statistics.median(hf_times)
+        for impl, dtype in combos:
+            times[impl, dtype].append(timed(step, models[impl], wav, dtype))
+        for dtype in dtypes:
+            peak_samples[dtype].append(matmul_gflops(DTYPES[dtype]))
+    return times
+
+
+def median_ratio(slow: list[float], fast: list[float]) -> float:
+    """Median over rounds of slow[i] / fast[i] (times from the same round)."""
+    return statistics.median(a / b for a, b in zip(slow, fast))
 
 
 def random_wav(batch: int, seconds: float) -> torch.Tensor:
@@ -169,10 +185,10 @@ def random_wav(batch: int, seconds: float) -> torch.Tensor:
 # matmul peak and machine info
 
 
-def matmul_peak_gflops(dtype: torch.dtype, size: int = MATMUL_SIZE, repeats: int = 7) -> float:
+def matmul_gflops(dtype: torch.dtype, size: int = MATMUL_SIZE, repeats: int = 3) -> float:
+    """GFLOP/s of a size^3 matmul in `dtype` (median of `repeats`, after one untimed)."""
     a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
-    for _ in range(2):
-        a @ b
+    a @ b
     seconds = statistics.median(timed(torch.matmul, a, b) for _ in range(repeats))
     return 2 * size ** 3 / seconds / 1e9
 
@@ -195,7 +211,15 @@ def header(threads: int) -> str:
         f"cpu           {cpu_name()} ({os.cpu_count()} logical cores visible)",
         f"torch         {torch.__version__}   transformers {transformers.__version__}   python {platform.python_version()}",
         f"threads       {threads} (torch.set_num_threads)",
+        f"load average  {load_average()} at start (other processes slow every step; see 'spread')",
     ])
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,7 +261,7 @@ def measure_memory(impl: str, preset: str, dtype: str, mode: str, hf_dir: str,
 # main
 
 
-def run_preset(preset: str, args: argparse.Namespace, peaks: dict[str, float]) -> list[dict]:
+def run_preset(preset: str, args: argparse.Namespace, peak_samples: dict[str, list[float]]) -> list[dict]:
     ours = build_ours(preset)
     wav = random_wav(args.batch, args.seconds)
     rows = []
@@ -245,49 +269,65 @@ def run_preset(preset: str, args: argparse.Namespace, peaks: dict[str, float]) -
         from musicssl.interop.huggingface import export_pretrained
 
         export_pretrained(ours, hf_dir)
-        hf = load_hf(hf_dir)
-        print(f"\n{preset}: ours {count_parameters(ours):,} params, {type(hf).__name__} "
-              f"{count_parameters(hf):,} params (layerdrop 0, SpecAugment off, sdpa)", flush=True)
+        models = {"ours": ours, "hf": load_hf(hf_dir)}
+        print(f"\n{preset}: ours {count_parameters(ours):,} params, {type(models['hf']).__name__} "
+              f"{count_parameters(models['hf']):,} params (layerdrop 0, SpecAugment off, sdpa)", flush=True)
+        times = {mode: time_round_robin(models, wav, args.dtypes, mode, args.steps, peak_samples)
+                 for mode in ("eval", "train")}
         for dtype in args.dtypes:
             for mode in ("eval", "train"):
-                ours_s, hf_s = time_pair(ours, hf, wav, dtype, mode, args.steps)
-                flops = model_flops(ours.config, args.batch, wav.shape[1], train=mode == "train")
-                row = {"preset": preset, "dtype": dtype, "mode": mode, "ours_s": ours_s, "hf_s": hf_s,
-                       "ratio": hf_s / ours_s, "gflop": flops / 1e9,
-                       "ours_mfu": flops / ours_s / 1e9 / peaks[dtype],
-                       "hf_mfu": flops / hf_s / 1e9 / peaks[dtype]}
+                ours_t, hf_t = times[mode]["ours", dtype], times[mode]["hf", dtype]
+                every = [t for combo_times in times[mode].values() for t in combo_times]
+                row = {"preset": preset, "dtype": dtype, "mode": mode,
+                       "ours_s": statistics.median(ours_t), "hf_s": statistics.median(hf_t),
+                       "ratio": median_ratio(hf_t, ours_t), "spread": max(every) / min(every),
+                       "gflop": model_flops(ours.config, args.batch, wav.shape[1], mode == "train") / 1e9,
+                       "ours_times": ours_t, "hf_times": hf_t}
+                if "fp32" in args.dtypes and mode == "train":
+                    row["hf_fp32_over_ours"] = median_ratio(times[mode]["hf", "fp32"], ours_t)
                 if not args.no_memory:
                     row["ours_mem_gb"] = measure_memory("ours", preset, dtype, mode, hf_dir, args)
                     row["hf_mem_gb"] = measure_memory("hf", preset, dtype, mode, hf_dir, args)
-                print(format_row(row), flush=True)
+                print("  " + format_progress(row), flush=True)
                 rows.append(row)
     return rows
 
 
-COLUMNS = (f"{'preset':<14} {'dtype':<5} {'mode':<5} {'ours s':>7} {'hf s':>7} {'hf/ours':>7} "
-           f"{'GFLOP':>7} {'MFU ours':>8} {'MFU hf':>7} {'mem ours':>8} {'mem hf':>7}")
+def format_progress(row: dict) -> str:
+    return (f"{row['preset']} {row['dtype']} {row['mode']}: ours {row['ours_s']:.3f} s, "
+            f"hf {row['hf_s']:.3f} s, hf/ours {row['ratio']:.2f}x")
+
+
+def add_mfu(rows: list[dict], peaks: dict[str, float]) -> None:
+    for row in rows:
+        peak = peaks[row["dtype"]]
+        row["ours_mfu"] = row["gflop"] / row["ours_s"] / peak
+        row["hf_mfu"] = row["gflop"] / row["hf_s"] / peak
+
+
+COLUMNS = (f"{'preset':<14} {'dtype':<5} {'mode':<5} {'ours s':>7} {'hf s':>7} {'hf/ours':>7} {'spread':>6} "
+           f"{'GFLOP':>6} {'MFU ours':>8} {'MFU hf':>7} {'mem ours':>8} {'mem hf':>7}")
 
 
 def format_row(row: dict) -> str:
-    gb = lambda value: "   n/a" if value is None else f"{value:6.2f}"
+    gb = lambda value: "  n/a" if value is None else f"{value:5.2f}"
     return (f"{row['preset']:<14} {row['dtype']:<5} {row['mode']:<5} {row['ours_s']:7.3f} "
-            f"{row['hf_s']:7.3f} {row['ratio']:6.2f}x {row['gflop']:7.0f} {row['ours_mfu']:8.1%} "
-            f"{row['hf_mfu']:7.1%} {gb(row.get('ours_mem_gb')):>6}GB {gb(row.get('hf_mem_gb')):>5}GB")
+            f"{row['hf_s']:7.3f} {row['ratio']:6.2f}x {row['spread']:5.2f}x {row['gflop']:6.0f} "
+            f"{row['ours_mfu']:8.1%} {row['hf_mfu']:7.1%} {gb(row.get('ours_mem_gb')):>6}GB "
+            f"{gb(row.get('hf_mem_gb')):>5}GB")
 
 
 def target_lines(rows: list[dict]) -> list[str]:
     lines = []
-    find = lambda preset, dtype: next((r for r in rows if (r["preset"], r["dtype"], r["mode"])
-                                       == (preset, dtype, "train")), None)
-    for preset in dict.fromkeys(r["preset"] for r in rows):
-        fp32, bf16 = find(preset, "fp32"), find(preset, "bf16")
-        if fp32:
-            ratio = fp32["hf_s"] / fp32["ours_s"]
-            lines.append(f"{preset}: fp32 train: ours vs transformers fp32 = {ratio:.2f}x "
+    for row in rows:
+        if row["mode"] != "train" or "hf_fp32_over_ours" not in row:
+            continue
+        ratio = row["hf_fp32_over_ours"]
+        if row["dtype"] == "fp32":
+            lines.append(f"{row['preset']}: fp32 train: ours vs transformers fp32 = {ratio:.2f}x "
                          f"(target >= 1.0) {'PASS' if ratio >= 1.0 else 'MISS'}")
-        if fp32 and bf16:
-            ratio = fp32["hf_s"] / bf16["ours_s"]
-            lines.append(f"{preset}: bf16 train (ours) vs transformers fp32 train = {ratio:.2f}x "
+        else:
+            lines.append(f"{row['preset']}: bf16 train (ours) vs transformers fp32 train = {ratio:.2f}x "
                          f"(target >= 1.5) {'PASS' if ratio >= 1.5 else 'MISS'}")
     return lines
 
@@ -318,21 +358,27 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     print(header(args.threads))
     print(f"input         batch {args.batch} x {args.seconds:g} s ({int(args.seconds * SAMPLE_RATE)} samples), "
-          f"{args.steps} timed steps after 1 warm-up, medians, models interleaved")
-    peaks = {name: matmul_peak_gflops(DTYPES[name]) for name in args.dtypes}
-    print("matmul peak   " + "   ".join(f"{name} {gflops:.0f} GFLOP/s" for name, gflops in peaks.items())
-          + f"  ({MATMUL_SIZE}^3 matmul, median)", flush=True)
-    print("\n" + COLUMNS)
-    rows = [row for preset in args.presets for row in run_preset(preset, args, peaks)]
+          f"{args.steps} timed rounds after 1 warm-up, medians; every model x dtype of a mode interleaved")
+    peak_samples = {name: [matmul_gflops(DTYPES[name], repeats=5)] for name in args.dtypes}
+    rows = [row for preset in args.presets for row in run_preset(preset, args, peak_samples)]
+    peaks = {name: statistics.median(samples) for name, samples in peak_samples.items()}
+    add_mfu(rows, peaks)
+    print("\nmatmul peak   " + "   ".join(
+        f"{name} {peaks[name]:.0f} GFLOP/s (samples {min(s):.0f}-{max(s):.0f})" for name, s in peak_samples.items())
+        + f"  ({MATMUL_SIZE}^3 matmul, median of samples taken between rounds)")
     print("\n" + COLUMNS)
     for row in rows:
         print(format_row(row))
-    print("\nhf/ours > 1: ours faster. mem = peak RSS of a step above the built model (GB).")
+    print("\nhf/ours = median over rounds of hf time / ours time (> 1: ours faster); spread = slowest / fastest"
+          "\nstep among all models and dtypes of that mode (> ~1.3: the machine was busy; trust ratios over"
+          "\nabsolute times); mem = peak RSS of a step above the built model.")
     for line in target_lines(rows):
         print(line)
+    print(f"load average  {load_average()} at the end")
     if args.json:
         meta = {"torch": torch.__version__, "threads": args.threads, "batch": args.batch,
-                "seconds": args.seconds, "steps": args.steps, "matmul_peak_gflops": peaks}
+                "seconds": args.seconds, "steps": args.steps, "matmul_peak_gflops": peaks,
+                "matmul_samples_gflops": peak_samples}
         args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
 
 

@@ -123,7 +123,7 @@ def run_labels(args) -> int:
         features = MfccFeatures(f"mfcc{args.dims}", device=args.device)
     else:
         features = LayerFeatures(args.model, args.layer, device=args.device)
-    config = KMeansConfig(k=args.k, seed=args.seed, max_frames=args.max_frames)
+    config = KMeansConfig(k=args.k, seed=args.seed, max_frames=args.max_frames, sample_fraction=None)
     make_labels(args.data, args.out, features, config, args.fit_fraction, tuple(args.splits),
                 args.shard, args.num_shards, args.fit_only)
     return 0

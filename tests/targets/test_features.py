@@ -31,7 +31,8 @@ def music_like(seconds: float = 3.0, seed: int = 0) -> np.ndarray:
     """Harmonic tones with a slow amplitude envelope plus a little noise, in [-1, 1]."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * SR)) / SR
-    tones = sum(0.1 * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi)) for f in (110, 220, 330, 440, 660, 1320, 2500))
+    freqs = (110, 220, 330, 440, 660, 1320, 2500)
+    tones = sum(0.1 * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi)) for f in freqs)
     wav = tones * (0.5 + 0.5 * np.sin(2 * np.pi * 0.5 * t)) + 0.01 * rng.standard_normal(t.size)
     return wav.astype(np.float32)
 
@@ -88,7 +89,6 @@ def test_silence_hits_the_same_log_floor_as_kaldi():
     ours = mfcc(np.zeros(1000, dtype=np.float32))
     assert ours[:, 0] == pytest.approx(np.sqrt(23) * np.log(np.finfo(np.float32).eps), abs=1e-4)
     np.testing.assert_allclose(ours[:, 1:13], 0.0, atol=1e-4)
-    np.testing.assert_allclose(ours, mfcc(np.zeros(1000, dtype=np.float32)))
 
 
 def test_float64_path_agrees_with_float32():

@@ -14,6 +14,7 @@ fraction, the k-means record, per-split usage), so a label directory explains it
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -140,14 +141,15 @@ def fit_clusters(manifest: Manifest, features: FrameFeatures, config: KMeansConf
     rng = np.random.default_rng(config.seed)
     count = max(1, math.ceil(len(manifest) * fit_fraction))
     rows = sorted(rng.choice(len(manifest), size=count, replace=False).tolist())
+    # Files are the sampling unit here (fairseq's percent), so every frame of a chosen file is
+    # offered to the reservoir; config.sample_fraction is not applied on top.
     sampler = FrameSampler(sample_fraction=None, max_frames=config.max_frames, seed=config.seed)
     speed = _Throughput(features.grid.sample_rate)
     for row in tqdm(rows, desc="fit: features", unit="file", disable=not progress):
         sampler.add(_features_of_row(manifest, row, features))
         speed.samples += manifest.num_samples(row)
     print(speed.line("fit features", len(rows)), file=sys.stderr)
-    record = {"feature": features.describe(), "fit_fraction": fit_fraction, "fit_files": len(rows)}
-    return fit_kmeans(sampler.frames(), config, extra=record)
+    return fit_kmeans(sampler, dataclasses.replace(config, sample_fraction=None), feature=features.describe())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,7 +296,7 @@ def make_labels(manifest_dir: str | Path, label_dir: str | Path, features: Frame
     manifest_dir, label_dir = Path(manifest_dir), Path(label_dir)
     label_dir.mkdir(parents=True, exist_ok=True)
     model = _clusters(manifest_dir, label_dir, features, config, fit_fraction, num_shards > 1, progress)
-    k = model.centroids.shape[0]
+    k = model.k
     info_path = label_dir / LABELS_JSON
     info = json.loads(info_path.read_text()) if info_path.exists() else {
         "feature": features.describe(), "k": k, "seed": config.seed, "fit_fraction": fit_fraction,

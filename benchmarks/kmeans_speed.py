@@ -1,0 +1,251 @@
+"""faiss-cpu k-means against scikit-learn's MiniBatchKMeans with fairseq's settings.
+
+Run (from the repository root):
+
+    .venv/bin/python benchmarks/kmeans_speed.py                          # 1M x 39, k = 2000
+    .venv/bin/python benchmarks/kmeans_speed.py --frames 100000 --k 500  # quick mode
+    .venv/bin/python benchmarks/kmeans_speed.py --runs faiss,sklearn_n_init1 --json out.json
+
+Data: `mfcc_like(frames, dim, seed)`, float32, seeded. A mixture of 1000 anisotropic Gaussians
+with Zipf-distributed weights (a few very common "sounds", a long tail), laid out like
+MFCC + deltas: dims are split into static / delta / delta-delta thirds, the per-dim scale
+falls with the cepstral index (12 / (1 + j) ** 0.5) and is 0.3x for deltas and 0.1x for
+delta-deltas, c0 carries a +40 offset (log-energy). Each component has its own random
+rotation and a log-normal spread per axis, so clusters are correlated and elongated.
+The frames are shuffled.
+
+Runs (all fit on all `--frames` frames; each is one call to `fit_kmeans`):
+
+- sklearn_fairseq: MiniBatchKMeans(init="k-means++", max_iter=100, batch_size=10000, tol=0,
+  max_no_improvement=100, n_init=20, reassignment_ratio=0, compute_labels=False,
+  init_size=None), random_state = RandomState(0) -- fairseq learn_kmeans.py.
+- sklearn_n_init1: the same with n_init=1 (one k-means++ init instead of 20).
+- faiss: our default, faiss.Kmeans with faiss's k-means++ init, niter=25, nredo=1, no
+  subsampling (max_points_per_centroid raised to cover every frame).
+
+Reported per run: fit seconds (wall time of the library's fit), inertia per frame on all the
+frames (mean squared distance to the nearest centroid, `KMeansModel.inertia`, same code for
+every run), and against faiss: time ratio run/faiss (> 1: faiss faster) and inertia ratio
+run/faiss (> 1: faiss better). `faiss objective` lists faiss's own objective per frame at a
+few iterations (the curve that justifies niter=25).
+
+Assignment (on the faiss centroids, all frames): `KMeansModel.assign` (torch, batches of
+65536 frames, float32; and exact=True, which recomputes near-ties in float64) against
+faiss.IndexFlatL2.search(x, 1); median of `--repeats` runs, interleaved. Also the fraction of
+labels that differ from a float64 computation on the first 100k frames, and from faiss.
+
+Threads: `--threads` (default 2) for OpenMP/MKL/OpenBLAS (environment, set before numpy is
+imported), torch.set_num_threads and faiss.omp_set_num_threads.
+
+Results, 2026-11-22, 2-core Intel Xeon (Sapphire Rapids, KVM), 24 GB, torch 2.13 CPU,
+faiss-cpu 1.15.1, scikit-learn 1.9.1; the machine was shared with another job using ~1.7
+cores throughout, so absolute times are inflated (both libraries alike):
+
+    RESULTS_TABLE
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--frames", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=39)
+    parser.add_argument("--k", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", default="faiss,sklearn_fairseq,sklearn_n_init1",
+                        help="comma-separated: faiss, faiss_niterN (e.g. faiss_niter50), sklearn_fairseq, "
+                             "sklearn_n_init1")
+    parser.add_argument("--sklearn-n-init", type=int, default=20,
+                        help="n_init of the sklearn_fairseq run (fairseq: 20)")
+    parser.add_argument("--faiss-niter", type=int, default=None, help="override faiss niter (default: ours, 25)")
+    parser.add_argument("--repeats", type=int, default=3, help="assignment timing repeats")
+    parser.add_argument("--no-assign", action="store_true", help="skip the assignment timing")
+    parser.add_argument("--json", default=None, help="write all results to this file")
+    return parser.parse_args(argv)
+
+
+ARGS = parse_args() if __name__ == "__main__" else None
+if ARGS is not None:
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = str(ARGS.threads)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from musicssl.targets.kmeans import KMeansConfig, fit_kmeans  # noqa: E402
+
+
+def mfcc_like(frames: int, dim: int = 39, seed: int = 0, components: int = 1000) -> np.ndarray:
+    """Seeded MFCC-like frames (frames, dim) float32; see the module docstring."""
+    rng = np.random.default_rng(seed)
+    third = max(1, dim // 3)
+    cepstral_index = np.arange(dim) % third
+    group = np.minimum(np.arange(dim) // third, 2)
+    scale = 12.0 / (1.0 + cepstral_index) ** 0.5 * np.array([1.0, 0.3, 0.1])[group]
+    offset = np.where(np.arange(dim) == 0, 40.0, 0.0)
+    weights = 1.0 / np.arange(1, components + 1) ** 1.1
+    counts = rng.multinomial(frames, weights / weights.sum())
+    means = offset + scale * rng.standard_normal((components, dim)) * 0.8
+    out = np.empty((frames, dim), dtype=np.float32)
+    start = 0
+    for c in range(components):
+        n = int(counts[c])
+        if n == 0:
+            continue
+        rotation, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+        spread = 0.35 * rng.lognormal(0.0, 0.5, dim)
+        z = rng.standard_normal((n, dim)) * spread
+        out[start:start + n] = means[c] + (z @ rotation.T) * scale
+        start += n
+    return out[rng.permutation(frames)]
+
+
+def fit_run(name: str, x: np.ndarray, args) -> dict:
+    if name == "faiss" or name.startswith("faiss_niter"):
+        niter = int(name[len("faiss_niter"):]) if name != "faiss" else args.faiss_niter
+        config = KMeansConfig(k=args.k, seed=args.seed, library="faiss", max_iter=niter,
+                              sample_fraction=None, max_frames=None)
+    elif name == "sklearn_fairseq":
+        config = KMeansConfig(k=args.k, seed=args.seed, library="sklearn", max_iter=100,
+                              n_init=args.sklearn_n_init, sample_fraction=None, max_frames=None)
+    elif name == "sklearn_n_init1":
+        config = KMeansConfig(k=args.k, seed=args.seed, library="sklearn", max_iter=100, n_init=1,
+                              sample_fraction=None, max_frames=None)
+    else:
+        raise ValueError(f"unknown run {name!r}")
+    print(f"[{time.strftime('%H:%M:%S')}] fitting {name} ...", flush=True)
+    model = fit_kmeans(x, config)
+    record = model.record
+    result = {
+        "run": name,
+        "library": record["library"],
+        "max_iter": record["max_iter"],
+        "n_init": record["n_init"],
+        "fit_seconds": record["fit_seconds"],
+        "inertia_per_frame": record["inertia_per_frame"],  # on all frames = the fitting set
+    }
+    for key in ("n_steps", "n_iter", "objective_per_iteration", "faiss_frames_used", "init_seconds_approx"):
+        if key in record:
+            result[key] = record[key]
+    extra = {key: result[key] for key in ("n_steps", "n_iter", "init_seconds_approx") if key in result}
+    print(f"[{time.strftime('%H:%M:%S')}]   {name}: {result['fit_seconds']:.1f} s, "
+          f"inertia/frame {result['inertia_per_frame']:.4f} {extra}", flush=True)
+    return result, model
+
+
+def median_time(fn, repeats: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def time_assignment(model, x: np.ndarray, repeats: int) -> dict:
+    import faiss
+
+    index = faiss.IndexFlatL2(model.dim)
+    index.add(model.centroids)
+    runs = {
+        "torch assign (float32)": lambda: model.assign(x),
+        "torch assign exact=True": lambda: model.assign(x, exact=True),
+        "faiss IndexFlatL2.search": lambda: index.search(x, 1)[1].reshape(-1),
+    }
+    times = {name: [] for name in runs}
+    labels = {}
+    for _ in range(repeats):  # interleaved, so machine noise hits all alike
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            labels[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    result = {name: statistics.median(t) for name, t in times.items()}
+    fast, exact, faiss_labels = (labels[name] for name in runs)
+    subset = slice(0, min(100_000, x.shape[0]))
+    reference = _float64_labels(model, x[subset])
+    result["differ float32 vs float64 (first 100k)"] = float(np.mean(fast[subset] != reference))
+    result["differ exact vs float64 (first 100k)"] = float(np.mean(exact[subset] != reference))
+    result["differ faiss vs float64 (first 100k)"] = float(np.mean(faiss_labels[subset] != reference))
+    result["differ float32 vs faiss (all)"] = float(np.mean(fast != faiss_labels))
+    return result
+
+
+def _float64_labels(model, x: np.ndarray, batch: int = 8192) -> np.ndarray:
+    c = torch.from_numpy(model.centroids.astype(np.float64))
+    out = []
+    for start in range(0, x.shape[0], batch):
+        xb = torch.from_numpy(x[start:start + batch].astype(np.float64))
+        dist = (xb * xb).sum(1, keepdim=True) - 2 * xb @ c.T + (c * c).sum(1)
+        out.append(dist.argmin(1).numpy())
+    return np.concatenate(out)
+
+
+def main(args) -> dict:
+    import faiss
+    import sklearn
+
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+    info = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+        "python": sys.version.split()[0],
+        "torch": torch.__version__, "faiss": faiss.__version__, "sklearn": sklearn.__version__,
+        "threads": args.threads, "frames": args.frames, "dim": args.dim, "k": args.k,
+    }
+    print(json.dumps(info), flush=True)
+    start = time.perf_counter()
+    x = mfcc_like(args.frames, args.dim, args.seed)
+    print(f"data {x.shape} generated in {time.perf_counter() - start:.1f} s", flush=True)
+
+    results, models = [], {}
+    for name in args.runs.split(","):
+        result, model = fit_run(name.strip(), x, args)
+        results.append(result)
+        models[result["run"]] = model
+
+    print()
+    print(f"{'run':<18} {'max_iter':>8} {'n_init':>6} {'fit s':>9} {'inertia/frame':>14} "
+          f"{'time/faiss':>10} {'inertia/faiss':>13}")
+    base = next((r for r in results if r["run"] == "faiss"), None)
+    for r in results:
+        time_ratio = r["fit_seconds"] / base["fit_seconds"] if base else float("nan")
+        inertia_ratio = r["inertia_per_frame"] / base["inertia_per_frame"] if base else float("nan")
+        r["time_ratio_vs_faiss"], r["inertia_ratio_vs_faiss"] = time_ratio, inertia_ratio
+        print(f"{r['run']:<18} {r['max_iter']:>8} {r['n_init']:>6} {r['fit_seconds']:>9.1f} "
+              f"{r['inertia_per_frame']:>14.4f} {time_ratio:>10.2f} {inertia_ratio:>13.4f}")
+    if base and "objective_per_iteration" in base:
+        curve = base["objective_per_iteration"]
+        marks = [i for i in (0, 4, 9, 14, 19, 24, 49, 99) if i < len(curve)] + [len(curve) - 1]
+        print("faiss objective per frame at iteration: "
+              + ", ".join(f"{i + 1}: {curve[i]:.4f}" for i in sorted(set(marks))))
+
+    assignment = None
+    if not args.no_assign and models:
+        model = models.get("faiss") or next(iter(models.values()))
+        print(f"\n[{time.strftime('%H:%M:%S')}] assignment of {x.shape[0]} frames to k={model.k} "
+              f"({model.record['library']} centroids), median of {args.repeats}:", flush=True)
+        assignment = time_assignment(model, x, args.repeats)
+        for name, value in assignment.items():
+            unit = "s" if not name.startswith("differ") else ""
+            print(f"  {name:<42} {value:.6g} {unit}")
+
+    output = {"info": info, "fits": results, "assignment": assignment}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(output, f, indent=2)
+    return output
+
+
+if __name__ == "__main__":
+    main(ARGS)
