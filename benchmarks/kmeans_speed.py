@@ -62,9 +62,10 @@ def parse_args(argv=None):
     parser.add_argument("--k", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--runs", default="faiss,sklearn_fairseq,sklearn_n_init1",
-                        help="comma-separated: faiss, faiss_niterN (e.g. faiss_niter50), sklearn_fairseq, "
-                             "sklearn_n_init1")
+    parser.add_argument("--runs", default="faiss,faiss_initall,sklearn_fairseq,sklearn_n_init1",
+                        help="comma-separated: sklearn_fairseq, sklearn_n_init1, faiss (our default) or "
+                             "faiss with options: faiss_niter50, faiss_initall (k-means++ on all frames), "
+                             "faiss_init30000, combined as faiss_niter50_initall")
     parser.add_argument("--sklearn-n-init", type=int, default=20,
                         help="n_init of the sklearn_fairseq run (fairseq: 20)")
     parser.add_argument("--faiss-niter", type=int, default=None, help="override faiss niter (default: ours, 25)")
@@ -110,19 +111,31 @@ def mfcc_like(frames: int, dim: int = 39, seed: int = 0, components: int = 1000)
     return out[rng.permutation(frames)]
 
 
-def fit_run(name: str, x: np.ndarray, args) -> dict:
-    if name == "faiss" or name.startswith("faiss_niter"):
-        niter = int(name[len("faiss_niter"):]) if name != "faiss" else args.faiss_niter
-        config = KMeansConfig(k=args.k, seed=args.seed, library="faiss", max_iter=niter,
-                              sample_fraction=None, max_frames=None)
-    elif name == "sklearn_fairseq":
-        config = KMeansConfig(k=args.k, seed=args.seed, library="sklearn", max_iter=100,
-                              n_init=args.sklearn_n_init, sample_fraction=None, max_frames=None)
-    elif name == "sklearn_n_init1":
-        config = KMeansConfig(k=args.k, seed=args.seed, library="sklearn", max_iter=100, n_init=1,
-                              sample_fraction=None, max_frames=None)
-    else:
+def run_config(name: str, args) -> KMeansConfig:
+    """`faiss[_niterN][_initN|_initall]`, `sklearn_fairseq` or `sklearn_n_init1`."""
+    common = dict(k=args.k, seed=args.seed, sample_fraction=None, max_frames=None)
+    if name == "sklearn_fairseq":
+        return KMeansConfig(library="sklearn", max_iter=100, n_init=args.sklearn_n_init, **common)
+    if name == "sklearn_n_init1":
+        return KMeansConfig(library="sklearn", max_iter=100, n_init=1, **common)
+    tokens = name.split("_")
+    if tokens[0] != "faiss":
         raise ValueError(f"unknown run {name!r}")
+    options = {"max_iter": args.faiss_niter}
+    for token in tokens[1:]:
+        if token.startswith("niter"):
+            options["max_iter"] = int(token[5:])
+        elif token == "initall":
+            options["init_max_frames"] = None
+        elif token.startswith("init"):
+            options["init_max_frames"] = int(token[4:])
+        else:
+            raise ValueError(f"unknown faiss option {token!r} in run {name!r}")
+    return KMeansConfig(library="faiss", **options, **common)
+
+
+def fit_run(name: str, x: np.ndarray, args) -> tuple[dict, object]:
+    config = run_config(name, args)
     print(f"[{time.strftime('%H:%M:%S')}] fitting {name} ...", flush=True)
     model = fit_kmeans(x, config)
     record = model.record
@@ -131,16 +144,33 @@ def fit_run(name: str, x: np.ndarray, args) -> dict:
         "library": record["library"],
         "max_iter": record["max_iter"],
         "n_init": record["n_init"],
+        "init_frames": record.get("init_frames", config.init_size or min(3 * config.batch_size, x.shape[0])),
         "fit_seconds": record["fit_seconds"],
         "inertia_per_frame": record["inertia_per_frame"],  # on all frames = the fitting set
     }
-    for key in ("n_steps", "n_iter", "objective_per_iteration", "faiss_frames_used", "init_seconds_approx"):
-        if key in record:
+    for key in ("n_steps", "n_iter", "init_seconds", "init_seconds_approx", "objective_per_iteration",
+                "seconds_at_iteration", "faiss_frames_used"):
+        if record.get(key) is not None:
             result[key] = record[key]
-    extra = {key: result[key] for key in ("n_steps", "n_iter", "init_seconds_approx") if key in result}
+    extra = {key: round(result[key], 1) if isinstance(result[key], float) else result[key]
+             for key in ("n_steps", "n_iter", "init_seconds", "init_seconds_approx") if key in result}
     print(f"[{time.strftime('%H:%M:%S')}]   {name}: {result['fit_seconds']:.1f} s, "
           f"inertia/frame {result['inertia_per_frame']:.4f} {extra}", flush=True)
     return result, model
+
+
+def time_to_reach(result: dict, target: float) -> tuple[int, float] | None:
+    """(iterations, seconds) after which faiss's own objective is <= target, from its curve.
+
+    objective_per_iteration[i] is measured in iteration i + 1 for the centroids left by i
+    updates, which a run with niter = i would return at seconds_at_iteration[i - 1]."""
+    curve, seconds = result.get("objective_per_iteration"), result.get("seconds_at_iteration")
+    if not curve or not seconds:
+        return None
+    for i in range(1, len(curve)):
+        if curve[i] <= target:
+            return i, seconds[i - 1]
+    return None
 
 
 def median_time(fn, repeats: int) -> tuple[float, object]:
@@ -215,20 +245,30 @@ def main(args) -> dict:
         models[result["run"]] = model
 
     print()
-    print(f"{'run':<18} {'max_iter':>8} {'n_init':>6} {'fit s':>9} {'inertia/frame':>14} "
-          f"{'time/faiss':>10} {'inertia/faiss':>13}")
+    print(f"{'run':<22} {'max_iter':>8} {'n_init':>6} {'init on':>8} {'fit s':>8} {'init s':>7} "
+          f"{'inertia/frame':>14} {'time/faiss':>10} {'inertia/faiss':>13}")
     base = next((r for r in results if r["run"] == "faiss"), None)
     for r in results:
         time_ratio = r["fit_seconds"] / base["fit_seconds"] if base else float("nan")
         inertia_ratio = r["inertia_per_frame"] / base["inertia_per_frame"] if base else float("nan")
         r["time_ratio_vs_faiss"], r["inertia_ratio_vs_faiss"] = time_ratio, inertia_ratio
-        print(f"{r['run']:<18} {r['max_iter']:>8} {r['n_init']:>6} {r['fit_seconds']:>9.1f} "
-              f"{r['inertia_per_frame']:>14.4f} {time_ratio:>10.2f} {inertia_ratio:>13.4f}")
-    if base and "objective_per_iteration" in base:
-        curve = base["objective_per_iteration"]
-        marks = [i for i in (0, 4, 9, 14, 19, 24, 49, 99) if i < len(curve)] + [len(curve) - 1]
-        print("faiss objective per frame at iteration: "
-              + ", ".join(f"{i + 1}: {curve[i]:.4f}" for i in sorted(set(marks))))
+        init_s = r.get("init_seconds", r.get("init_seconds_approx"))
+        init_s = f"{init_s:7.1f}" if init_s is not None else f"{'-':>7}"
+        print(f"{r['run']:<22} {r['max_iter']:>8} {r['n_init']:>6} {r['init_frames']:>8} {r['fit_seconds']:>8.1f} "
+              f"{init_s} {r['inertia_per_frame']:>14.4f} {time_ratio:>10.2f} {inertia_ratio:>13.4f}")
+    for r in results:
+        curve = r.get("objective_per_iteration")
+        if r["library"] != "faiss" or not curve:
+            continue
+        marks = sorted({i for i in (0, 4, 9, 14, 19, 24, 49, 99) if i < len(curve)} | {len(curve) - 1})
+        print(f"{r['run']} objective per frame at iteration: " + ", ".join(f"{i + 1}: {curve[i]:.3f}" for i in marks))
+        for other in results:
+            if other["library"] != "sklearn":
+                continue
+            reached = time_to_reach(r, other["inertia_per_frame"])
+            text = (f"after {reached[0]} iterations, {reached[1]:.1f} s (sklearn: {other['fit_seconds']:.1f} s)"
+                    if reached else "not reached")
+            print(f"  {r['run']} reaches {other['run']}'s inertia {other['inertia_per_frame']:.3f} {text}")
 
     assignment = None
     if not args.no_assign and models:

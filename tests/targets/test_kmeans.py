@@ -61,6 +61,19 @@ def test_fit_recovers_known_clusters(blobs, library):
     assert model.record["feature"] == {"kind": "blobs"}
 
 
+@pytest.mark.parametrize("n_init", [1, 3])
+def test_faiss_init_on_subsample(blobs, n_init):
+    """k-means++ on 500 of the 3200 frames, Lloyd on all of them."""
+    x, labels, means = blobs
+    model = fit_kmeans(x, KMeansConfig(k=8, init_max_frames=500, n_init=n_init))
+    assert adjusted_rand_score(labels, model.assign(x)) == 1.0
+    assert model.record["init_frames"] == 500 and model.record["n_init"] == n_init
+    # faiss stops a restart early once the objective stops changing (converged)
+    assert n_init <= len(model.record["objective_per_iteration"]) <= 25 * n_init
+    again = fit_kmeans(x, KMeansConfig(k=8, init_max_frames=500, n_init=n_init))
+    np.testing.assert_array_equal(model.centroids, again.centroids)
+
+
 def test_library_defaults_are_resolved():
     faiss_cfg, sk_cfg = KMeansConfig(), KMeansConfig(library="sklearn")
     assert (faiss_cfg.resolved_max_iter(), faiss_cfg.resolved_n_init()) == (25, 1)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -159,18 +160,19 @@ def compute_deltas(x: Tensor, window: int = 5, lengths: Tensor | None = None) ->
     squeeze = x.dim() == 2
     x = x[None] if squeeze else x  # (B, T, C)
     batch, frames, channels = x.shape
-    last = torch.full((batch,), frames - 1, device=x.device) if lengths is None else lengths.to(x.device) - 1
-    t = torch.arange(frames, device=x.device)[None]  # (1, T)
     half = (window - 1) // 2
-    out = torch.zeros_like(x)
-
-    def shifted(offset: int) -> Tensor:
-        index = torch.minimum((t + offset).clamp(min=0), last.clamp(min=0)[:, None])  # (B, T)
-        return x.gather(1, index[..., None].expand(batch, frames, channels))  # (B, T, C)
-
-    for n in range(1, half + 1):
-        out = out + n * (shifted(n) - shifted(-n))  # (B, T, C)
-    out = out / (half * (half + 1) * (2 * half + 1) / 3)
+    if lengths is not None:
+        # Frames past an item's end take its last valid frame, so they act as its replicate pad.
+        lengths = lengths.to(x.device)
+        last = x[torch.arange(batch, device=x.device), (lengths - 1).clamp(min=0)]  # (B, C)
+        beyond = torch.arange(frames, device=x.device)[None] >= lengths[:, None]  # (B, T)
+        x = torch.where(beyond[..., None], last[:, None, :], x)  # (B, T, C)
+    padded = F.pad(x.transpose(1, 2), (half, half), mode="replicate")  # (B, C, T + 2h)
+    # conv1d is a cross-correlation: weight k multiplies x[t + k - h], so weights are (k - h) / denom.
+    weights = torch.arange(-half, half + 1, dtype=x.dtype, device=x.device)
+    weights = weights / (half * (half + 1) * (2 * half + 1) / 3)
+    out = F.conv1d(padded.reshape(batch * channels, 1, -1), weights.view(1, 1, -1))  # (B C, 1, T)
+    out = out.view(batch, channels, frames).transpose(1, 2)  # (B, T, C)
     return out[0] if squeeze else out
 
 
@@ -189,19 +191,27 @@ class MfccExtractor(torch.nn.Module):
         valid = 1 + (lengths - self.config.window_samples).clamp(min=0) // self.config.hop
         return torch.where(lengths >= self.config.window_samples, valid, torch.zeros_like(valid))
 
-    def cepstra(self, wav: Tensor) -> Tensor:
-        """(B, N) -> static MFCCs (B, T, num_ceps), every whole window."""
+    def cepstra(self, wav: Tensor, block_frames: int = 1024) -> Tensor:
+        """(B, N) -> static MFCCs (B, T, num_ceps), every whole window. Frames go through in
+        blocks: the (frames x FFT size) intermediates of a long file otherwise cost more in
+        fresh-memory page faults than in arithmetic."""
         c = self.config
-        frames = wav.to(self.window.dtype).unfold(-1, c.window_samples, c.hop)  # (B, T, W)
+        frames = wav.to(self.window.dtype).unfold(-1, c.window_samples, c.hop)  # (B, T, W), a view
+        blocks = [self._block_cepstra(frames[:, start:start + block_frames])
+                  for start in range(0, frames.shape[1], block_frames)]
+        return torch.cat(blocks, dim=1)  # (B, T, C)
+
+    def _block_cepstra(self, frames: Tensor) -> Tensor:
+        c = self.config
         if c.remove_dc_offset:
-            frames = frames - frames.mean(dim=-1, keepdim=True)  # (B, T, W)
+            frames = frames - frames.mean(dim=-1, keepdim=True)  # (B, t, W)
         if c.preemphasis:
             previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)  # Kaldi: x[-1] := x[0]
-            frames = frames - c.preemphasis * previous  # (B, T, W)
-        spectrum = torch.fft.rfft(frames * self.window, n=c.fft_size)  # (B, T, F + 1), zero-padded
-        power = spectrum.real.square() + spectrum.imag.square()  # (B, T, F + 1)
-        log_mel = (power @ self.mel_banks).clamp(min=LOG_FLOOR).log()  # (B, T, M)
-        return log_mel @ self.dct  # (B, T, C)
+            frames = frames - c.preemphasis * previous  # (B, t, W)
+        spectrum = torch.fft.rfft(frames * self.window, n=c.fft_size)  # (B, t, F + 1), zero-padded
+        power = spectrum.real.square() + spectrum.imag.square()  # (B, t, F + 1)
+        log_mel = (power @ self.mel_banks).clamp(min=LOG_FLOOR).log()  # (B, t, M)
+        return log_mel @ self.dct  # (B, t, C)
 
     def forward(self, wav: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         c = self.config

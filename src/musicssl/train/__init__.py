@@ -1,0 +1,1 @@
+"""Pre-training utilities (learning-rate schedules, method-spec)."""
