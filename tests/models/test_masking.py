@@ -79,7 +79,8 @@ def _mean_fraction(config: MaskConfig, trials: int, seed: int) -> float:
 )
 def test_masked_fraction_matches_monte_carlo(config: MaskConfig, before: float, after: float) -> None:
     # 150 batches of 16: standard error ~0.001 before and ~0.002 after equalisation.
-    assert _mean_fraction(replace(config, require_same_masks=False), 150, seed=1) == pytest.approx(before, abs=0.02)
+    raw = replace(config, require_same_masks=False)
+    assert _mean_fraction(raw, 150, seed=1) == pytest.approx(before, abs=0.02)
     assert _mean_fraction(config, 150, seed=2) == pytest.approx(after, abs=0.02)
 
 
@@ -187,7 +188,9 @@ def test_matches_line_by_line_fairseq_restatement(require_same_masks: bool) -> N
         pad = _suffix_padding(lengths, frames) if trial % 3 else None
         config = MaskConfig(prob, length, min_masks, require_same_masks)
         ours = mask_spans(batch, frames, config, pad, generator=np.random.default_rng(trial))
-        ref = _reference((batch, frames), pad, prob, length, min_masks, require_same_masks, np.random.default_rng(trial))
+        ref = _reference(
+            (batch, frames), pad, prob, length, min_masks, require_same_masks, np.random.default_rng(trial)
+        )
         assert np.array_equal(ours.numpy(), ref), (trial, batch, frames, lengths)
 
 

@@ -103,7 +103,8 @@ class ScheduleConfig:
         if self.kind not in ("polynomial", "tri_stage"):
             raise ValueError(f"unknown schedule kind {self.kind!r}")
         if not self.peak_lr > 0:
-            raise ValueError(f"peak_lr must be > 0 (the LambdaLR multiplier divides by it), got {self.peak_lr}")
+            # the LambdaLR multiplier divides by it
+            raise ValueError(f"peak_lr must be > 0, got {self.peak_lr}")
         if self.total_steps <= 0:
             raise ValueError(f"total_steps must be > 0, got {self.total_steps}")
         if self.kind == "polynomial" and not 0 <= self.warmup_steps <= self.total_steps:
@@ -121,7 +122,12 @@ def learning_rate(config: ScheduleConfig, step: int) -> float:
             step, config.peak_lr, config.warmup_steps, config.total_steps, config.end_lr, config.power
         )
     return tri_stage(
-        step, config.peak_lr, config.total_steps, config.phase_ratio, config.init_lr_scale, config.final_lr_scale
+        step,
+        config.peak_lr,
+        config.total_steps,
+        config.phase_ratio,
+        config.init_lr_scale,
+        config.final_lr_scale,
     )
 
 

@@ -1,0 +1,78 @@
+"""MusicHuBERT head and loss against direct computations."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from musicssl.models.musichubert import MusicHubert, MusicHubertConfig, align_labels
+from tests.conftest import micro_config
+
+
+def micro_model(num_classes=7, **changes) -> MusicHubert:
+    torch.manual_seed(0)
+    config = MusicHubertConfig(backbone=micro_config("hubert", dropout=0.0, attention_dropout=0.0,
+                                                     input_dropout=0.0, layerdrop=0.0),
+                               num_classes=num_classes, **changes)
+    return MusicHubert(config)
+
+
+def test_align_labels_takes_every_second_label_at_100_hz():
+    labels = torch.arange(20)[None]  # 100 Hz ids 0..19
+    assert align_labels(labels, 8, 100.0, 50.0).tolist() == [[0, 2, 4, 6, 8, 10, 12, 14]]
+    assert align_labels(labels, 30, 100.0, 50.0).shape == (1, 10)  # trimmed to the labels available
+    assert align_labels(labels, 5, 50.0, 50.0).tolist() == [[0, 1, 2, 3, 4]]
+
+
+def test_matmul_head_equals_a_direct_per_frame_cross_entropy():
+    model = micro_model(extra_classes=4).eval()
+    wav = torch.randn(2, 8000, generator=torch.Generator().manual_seed(1))
+    frames = 24
+    labels = torch.randint(0, 7, (2, 2 * frames + 1), generator=torch.Generator().manual_seed(2))
+    mask = torch.zeros(2, frames, dtype=torch.bool)
+    mask[0, 2:12] = mask[1, 5:15] = True
+    result = model(wav, None, labels, mask=mask)
+
+    hidden = model.backbone(wav, mask=mask).last_hidden_state
+    direct_masked, direct_unmasked, correct = 0.0, 0.0, 0
+    for b in range(2):
+        for t in range(frames):
+            o = model.final_proj(hidden[b, t])
+            logits = torch.stack([torch.cosine_similarity(o, e, dim=0) for e in model.label_embeddings]) / 0.1
+            target = int(labels[b, 2 * t])
+            ce = -torch.log_softmax(logits, dim=0)[target]
+            if mask[b, t]:
+                direct_masked += ce
+                correct += int(logits.argmax() == target)
+            else:
+                direct_unmasked += ce
+    torch.testing.assert_close(result["masked_loss_sum"], direct_masked, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(result["unmasked_loss_sum"], direct_unmasked, rtol=1e-5, atol=1e-4)
+    assert int(result["masked_correct"]) == correct and int(result["sample_size"]) == 20
+    penalty = model.backbone(wav).cnn_features.pow(2).mean()
+    torch.testing.assert_close(result["loss"], direct_masked + 10 * penalty * 20, rtol=1e-5, atol=1e-4)
+
+
+def test_unmasked_weight_and_padding_are_respected():
+    model = micro_model(unmasked_weight=0.5).eval()
+    wav = torch.randn(2, 8000)
+    lengths = torch.tensor([8000, 4000])  # item 1 has 12 valid frames of 24
+    labels = torch.randint(0, 7, (2, 48))
+    result = model(wav, lengths, labels, generator=0)
+    counted = result["masked_count"] + result["unmasked_count"]
+    assert int(counted) == 24 + 12
+    penalty = result["feature_penalty"]
+    expected = result["masked_loss_sum"] + 0.5 * result["unmasked_loss_sum"] + 10 * penalty * result["sample_size"]
+    torch.testing.assert_close(result["loss"], expected)
+
+
+def test_span_masking_is_seeded_and_hubert_sized():
+    model = micro_model()
+    wav, labels = torch.randn(4, 16000 * 5), torch.randint(0, 7, (4, 498))
+    first = model.eval()(wav, None, labels, generator=3)
+    again = model(wav, None, labels, generator=3)
+    assert torch.equal(first["loss"], again["loss"])
+    # 0.8 / 10 / min 2 masks about half of 249 frames (method-spec §2).
+    assert 0.35 < float(first["sample_size"]) / (4 * 249) < 0.65
+    assert dataclasses.asdict(model.config.mask)["mask_prob"] == 0.8
