@@ -69,6 +69,8 @@ def parse_args(argv=None):
     parser.add_argument("--sklearn-n-init", type=int, default=20,
                         help="n_init of the sklearn_fairseq run (fairseq: 20)")
     parser.add_argument("--faiss-niter", type=int, default=None, help="override faiss niter (default: ours, 25)")
+    parser.add_argument("--fit-repeats", type=int, default=1,
+                        help="fit every run this many times (order rotated); the median time is reported")
     parser.add_argument("--repeats", type=int, default=3, help="assignment timing repeats")
     parser.add_argument("--no-assign", action="store_true", help="skip the assignment timing")
     parser.add_argument("--json", default=None, help="write all results to this file")
@@ -238,11 +240,30 @@ def main(args) -> dict:
     x = mfcc_like(args.frames, args.dim, args.seed)
     print(f"data {x.shape} generated in {time.perf_counter() - start:.1f} s", flush=True)
 
-    results, models = [], {}
-    for name in args.runs.split(","):
-        result, model = fit_run(name.strip(), x, args)
+    names = [name.strip() for name in args.runs.split(",")]
+    attempts: dict[str, list[dict]] = {name: [] for name in names}
+    models = {}
+    for repeat in range(args.fit_repeats):  # rotate the order, so machine noise spreads evenly
+        for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+            result, model = fit_run(name, x, args)
+            attempts[name].append(result)
+            models.setdefault(name, model)
+    results = []
+    for name in names:
+        first = attempts[name][0]
+        if any(a["inertia_per_frame"] != first["inertia_per_frame"] for a in attempts[name]):
+            print(f"WARNING: {name} is not deterministic across repeats: "
+                  f"{[a['inertia_per_frame'] for a in attempts[name]]}")
+        result = dict(first)
+        result["fit_seconds_all"] = [a["fit_seconds"] for a in attempts[name]]
+        result["fit_seconds"] = statistics.median(result["fit_seconds_all"])
+        for key in ("init_seconds", "init_seconds_approx"):
+            if key in first:
+                result[key] = statistics.median(a[key] for a in attempts[name])
+        if "seconds_at_iteration" in first:  # the attempt with the median fit time
+            ranked = sorted(attempts[name], key=lambda a: a["fit_seconds"])
+            result["seconds_at_iteration"] = ranked[(len(ranked) - 1) // 2]["seconds_at_iteration"]
         results.append(result)
-        models[result["run"]] = model
 
     print()
     print(f"{'run':<22} {'max_iter':>8} {'n_init':>6} {'init on':>8} {'fit s':>8} {'init s':>7} "
@@ -256,6 +277,9 @@ def main(args) -> dict:
         init_s = f"{init_s:7.1f}" if init_s is not None else f"{'-':>7}"
         print(f"{r['run']:<22} {r['max_iter']:>8} {r['n_init']:>6} {r['init_frames']:>8} {r['fit_seconds']:>8.1f} "
               f"{init_s} {r['inertia_per_frame']:>14.4f} {time_ratio:>10.2f} {inertia_ratio:>13.4f}")
+    if args.fit_repeats > 1:
+        print("fit seconds of each repeat: " + "; ".join(
+            f"{r['run']} " + ", ".join(f"{t:.1f}" for t in r["fit_seconds_all"]) for r in results))
     for r in results:
         curve = r.get("objective_per_iteration")
         if r["library"] != "faiss" or not curve:

@@ -136,12 +136,39 @@ def run_merge(args) -> int:
     return 0
 
 
+def add_pretrain(commands) -> None:
+    parser = commands.add_parser("pretrain", help="pre-train MusicHuBERT (torchrun for several processes)",
+                                 description="Pre-train a model; the same command runs under torchrun.")
+    methods = parser.add_subparsers(dest="method", required=True)
+    hubert = methods.add_parser("musichubert", help="HuBERT masked prediction of k-means labels")
+    hubert.add_argument("--labels", required=True, help="label directory from `musicssl labels`")
+    for sub in (hubert,):
+        sub.add_argument("--preset", choices=("tiny", "base"), default="base")
+        sub.add_argument("--data", required=True, help="manifest directory (train.tsv)")
+        sub.add_argument("--out", required=True, help="run directory (resumes if it holds checkpoints)")
+        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="config override, e.g. trainer.max_steps=1000 or model.mask.mask_prob=0.65")
+        sub.add_argument("--resume", default=None, help="a checkpoint directory to resume from")
+        sub.set_defaults(run=run_pretrain)
+
+
+def run_pretrain(args) -> int:
+    from musicssl.train.launch import pretrain
+
+    checkpoint = pretrain(args.method, args.preset, args.data, getattr(args, "labels", None), args.out,
+                          args.overrides, args.resume)
+    if checkpoint is not None:
+        print(f"final checkpoint: {checkpoint}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="musicssl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     add_extract(commands)
     add_manifest(commands)
     add_labels(commands)
+    add_pretrain(commands)
     return parser
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -44,8 +43,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-
-log = logging.getLogger(__name__)
 
 # faiss: Lloyd iterations when `max_iter` is None. faiss's own default (ClusteringParameters.niter)
 # is 25; benchmarks/kmeans_speed.py shows the objective has flattened by then (see docstring).
@@ -292,7 +289,8 @@ class KMeansModel:
     # -- assignment ----------------------------------------------------------------------------
 
     def _tensors(self, device: torch.device) -> dict[str, torch.Tensor]:
-        key = str(device)
+        # Derived tensors per device; centroids are treated as read-only (replace, don't edit).
+        key = (str(device), id(self.centroids))
         if key not in self._cache:
             c64 = self.centroids.astype(np.float64)
             shift64 = c64.mean(axis=0)
@@ -654,6 +652,9 @@ def _fit_sklearn(frames: np.ndarray, config: KMeansConfig, max_iter: int, n_init
         "n_steps": int(kmeans.n_steps_),
         "n_iter": int(kmeans.n_iter_),
     }
+    init_size = getattr(kmeans, "_init_size", None)  # sklearn: 3 * batch_size by default
+    if init_size is not None:
+        details["init_frames"] = int(min(init_size, frames.shape[0]))
     return np.asarray(kmeans.cluster_centers_, dtype=np.float32), details
 
 

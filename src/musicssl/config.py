@@ -1,0 +1,128 @@
+"""Typed configs: frozen dataclasses, nested; JSON round trip and dotted `key=value` overrides.
+
+    apply_overrides(run_config, ["trainer.max_steps=100", "model.mask.mask_prob=0.65"])
+
+Values are parsed by the field's declared type (int, float, bool, str, tuples), so a typo in
+a key or a value that does not fit fails with the path and the expected type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from typing import Any
+
+
+def to_dict(config: Any) -> Any:
+    """A dataclass tree -> plain JSON-able values (tuples become lists)."""
+    if dataclasses.is_dataclass(config):
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, (list, tuple)):
+        return [to_dict(v) for v in config]
+    return config
+
+
+def from_dict(cls: type, values: dict, path: str = "") -> Any:
+    """Inverse of `to_dict` for dataclass `cls`; unknown keys are an error."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"unknown config keys {sorted(f'{path}{k}' for k in unknown)}")
+    kwargs = {name: _coerce(hints[name], value, f"{path}{name}") for name, value in values.items()}
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, path: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        if dataclasses.is_dataclass(value):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"{path}: expected a mapping for {hint.__name__}, got {value!r}")
+        return from_dict(hint, value, path + ".")
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(option, value, path)
+            except (ValueError, TypeError) as error:
+                errors.append(str(error))
+        raise ValueError(f"{path}: {value!r} fits none of {hint}")
+    if origin is tuple:
+        args = typing.get_args(hint)
+        items = list(value) if isinstance(value, (list, tuple)) else _parse_sequence(value, path)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, path) for v in items)
+        if len(args) != len(items):
+            raise ValueError(f"{path}: expected {len(args)} values, got {items!r}")
+        return tuple(_coerce(a, v, path) for a, v in zip(args, items))
+    if origin is typing.Literal:
+        if value not in typing.get_args(hint):
+            raise ValueError(f"{path}: expected one of {typing.get_args(hint)}, got {value!r}")
+        return value
+    return _scalar(hint, value, path)
+
+
+def _scalar(hint: Any, value: Any, path: str) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "1", "yes"):
+            return True
+        if str(value).lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(f"{path}: expected true/false, got {value!r}")
+    if hint in (int, float, str):
+        try:
+            if hint is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return hint(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: expected {hint.__name__}, got {value!r}") from None
+    return value
+
+
+def _parse_sequence(text: Any, path: str) -> list:
+    if not isinstance(text, str):
+        raise ValueError(f"{path}: expected a sequence, got {text!r}")
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError:
+        parsed = [part for part in text.strip("()[]").split(",") if part.strip()]
+    return list(parsed) if isinstance(parsed, (list, tuple)) else [parsed]
+
+
+def apply_overrides(config: Any, overrides: list[str]) -> Any:
+    """Return a copy of `config` with each dotted `key=value` applied (values parsed by type)."""
+    for override in overrides:
+        if "=" not in override:
+            raise ValueError(f"override {override!r} must look like key=value, e.g. trainer.max_steps=100")
+        key, raw = override.split("=", 1)
+        config = _set_path(config, key.strip().split("."), _parse_literal(raw.strip()), key)
+    return config
+
+
+def _parse_literal(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _set_path(config: Any, parts: list[str], value: Any, key: str) -> Any:
+    names = {f.name for f in dataclasses.fields(config)}
+    if parts[0] not in names:
+        raise ValueError(f"unknown config key {key!r}: {parts[0]!r} is not one of {sorted(names)}")
+    current = getattr(config, parts[0])
+    if len(parts) > 1:
+        if not dataclasses.is_dataclass(current):
+            raise ValueError(f"unknown config key {key!r}: {parts[0]!r} has no sub-keys")
+        return dataclasses.replace(config, **{parts[0]: _set_path(current, parts[1:], value, key)})
+    hint = typing.get_type_hints(type(config))[parts[0]]
+    return dataclasses.replace(config, **{parts[0]: _coerce(hint, value, key)})

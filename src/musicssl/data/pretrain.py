@@ -1,0 +1,407 @@
+"""Pre-training data: random crops of manifest rows, aligned label crops, micro-batches per update.
+
+Data flow, for one optimizer update on one rank::
+
+    UpdatePlan.micro_batches(epoch, update)          keys (epoch, row), this rank's share
+      -> PretrainDataset[(epoch, row)]               decode row, random crop, label crop, (normalize)
+      -> collate(items)                              drop bad items, crop to the shortest -> Batch (B, n)
+      -> UpdateLoader.iterate(start_update)          accumulation_steps Batches per update
+
+Determinism. Nothing here draws from a global or per-worker random state:
+
+* the order of items is ``default_rng([seed, epoch]).permutation(num_items)``, cut into groups of
+  ``crops_per_update`` (the global batch); rank ``r`` of ``W`` takes the ``r``-th contiguous slice;
+* the crop of an item is drawn from ``default_rng([seed, epoch, row])``.
+
+So the crop a row gets depends only on (seed, epoch, row): not on the world size, the batch it
+lands in, the DataLoader worker that decodes it, or whether the run was resumed. With the global
+batch fixed (accumulation makes up for fewer ranks), a DDP run sees exactly the crops of a single
+process run, update by update, and resuming at global update ``k`` (``UpdateLoader.iterate(k)``)
+replays what an uninterrupted run would have read from there on.
+
+Bad files never stop training: an item that cannot be decoded, is shorter than ``min_samples``, or
+no longer decodes to the manifest's length becomes ``None`` (logged once per file and process);
+``collate`` drops it and counts it in ``Batch.skipped``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import count
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from musicssl import audio
+from musicssl.data.manifest import Manifest, read_manifest
+from musicssl.models.backbone import normalize_waveform
+from musicssl.targets.labels import LabelGrid, check_labels, label_file, read_label_set
+
+Key = tuple[int, int]  # (epoch, manifest row)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    crop_seconds: float = 5.0  # the paper's 5 s crops (fairseq max_sample_size 80000 at 16 kHz)
+    min_seconds: float = 2.0  # fairseq min_sample_size 32000 at 16 kHz: shorter files are skipped
+    batch_seconds: float = 80.0  # global audio per optimizer update (all ranks, all micro-batches)
+    micro_batch_seconds: float = 20.0  # audio per forward pass on one rank
+    seed: int = 0
+    num_workers: int = 0  # DataLoader worker processes (0: decode in the training process)
+
+    def __post_init__(self):
+        for name in ("crop_seconds", "batch_seconds", "micro_batch_seconds"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"data.{name} must be positive, got {getattr(self, name)}")
+        if self.min_seconds < 0 or self.num_workers < 0:
+            raise ValueError("data.min_seconds and data.num_workers must be >= 0")
+        if self.crops_per_micro_batch < 1 or self.crops_per_update < 1:
+            raise ValueError(f"data.batch_seconds ({self.batch_seconds}) and data.micro_batch_seconds "
+                             f"({self.micro_batch_seconds}) must hold at least one {self.crop_seconds} s crop")
+
+    @property
+    def crops_per_update(self) -> int:
+        return round(self.batch_seconds / self.crop_seconds)
+
+    @property
+    def crops_per_micro_batch(self) -> int:
+        return round(self.micro_batch_seconds / self.crop_seconds)
+
+
+# ---------------------------------------------------------------------------------------------
+# labels: row i of a .km file, read on demand
+
+
+class LabelRows:
+    """Row ``i`` of a label file (``{split}.km``) as int64 ids, read from disk when asked.
+
+    Only the byte offset of each line is kept (8 bytes per row), not the labels. Pickling drops the
+    open file; each process (DataLoader worker, forked or spawned) opens its own, so no two
+    processes share a file position.
+    """
+
+    def __init__(self, path: str | Path):
+        self._handle, self._pid = None, None
+        self.path = Path(path)
+        self.offsets = _line_offsets(self.path)  # (rows + 1,) row i is bytes [offsets[i], offsets[i+1])
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"{self.path}: row {index} out of range ({len(self)} rows)")
+        index %= len(self)
+        if self._handle is None or self._pid != os.getpid():
+            self.close()  # a handle inherited through fork shares its file position with the parent
+            self._handle, self._pid = self.path.open("rb"), os.getpid()
+        start, stop = int(self.offsets[index]), int(self.offsets[index + 1])
+        self._handle.seek(start)
+        return np.array(self._handle.read(stop - start).split(), dtype=np.int64)  # (T,)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __del__(self):
+        self.close()
+
+    def __getstate__(self) -> dict:
+        return self.__dict__ | {"_handle": None, "_pid": None}
+
+
+def _line_offsets(path: Path, block_bytes: int = 1 << 24) -> np.ndarray:
+    """Start of every line and the end of the last one; a missing final newline is tolerated."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: label file not found")
+    starts, position = [np.zeros(1, dtype=np.int64)], 0
+    with path.open("rb") as handle:
+        while block := handle.read(block_bytes):
+            newlines = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == ord("\n"))
+            starts.append(newlines.astype(np.int64) + position + 1)
+            position += len(block)
+    offsets = np.concatenate(starts)
+    return offsets if offsets[-1] == position else np.append(offsets, position)
+
+
+# ---------------------------------------------------------------------------------------------
+# items: one crop per (epoch, row)
+
+
+class PretrainDataset(Dataset):
+    """Map-style dataset keyed by ``(epoch, row)``; ``dataset[(epoch, row)]`` is a dict or None.
+
+    The dict holds ``index`` (the row), ``offset`` (crop start in samples), ``wav`` float32 (n,)
+    with ``n = min(crop_samples, file length)``, and with labels ``labels`` int64 (t,) and
+    ``labels_per_sample`` (label rate / sample rate, which ``collate`` needs to cut labels).
+    Labels are cropped as fairseq's ``collater_frm_label``: first label ``round(offset * ratio)``,
+    count ``min(round(n * ratio), labels left in the row)``.
+    ``normalize`` standardises each crop after cropping (data2vec's ``normalize``).
+    """
+
+    def __init__(self, manifest: Manifest, sample_rate: int, crop_samples: int, min_samples: int, seed: int,
+                 labels: LabelRows | None = None, label_grid: LabelGrid | None = None,
+                 normalize: bool = False):
+        if crop_samples <= 0 or min_samples < 0:
+            raise ValueError(f"crop_samples must be > 0 and min_samples >= 0, got {crop_samples}, {min_samples}")
+        if (labels is None) != (label_grid is None):
+            raise ValueError("labels and label_grid go together: give both or neither")
+        if labels is not None and len(labels) != len(manifest):
+            raise ValueError(f"{labels.path}: {len(labels)} label rows, the manifest has {len(manifest)}")
+        if label_grid is not None and label_grid.sample_rate != sample_rate:
+            raise ValueError(f"labels were made from audio at {label_grid.sample_rate} Hz, but training "
+                             f"reads audio at {sample_rate} Hz; their frames would not line up")
+        self.manifest, self.sample_rate, self.seed = manifest, sample_rate, seed
+        self.crop_samples, self.min_samples = crop_samples, min_samples
+        self.labels, self.label_grid, self.normalize = labels, label_grid, normalize
+        self.skipped: Counter[str] = Counter()  # reason -> items skipped in THIS process
+        self._logged: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __getitem__(self, key: Key) -> dict | None:
+        epoch, index = key
+        wav = self._load(index)  # (N,)
+        if wav is None:
+            return None
+        rng = np.random.default_rng([self.seed, epoch, index])
+        crop, offset = audio.random_crop(wav, self.crop_samples, rng)  # (n,)
+        # Copy: a view would keep the whole file alive and ship it from worker to trainer.
+        crop = torch.from_numpy(np.array(crop, dtype=np.float32))
+        if self.normalize:
+            crop = normalize_waveform(crop[None], torch.tensor([len(crop)]))[0]
+        item = {"index": index, "offset": offset, "wav": crop}
+        if self.labels is not None:
+            ratio = self.label_grid.rate_hz / self.sample_rate
+            item["labels"] = torch.from_numpy(self._crop_labels(index, offset, len(crop), ratio))
+            item["labels_per_sample"] = ratio
+        return item
+
+    def _load(self, index: int) -> np.ndarray | None:
+        path, expected = self.manifest.path(index), self.manifest.num_samples(index)
+        if expected < self.min_samples:
+            return self._skip(index, "too short", f"{expected} samples, fewer than min {self.min_samples}")
+        try:
+            wav = audio.load_audio(path, self.sample_rate)
+        except (audio.AudioError, OSError, RuntimeError) as error:
+            return self._skip(index, "undecodable", getattr(error, "problem", str(error)))
+        if len(wav) != expected:
+            return self._skip(index, "changed", f"decodes to {len(wav)} samples, the manifest says "
+                                                f"{expected}; the file changed since the manifest was built")
+        return wav
+
+    def _skip(self, index: int, kind: str, reason: str) -> None:
+        self.skipped[kind] += 1
+        if index not in self._logged:
+            self._logged.add(index)
+            print(f"skipping {self.manifest.path(index)} ({kind}): {reason}", file=sys.stderr)
+        return None
+
+    def _crop_labels(self, index: int, offset: int, num_samples: int, ratio: float) -> np.ndarray:
+        row = self.labels[index]  # (T,)
+        start = round(offset * ratio)
+        length = max(0, min(round(num_samples * ratio), len(row) - start))
+        return row[start:start + length]  # (t,)
+
+
+# ---------------------------------------------------------------------------------------------
+# batches
+
+
+@dataclass
+class Batch:
+    wav: Tensor  # (B, n) float32, every crop cut to the shortest
+    lengths: Tensor  # (B,) long, all n (kept so the model API takes padded batches too)
+    labels: Tensor | None  # (B, t) long
+    indices: Tensor  # (B,) long, manifest rows
+    skipped: int  # items of this micro-batch that were None
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return self._map(lambda x: x.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Batch:  # DataLoader(pin_memory=True) calls this on custom batch types
+        return self._map(Tensor.pin_memory)
+
+    def _map(self, function: Callable[[Tensor], Tensor]) -> Batch:
+        labels = None if self.labels is None else function(self.labels)
+        return Batch(function(self.wav), function(self.lengths), labels, function(self.indices), self.skipped)
+
+
+def collate(items: list[dict | None]) -> Batch | None:
+    """Drop None items; cut every crop to the shortest (its first n samples, as fairseq crops
+    to the shortest without padding); None if nothing is left.
+
+    Labels: item i keeps ``min(len_i, round(n * label_rate / sample_rate))`` labels, then all are
+    cut to the shortest of those, so labels need no padding. A file that ends early can thus
+    shorten every row of its batch by a label or two (fairseq's ``collater_frm_label`` does the
+    same); label j of every row still covers samples from ``j / label_rate`` seconds of its crop.
+    """
+    kept = [item for item in items if item is not None]
+    if not kept:
+        return None
+    n = min(len(item["wav"]) for item in kept)
+    wav = torch.stack([item["wav"][:n] for item in kept])  # (B, n)
+    return Batch(wav=wav, lengths=torch.full((len(kept),), n, dtype=torch.long), labels=_collate_labels(kept, n),
+                 indices=torch.tensor([item["index"] for item in kept], dtype=torch.long),
+                 skipped=len(items) - len(kept))
+
+
+def _collate_labels(items: list[dict], num_samples: int) -> Tensor | None:
+    with_labels = sum("labels" in item for item in items)
+    if with_labels == 0:
+        return None
+    if with_labels != len(items):
+        raise ValueError("some items have labels and others do not; they come from different datasets")
+    lengths = [min(len(item["labels"]), round(num_samples * item["labels_per_sample"])) for item in items]
+    t = min(lengths)
+    return torch.stack([item["labels"][:t] for item in items])  # (B, t)
+
+
+# ---------------------------------------------------------------------------------------------
+# which items each rank reads, update by update
+
+
+class UpdatePlan:
+    """Deterministic order of items, sharded by rank.
+
+    Epoch e uses the permutation ``default_rng([seed, e])`` of ``range(num_items)``; update u of the
+    epoch takes the global items ``perm[u*G:(u+1)*G]`` (G = crops_per_update; the incomplete last
+    group is dropped); rank r of W takes the r-th contiguous slice of G/W items and splits it into
+    micro-batches of m = crops_per_micro_batch. G must be divisible by W*m;
+    ``accumulation_steps = G // (W*m)``.
+    """
+
+    def __init__(self, num_items: int, config: DataConfig, world_size: int = 1, rank: int = 0):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
+        group, micro = config.crops_per_update, config.crops_per_micro_batch
+        if group % (world_size * micro):
+            raise ValueError(_divisibility_help(config, world_size))
+        if num_items < group:
+            raise ValueError(f"{num_items} items, fewer than the {group} crops of one update "
+                             f"(data.batch_seconds={config.batch_seconds:g} / data.crop_seconds="
+                             f"{config.crop_seconds:g}); lower data.batch_seconds or add audio")
+        self.num_items, self.seed, self.world_size, self.rank = num_items, config.seed, world_size, rank
+        self.crops_per_update, self.micro_batch_size = group, micro
+        self.crops_per_rank = group // world_size
+        self.accumulation_steps = group // (world_size * micro)
+        self.updates_per_epoch = num_items // group
+        self._cache: tuple[int, np.ndarray] | None = None
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        if self._cache is None or self._cache[0] != epoch:  # one O(num_items) shuffle per epoch
+            self._cache = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_items))
+        return self._cache[1]
+
+    def global_items(self, epoch: int, update: int) -> np.ndarray:
+        """The G rows of this update, all ranks, in rank order."""
+        if not 0 <= update < self.updates_per_epoch:
+            raise IndexError(f"update {update} of an epoch of {self.updates_per_epoch} updates")
+        return self.permutation(epoch)[update * self.crops_per_update:(update + 1) * self.crops_per_update]
+
+    def micro_batches(self, epoch: int, update: int) -> list[list[Key]]:
+        mine = self.global_items(epoch, update)[self.rank * self.crops_per_rank:(self.rank + 1) * self.crops_per_rank]
+        m = self.micro_batch_size
+        return [[(epoch, int(row)) for row in mine[s:s + m]] for s in range(0, self.crops_per_rank, m)]
+
+    def position(self, global_update: int) -> tuple[int, int]:
+        """(epoch, update within the epoch) of a global update counter."""
+        if global_update < 0:
+            raise ValueError(f"global_update must be >= 0, got {global_update}")
+        return divmod(global_update, self.updates_per_epoch)
+
+
+def _divisibility_help(config: DataConfig, world_size: int) -> str:
+    group, micro, crop = config.crops_per_update, config.crops_per_micro_batch, config.crop_seconds
+    step = world_size * micro
+    batches = sorted({max(1, group // step) * step, (group // step + 1) * step})
+    text = (f"data.batch_seconds={config.batch_seconds:g} ({group} crops of {crop:g} s) must split into "
+            f"{world_size} ranks x micro-batches of {micro} crops (data.micro_batch_seconds="
+            f"{config.micro_batch_seconds:g}), but {group} is not divisible by {step}. Use data.batch_seconds "
+            f"in {[b * crop for b in batches]}")
+    if group % world_size == 0:
+        micros = [d for d in range(1, group // world_size + 1) if (group // world_size) % d == 0]
+        text += f", or data.micro_batch_seconds in {[d * crop for d in micros]}"
+    return text + " (or another number of ranks)."
+
+
+class _KeySampler:
+    """Batch sampler for DataLoader: this rank's micro-batches of keys, from a global update on, forever."""
+
+    def __init__(self, plan: UpdatePlan, start_update: int):
+        self.plan, self.start_update = plan, start_update
+
+    def __iter__(self) -> Iterator[list[Key]]:
+        for global_update in count(self.start_update):
+            yield from self.plan.micro_batches(*self.plan.position(global_update))
+
+
+class UpdateLoader:
+    """Yields ``(global update, [Batch | None] * accumulation_steps)`` forever, from ``start_update``.
+
+    With ``num_workers > 0`` a DataLoader decodes in worker processes over one endless batch sampler,
+    so workers live across epochs (no re-spawn at epoch boundaries) and prefetch; its output order,
+    and every tensor, equal the ``num_workers=0`` path because items depend only on their keys.
+    """
+
+    def __init__(self, dataset: PretrainDataset, plan: UpdatePlan, num_workers: int = 0,
+                 pin_memory: bool = False):
+        self.dataset, self.plan, self.num_workers, self.pin_memory = dataset, plan, num_workers, pin_memory
+        self.skipped_total = 0  # bad items seen so far, counted from the batches (so across workers)
+
+    def iterate(self, start_update: int = 0) -> Iterator[tuple[int, list[Batch | None]]]:
+        micro_batches = self._micro_batches(start_update)
+        for update in count(start_update):
+            group = [next(micro_batches) for _ in range(self.plan.accumulation_steps)]
+            self.skipped_total += sum(self.plan.micro_batch_size if b is None else b.skipped for b in group)
+            yield update, group
+
+    def _micro_batches(self, start_update: int) -> Iterator[Batch | None]:
+        sampler = _KeySampler(self.plan, start_update)
+        if self.num_workers == 0:
+            for keys in sampler:
+                yield collate([self.dataset[key] for key in keys])
+            return
+        loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
+                            pin_memory=self.pin_memory, prefetch_factor=2)
+        iterator = iter(loader)
+        try:
+            yield from iterator
+        finally:
+            del iterator  # shuts the workers down when the caller stops iterating
+
+
+# ---------------------------------------------------------------------------------------------
+# from files
+
+
+def build_pretrain_data(manifest_dir: str | Path, split: str = "train", label_dir: str | Path | None = None,
+                        sample_rate: int = 16_000, config: DataConfig = DataConfig(), normalize: bool = False,
+                        world_size: int = 1, rank: int = 0) -> tuple[PretrainDataset, UpdatePlan]:
+    """Dataset and plan for ``{manifest_dir}/{split}.tsv``; with ``label_dir``, its ``{split}.km`` is
+    checked against the manifest first (every rank checks; rank 0 prints the summary line)."""
+    manifest = read_manifest(Path(manifest_dir) / f"{split}.tsv")
+    labels, grid = None, None
+    if label_dir is not None:
+        label_set = read_label_set(label_dir)
+        path = label_file(label_set.directory, split)
+        summary = check_labels(path, manifest, label_set.grid, label_set.k)
+        if rank == 0:
+            print(summary.line(split), file=sys.stderr)
+        labels, grid = LabelRows(path), label_set.grid
+    crop_samples, min_samples = round(config.crop_seconds * sample_rate), round(config.min_seconds * sample_rate)
+    short = sum(n < min_samples for _, n in manifest.items)
+    if short and rank == 0:
+        print(f"{split}: {short} of {len(manifest)} files are shorter than data.min_seconds="
+              f"{config.min_seconds:g} and will be skipped", file=sys.stderr)
+    dataset = PretrainDataset(manifest, sample_rate, crop_samples, min_samples, config.seed, labels, grid, normalize)
+    return dataset, UpdatePlan(len(dataset), config, world_size, rank)

@@ -1,0 +1,346 @@
+"""The pre-training loop shared by MusicHuBERT and Music2Vec.
+
+Launch (the same command at every scale; the global batch is fixed by `data.batch_seconds`,
+whatever the world size, through gradient accumulation):
+
+    # one process (CPU or one GPU)
+    musicssl pretrain musichubert --preset base --data MANIFEST --labels LABELS --out RUN
+    # one node, 8 GPUs
+    torchrun --standalone --nproc_per_node 8 -m musicssl.cli pretrain musichubert ...
+    # 4 nodes x 8 GPUs (run on every node)
+    torchrun --nnodes 4 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
+        -m musicssl.cli pretrain musichubert ...
+
+DDP is detected from torchrun's environment (gloo on CPU, nccl on GPU). Rank 0 alone logs and
+writes checkpoints. Losses come back from the model as sums with a sample size (masked
+frames); gradients are divided by the global sample size after all micro-batches and ranks
+(fairseq's multiply_grads), so one process and N processes take the same step.
+
+A checkpoint is a directory that transformers loads (the backbone) plus `training_state/`
+(heads, EMA teacher, optimizer, scheduler, RNG, data position, resolved run config). It is
+written to a temporary directory and renamed, so a killed run never leaves half a checkpoint;
+a run directory that holds checkpoints resumes from the newest one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from musicssl.config import to_dict
+from musicssl.data.pretrain import Batch, UpdateLoader
+from musicssl.interop.huggingface import export_pretrained, from_hf_state_dict, read_hf_weights
+from musicssl.models.backbone import Backbone
+from musicssl.train.schedules import ScheduleConfig, learning_rate, make_scheduler
+
+CHECKPOINTS = "checkpoints"
+STATE = "training_state"
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    max_steps: int = 250_000  # the paper's MusicHuBERT length (HuBERT recipe: 400k)
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(
+        kind="polynomial", peak_lr=5e-4, warmup_steps=32_000, total_steps=250_000))
+    betas: tuple[float, float] = (0.9, 0.98)  # fairseq adam_betas, both recipes
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+    clip_norm: float = 10.0  # HuBERT 10; data2vec none (0 = off)
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16 (with GradScaler)
+    checkpoint_every: int = 25_000  # both recipes
+    keep_checkpoints: int = 3  # older ones are deleted (0 = keep all)
+    log_every: int = 10
+    max_nonfinite_in_row: int = 10
+    seed: int = 1337  # HuBERT recipe
+
+
+class PretrainTask(Protocol):
+    """What a pre-training method gives the loop (MusicHuBERT, Music2Vec)."""
+
+    model: nn.Module  # trained parameters: backbone + heads
+    sample_rate: int
+
+    def backbone(self) -> Backbone: ...
+    def step(self, model: nn.Module, batch: Batch, update: int) -> dict[str, Tensor]: ...  # sums + sample_size
+    def after_update(self, update: int) -> dict[str, float]: ...  # e.g. the EMA step; returns metrics
+    def head_state(self) -> dict[str, Tensor]: ...
+    def load_head_state(self, state: dict[str, Tensor]) -> None: ...
+    def metrics(self, totals: dict[str, float]) -> dict[str, float]: ...  # sums -> logged values
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> tuple[Distributed, torch.device]:
+    """From torchrun's environment; a plain `python` run is world size 1."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return Distributed(), torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    env = Distributed(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(env.local_rank)
+        dist.init_process_group("nccl")
+        return env, torch.device("cuda", env.local_rank)
+    dist.init_process_group("gloo")
+    return env, torch.device("cpu")
+
+
+def autocast_context(precision: str, device: torch.device):
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    root = run_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_")),
+                  key=lambda p: int(p.name.split("_")[1]))
+
+
+def save_checkpoint(run_dir: Path, task: PretrainTask, optimizer, scheduler, scaler, state: dict,
+                    keep: int) -> Path:
+    final = run_dir / CHECKPOINTS / f"step_{state['step']:08d}"
+    partial = final.with_name("." + final.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    export_pretrained(task.backbone(), partial)
+    (partial / STATE).mkdir()
+    save_file({k: v.detach().contiguous() for k, v in task.head_state().items()},
+              str(partial / STATE / "heads.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else {},
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+               partial / STATE / "optimizer.pt")
+    (partial / STATE / "trainer.json").write_text(json.dumps(state, indent=2) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    partial.replace(final)
+    for old in checkpoint_dirs(run_dir)[:-keep] if keep else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, task: PretrainTask, optimizer, scheduler, scaler) -> dict:
+    """Restore everything `save_checkpoint` wrote; never unpickles (weights_only=True)."""
+    backbone = task.backbone()
+    weights, _ = from_hf_state_dict(read_hf_weights(path), backbone.config.variant, str(path))
+    backbone.load_state_dict(weights)
+    task.load_head_state(load_file(str(path / STATE / "heads.safetensors")))
+    saved = torch.load(path / STATE / "optimizer.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    if scaler is not None and saved["scaler"]:
+        scaler.load_state_dict(saved["scaler"])
+    torch.set_rng_state(saved["torch_rng"])
+    if torch.cuda.is_available() and saved["cuda_rng"]:
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
+    return json.loads((path / STATE / "trainer.json").read_text())
+
+
+def read_run_config(path: Path) -> dict:
+    """The resolved run config stored in a checkpoint (resume takes the architecture from here)."""
+    return json.loads((path / STATE / "trainer.json").read_text())["run_config"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+class Logger:
+    """Rank 0: a JSONL file, TensorBoard if installed, and a tqdm progress line."""
+
+    def __init__(self, run_dir: Path, enabled: bool, total: int, start: int):
+        from tqdm import tqdm
+
+        self.enabled = enabled
+        self.jsonl = (run_dir / "log.jsonl").open("a") if enabled else None
+        self.bar = tqdm(total=total, initial=start, desc="pretrain", unit="step", disable=not enabled)
+        self.tensorboard = None
+        if enabled:
+            with contextlib.suppress(ImportError):
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        self.jsonl.flush()
+        if self.tensorboard is not None:
+            for key, value in values.items():
+                self.tensorboard.add_scalar(key, value, step)
+        shown = {k: v for k, v in values.items() if k in ("loss", "accuracy/masked", "lr", "audio_s_per_s")}
+        self.bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in shown.items()})
+
+    def advance(self) -> None:
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.jsonl:
+            self.jsonl.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def _all_reduce(values: Tensor, env: Distributed) -> Tensor:
+    if env.world_size > 1:
+        dist.all_reduce(values)
+    return values
+
+
+def _accumulate(totals: dict[str, Tensor], result: dict[str, Tensor]) -> None:
+    for key, value in result.items():
+        if value.dim() == 0:
+            name = "loss_value" if key == "loss" else key
+            totals[name] = totals[name] + value.detach().float()
+    totals["micro_batches"] = totals["micro_batches"] + 1
+
+
+def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_dir: Path, run_config: Any,
+          env: Distributed, device: torch.device, resume_from: Path | None = None) -> dict:
+    """Run until `config.max_steps`; returns the final trainer state."""
+    model = task.model.to(device)
+    ddp = model if env.world_size == 1 else nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=task.backbone().config.layerdrop > 0)  # LayerDrop leaves blocks unused
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.schedule.peak_lr, betas=config.betas,
+                                  eps=config.eps, weight_decay=config.weight_decay)
+    scheduler = make_scheduler(optimizer, config.schedule)
+    scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
+    state = {"step": 0, "updates_consumed": 0, "skipped_items": 0, "nonfinite_steps": 0,
+             "run_config": to_dict(run_config)}
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, task, optimizer, scheduler, scaler)
+        if env.is_main:
+            print(f"resumed from {resume_from} at step {state['step']}", file=sys.stderr)
+    logger = Logger(run_dir, env.is_main, config.max_steps, state["step"])
+    nonfinite_in_row, window, started = 0, defaultdict(float), time.perf_counter()
+    try:
+        for update, micro_batches in loader.iterate(state["updates_consumed"]):
+            if state["step"] >= config.max_steps:
+                break
+            totals, finite = _run_update(task, ddp, micro_batches, config, device, scaler, update)
+            state["updates_consumed"] = update + 1
+            totals = dict(zip(totals, _all_reduce(torch.stack(list(totals.values())), env).tolist()))
+            state["skipped_items"] += int(totals.pop("skipped", 0))
+            stepped = finite and _apply_update(model, optimizer, scaler, config, env, totals)
+            grad_norm = totals.pop("grad_norm", float("nan"))
+            if not stepped:
+                state["nonfinite_steps"] += 1
+                nonfinite_in_row += 1
+                if nonfinite_in_row >= config.max_nonfinite_in_row:
+                    raise NonFiniteLoss(f"stopping: {nonfinite_in_row} updates in a row had a non-finite loss "
+                                        f"or gradient (step {state['step']}); lower the learning rate or use "
+                                        f"fp32/bf16 (trainer.precision)")
+                continue
+            nonfinite_in_row = 0
+            scheduler.step()
+            state["step"] += 1
+            extra = task.after_update(state["step"])
+            logger.advance()
+            for key, value in totals.items():
+                window[key] += value
+            if state["step"] % config.log_every == 0 or state["step"] == config.max_steps:
+                elapsed = time.perf_counter() - started
+                values = task.metrics(dict(window)) | extra | {
+                    "lr": learning_rate(config.schedule, state["step"] - 1), "grad_norm": grad_norm,
+                    "audio_s_per_s": window["audio_seconds"] / max(elapsed, 1e-9),
+                    "skipped_items": state["skipped_items"], "nonfinite_steps": state["nonfinite_steps"]}
+                logger.log(state["step"], values)
+                window, started = defaultdict(float), time.perf_counter()
+            if env.is_main and (state["step"] % config.checkpoint_every == 0 or state["step"] == config.max_steps):
+                save_checkpoint(run_dir, task, optimizer, scheduler, scaler, state, config.keep_checkpoints)
+            if env.world_size > 1:
+                dist.barrier()  # nobody runs ahead of a checkpoint being written
+    finally:
+        logger.close()
+    return state
+
+
+def _run_update(task, ddp, micro_batches, config, device, scaler, update) -> tuple[dict[str, Tensor], bool]:
+    """Forward/backward every micro-batch of one update; gradients hold sums afterwards."""
+    ddp.train()
+    for parameter in ddp.parameters():
+        parameter.grad = None
+    totals: dict[str, Tensor] = defaultdict(lambda: torch.zeros((), device=device))
+    finite = True
+    usable = [b for b in micro_batches if b is not None]
+    totals["skipped"] = torch.tensor(float(sum(b.skipped if b is not None else 0 for b in micro_batches)
+                                           + sum(b is None for b in micro_batches)), device=device)
+    for index, batch in enumerate(usable):
+        last = index == len(usable) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(ddp, "no_sync") else ddp.no_sync()
+        with sync:
+            with autocast_context(config.precision, device):
+                result = task.step(ddp, _to_device(batch, device), update)
+            loss = result["loss"].float()
+            finite = finite and bool(torch.isfinite(loss))
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        _accumulate(totals, result)
+        totals["audio_seconds"] = totals["audio_seconds"] + batch.lengths.sum().float() / task.sample_rate
+    totals.setdefault("sample_size", torch.zeros((), device=device))
+    return dict(totals), finite
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    moved = {name: value.to(device) if isinstance(value, Tensor) else value for name, value in vars(batch).items()}
+    return type(batch)(**moved)
+
+
+def _apply_update(model, optimizer, scaler, config: TrainerConfig, env: Distributed, totals: dict) -> bool:
+    """Divide the summed gradients by the global sample size, clip, step. False if not finite."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    # DDP averaged over ranks: times world size gives the sum, over the sample size the mean.
+    factor = env.world_size / max(totals["sample_size"], 1.0)
+    parameters = [p for p in model.parameters() if p.grad is not None]
+    for parameter in parameters:
+        parameter.grad.mul_(factor)
+    norm = torch.nn.utils.clip_grad_norm_(parameters, config.clip_norm if config.clip_norm > 0 else math.inf)
+    totals["grad_norm"] = float(norm)
+    if not math.isfinite(float(norm)):
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.update()
+        return False
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return True
