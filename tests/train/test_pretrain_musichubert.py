@@ -114,7 +114,8 @@ def test_checkpoint_backbone_loads_in_transformers(prepared, tmp_path):
     transformers = pytest.importorskip("transformers")
     import musicssl
 
-    pretrain(prepared, tmp_path / "run", *MICRO, "trainer.max_steps=2", "data.batch_seconds=8")
+    pretrain(prepared, tmp_path / "run", *MICRO, "trainer.max_steps=2", "data.batch_seconds=8",
+             "data.micro_batch_seconds=8")
     checkpoint = sorted((tmp_path / "run" / "checkpoints").glob("step_*"))[-1]
     reference = transformers.HubertModel.from_pretrained(checkpoint).eval()
     ours = musicssl.load_model(checkpoint, device="cpu")
