@@ -125,3 +125,16 @@ def test_checkpoint_backbone_loads_in_transformers(prepared, tmp_path):
     features = ours.extract(wav[0].numpy(), 16000)
     for layer, want in enumerate(hidden):
         assert (features[layer] - want[0]).abs().max() < 1e-4
+
+
+def test_non_finite_steps_are_skipped_then_training_stops_with_a_message(prepared, tmp_path):
+    result = subprocess.run(
+        [MUSICSSL, "pretrain", "musichubert", "--preset", "tiny", "--data", str(prepared / "manifest"),
+         "--labels", str(prepared / "labels"), "--out", str(tmp_path / "run"),
+         *sum([["--set", o] for o in [*MICRO, "data.batch_seconds=4", "data.micro_batch_seconds=4",
+                                      "trainer.max_steps=40", "trainer.schedule.peak_lr=1e30",
+                                      "trainer.schedule.warmup_steps=1", "trainer.clip_norm=0",
+                                      "trainer.max_nonfinite_in_row=3"]], [])],
+        capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "3 updates in a row had a non-finite loss" in result.stderr

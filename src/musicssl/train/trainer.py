@@ -213,8 +213,8 @@ class Logger:
             self.tensorboard.close()
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
+class NonFiniteLoss(ValueError):
+    """Training diverged; a ValueError so the CLI reports it as a message, not a traceback."""
 
 
 def _all_reduce(values: Tensor, env: Distributed) -> Tensor:
