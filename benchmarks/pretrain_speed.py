@@ -1,0 +1,106 @@
+"""Training-step speed of the full MusicHuBERT objective against transformers' HubertModel.
+
+    .venv/bin/python benchmarks/pretrain_speed.py [--steps 3] [--dtypes fp32 bf16]
+
+Same run, same weights, batch 2 x 5 s, 2 threads, AdamW step included in both:
+- ours: `MusicHubert` (span masking 0.8/10, masked prediction over k = 500 classes with the
+  cosine head, feature penalty), i.e. exactly what `musicssl pretrain musichubert` runs;
+- baseline: `transformers.HubertModel` forward + backward with a plain loss (mean square of
+  the last hidden state), no head and no masking: the cheapest step transformers can take.
+Printed: seconds per step (median of interleaved rounds), steps/s, the ratio baseline/ours
+(> 1 = ours faster; targets >= 1.0 in fp32, >= 1.5 for ours in bf16 against transformers in
+fp32) and MFU = model FLOPs per second / measured matmul peak of the same dtype.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from backbone_speed import autocast, matmul_gflops, model_flops  # noqa: E402
+
+from musicssl.interop.huggingface import export_pretrained  # noqa: E402
+from musicssl.models.musichubert import MusicHubert, musichubert_config  # noqa: E402
+
+
+def build(k: int):
+    torch.manual_seed(0)
+    config = musichubert_config("base", num_classes=k, label_rate_hz=100.0)
+    config = dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, layerdrop=0.0))
+    ours = MusicHubert(config)
+    from transformers import AutoModel
+
+    with tempfile.TemporaryDirectory() as directory:
+        export_pretrained(ours.backbone, directory)
+        reference = AutoModel.from_pretrained(directory, attn_implementation="sdpa", layerdrop=0.0,
+                                              mask_time_prob=0.0)
+    return ours.train(), reference.train()
+
+
+def ours_step(model, optimizer, wav, labels, dtype, update):
+    with autocast(dtype):
+        result = model(wav, None, labels, generator=update)
+    (result["loss"] / result["sample_size"]).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def reference_step(model, optimizer, wav, dtype):
+    with autocast(dtype):
+        hidden = model(wav).last_hidden_state
+    hidden.float().pow(2).mean().backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--k", type=int, default=500)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    ours, reference = build(args.k)
+    optimizers = {"ours": torch.optim.AdamW(ours.parameters(), lr=1e-5),
+                  "hf": torch.optim.AdamW(reference.parameters(), lr=1e-5)}
+    wav = torch.randn(2, 80_000)
+    labels = torch.randint(0, args.k, (2, 498))
+    updates = itertools.count()  # a fresh mask every step, as in training
+    steps = {("ours", d): (lambda d=d: ours_step(ours, optimizers["ours"], wav, labels, d, next(updates)))
+             for d in args.dtypes}
+    steps |= {("hf", d): (lambda d=d: reference_step(reference, optimizers["hf"], wav, d)) for d in args.dtypes}
+    times = {key: [] for key in steps}
+    for round_index in range(args.steps + 1):  # round 0 is the warm-up
+        for key, step in steps.items():
+            start = time.perf_counter()
+            step()
+            if round_index:
+                times[key].append(time.perf_counter() - start)
+    peaks = {d: matmul_gflops(torch.float32 if d == "fp32" else torch.bfloat16) for d in args.dtypes}
+    flops = model_flops(ours.config.backbone, 2, 80_000, train=True)
+    print(f"torch {torch.__version__}, {args.threads} threads, batch 2 x 5 s, k = {args.k}, "
+          f"matmul peak {', '.join(f'{d} {p:.0f} GFLOP/s' for d, p in peaks.items())}")
+    print(f"{'model':6s} {'dtype':5s} {'s/step':>8s} {'steps/s':>8s} {'MFU':>6s}")
+    median = {key: statistics.median(values) for key, values in times.items()}
+    for (name, dtype), seconds in median.items():
+        print(f"{name:6s} {dtype:5s} {seconds:8.3f} {1 / seconds:8.3f} {flops / seconds / 1e9 / peaks[dtype]:6.1%}")
+    if ("hf", "fp32") in median:
+        for dtype, target in (("fp32", 1.0), ("bf16", 1.5)):
+            if ("ours", dtype) in median:
+                ratio = median[("hf", "fp32")] / median[("ours", dtype)]
+                print(f"ours {dtype} vs transformers fp32: {ratio:.2f}x (target >= {target}) "
+                      f"{'PASS' if ratio >= target else 'MISS'}")
+
+
+if __name__ == "__main__":
+    main()
