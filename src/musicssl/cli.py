@@ -137,12 +137,16 @@ def run_merge(args) -> int:
 
 
 def add_pretrain(commands) -> None:
-    parser = commands.add_parser("pretrain", help="pre-train MusicHuBERT (torchrun for several processes)",
+    parser = commands.add_parser("pretrain", help="pre-train MusicHuBERT or Music2Vec (torchrun for several processes)",
                                  description="Pre-train a model; the same command runs under torchrun.")
     methods = parser.add_subparsers(dest="method", required=True)
     hubert = methods.add_parser("musichubert", help="HuBERT masked prediction of k-means labels")
     hubert.add_argument("--labels", required=True, help="label directory from `musicssl labels`")
-    for sub in (hubert,):
+    music2vec = methods.add_parser("music2vec", help="data2vec regression of EMA-teacher layer averages")
+    music2vec.add_argument("--variant", default="vanilla",
+                           help="the paper's ablations: vanilla, span5, span15, prob50, prob80, target12, "
+                                "crop5s, steps800k")
+    for sub in (hubert, music2vec):
         sub.add_argument("--preset", choices=("tiny", "base"), default="base")
         sub.add_argument("--data", required=True, help="manifest directory (train.tsv)")
         sub.add_argument("--out", required=True, help="run directory (resumes if it holds checkpoints)")
@@ -156,7 +160,7 @@ def run_pretrain(args) -> int:
     from musicssl.train.launch import pretrain
 
     checkpoint = pretrain(args.method, args.preset, args.data, getattr(args, "labels", None), args.out,
-                          args.overrides, args.resume)
+                          args.overrides, args.resume, getattr(args, "variant", "vanilla"))
     if checkpoint is not None:
         print(f"final checkpoint: {checkpoint}")
     return 0

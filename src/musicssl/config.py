@@ -99,13 +99,16 @@ def _parse_sequence(text: Any, path: str) -> list:
 
 
 def apply_overrides(config: Any, overrides: list[str]) -> Any:
-    """Return a copy of `config` with each dotted `key=value` applied (values parsed by type)."""
+    """Return a copy of `config` with each dotted `key=value` applied (values parsed by type).
+    All overrides are applied before the config is rebuilt, so fields that are checked
+    against each other (e.g. num_layers and a layer count) can change together."""
+    values = to_dict(config)
     for override in overrides:
         if "=" not in override:
             raise ValueError(f"override {override!r} must look like key=value, e.g. trainer.max_steps=100")
         key, raw = override.split("=", 1)
-        config = _set_path(config, key.strip().split("."), _parse_literal(raw.strip()), key)
-    return config
+        _set_path(values, key.strip().split("."), _parse_literal(raw.strip()), key.strip())
+    return from_dict(type(config), values)
 
 
 def _parse_literal(raw: str) -> Any:
@@ -115,14 +118,12 @@ def _parse_literal(raw: str) -> Any:
         return raw
 
 
-def _set_path(config: Any, parts: list[str], value: Any, key: str) -> Any:
-    names = {f.name for f in dataclasses.fields(config)}
-    if parts[0] not in names:
-        raise ValueError(f"unknown config key {key!r}: {parts[0]!r} is not one of {sorted(names)}")
-    current = getattr(config, parts[0])
-    if len(parts) > 1:
-        if not dataclasses.is_dataclass(current):
-            raise ValueError(f"unknown config key {key!r}: {parts[0]!r} has no sub-keys")
-        return dataclasses.replace(config, **{parts[0]: _set_path(current, parts[1:], value, key)})
-    hint = typing.get_type_hints(type(config))[parts[0]]
-    return dataclasses.replace(config, **{parts[0]: _coerce(hint, value, key)})
+def _set_path(values: dict, parts: list[str], value: Any, key: str) -> None:
+    for depth, part in enumerate(parts):
+        if not isinstance(values, dict) or part not in values:
+            known = sorted(values) if isinstance(values, dict) else []
+            raise ValueError(f"unknown config key {key!r}: {part!r} is not one of {known}")
+        if depth == len(parts) - 1:
+            values[part] = value
+        else:
+            values = values[part]

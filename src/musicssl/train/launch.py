@@ -11,15 +11,18 @@ import torch
 from musicssl.config import from_dict, to_dict
 from musicssl.data.pretrain import UpdateLoader, build_pretrain_data
 from musicssl.targets.labels import read_label_set
-from musicssl.train.tasks import MusicHubertRun, MusicHubertTask, musichubert_run, resolve_run
+from musicssl.train.tasks import (Music2VecRun, Music2VecTask, MusicHubertRun, MusicHubertTask, music2vec_run,
+                                  musichubert_run, resolve_run)
 from musicssl.train.trainer import checkpoint_dirs, read_run_config, setup_distributed, train
 
-RUN_TYPES = {"musichubert": MusicHubertRun}
+RUN_TYPES = {"musichubert": MusicHubertRun, "music2vec": Music2VecRun}
+TASKS = {"musichubert": MusicHubertTask, "music2vec": Music2VecTask}
 RESUMABLE_OVERRIDES = ("trainer.max_steps", "trainer.checkpoint_every", "trainer.log_every",
                        "trainer.keep_checkpoints", "data.num_workers")
 
 
-def resolve(method: str, preset: str, labels: str | None, overrides: list[str], resume_from: Path | None):
+def resolve(method: str, preset: str, labels: str | None, overrides: list[str], resume_from: Path | None,
+            variant: str = "vanilla"):
     """A new run: preset + overrides. A resumed run: the checkpoint's config (the architecture
     never comes from the command line), with only bookkeeping overrides allowed."""
     if resume_from is not None:
@@ -30,17 +33,20 @@ def resolve(method: str, preset: str, labels: str | None, overrides: list[str], 
         from musicssl.config import apply_overrides
 
         return apply_overrides(run, overrides)
+    if method == "music2vec":
+        run, variant_overrides = music2vec_run(preset, variant)
+        return resolve_run(run, variant_overrides + overrides)
     label_set = read_label_set(labels)
     return resolve_run(musichubert_run(preset, label_set.k, label_set.grid.rate_hz), overrides)
 
 
 def pretrain(method: str, preset: str, data: str, labels: str | None, out: str, overrides: list[str],
-             resume: str | None = None) -> Path | None:
+             resume: str | None = None, variant: str = "vanilla") -> Path | None:
     env, device = setup_distributed()
     run_dir = Path(out)
     existing = checkpoint_dirs(run_dir)
     resume_from = Path(resume) if resume else (existing[-1] if existing else None)
-    run = resolve(method, preset, labels, overrides, resume_from)
+    run = resolve(method, preset, labels, overrides, resume_from, variant)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps({"method": method, **to_dict(run)}, indent=2) + "\n")
@@ -49,7 +55,7 @@ def pretrain(method: str, preset: str, data: str, labels: str | None, out: str, 
                                         backbone.normalize_waveform, env.world_size, env.rank)
     loader = UpdateLoader(dataset, plan, run.data.num_workers)
     torch.manual_seed(run.trainer.seed + env.rank)  # dropout differs across ranks, repeats across runs
-    task = MusicHubertTask(run.model, backbone.sample_rate, run.trainer.seed)
+    task = TASKS[method](run.model, backbone.sample_rate, run.trainer.seed)
     if env.is_main:
         print(f"{method}: {sum(p.numel() for p in task.model.parameters()):,} parameters, world size "
               f"{env.world_size}, {plan.accumulation_steps} micro-batch(es) per update, device {device}",

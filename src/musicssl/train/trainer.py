@@ -76,7 +76,7 @@ class PretrainTask(Protocol):
 
     def backbone(self) -> Backbone: ...
     def step(self, model: nn.Module, batch: Batch, update: int) -> dict[str, Tensor]: ...  # sums + sample_size
-    def after_update(self, update: int) -> dict[str, float]: ...  # e.g. the EMA step; returns metrics
+    def after_update(self, update: int, totals: dict[str, float]) -> dict[str, float]: ...  # EMA step, guards
     def head_state(self) -> dict[str, Tensor]: ...
     def load_head_state(self, state: dict[str, Tensor]) -> None: ...
     def metrics(self, totals: dict[str, float]) -> dict[str, float]: ...  # sums -> logged values
@@ -238,7 +238,8 @@ def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_d
     ddp = model if env.world_size == 1 else nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None,
         find_unused_parameters=task.backbone().config.layerdrop > 0)  # LayerDrop leaves blocks unused
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.schedule.peak_lr, betas=config.betas,
+    trained = [p for p in model.parameters() if p.requires_grad]  # not an EMA teacher
+    optimizer = torch.optim.AdamW(trained, lr=config.schedule.peak_lr, betas=config.betas,
                                   eps=config.eps, weight_decay=config.weight_decay)
     scheduler = make_scheduler(optimizer, config.schedule)
     scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
@@ -271,7 +272,7 @@ def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_d
             nonfinite_in_row = 0
             scheduler.step()
             state["step"] += 1
-            extra = task.after_update(state["step"])
+            extra = task.after_update(state["step"], totals)
             logger.advance()
             for key, value in totals.items():
                 window[key] += value

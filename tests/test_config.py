@@ -1,0 +1,43 @@
+"""Dotted overrides and the JSON round trip of run configs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from musicssl.config import apply_overrides, from_dict, to_dict
+from musicssl.train.tasks import MusicHubertRun, music2vec_run, musichubert_run
+
+
+def test_overrides_are_parsed_by_field_type():
+    run = musichubert_run("tiny", num_classes=500, label_rate_hz=100.0)
+    changed = apply_overrides(run, ["trainer.max_steps=12", "model.mask.mask_prob=0.65",
+                                    "model.backbone.isolate_padding=false", "trainer.betas=[0.9,0.95]",
+                                    "data.crop_seconds=3", "trainer.precision=bf16"])
+    assert changed.trainer.max_steps == 12 and changed.model.mask.mask_prob == 0.65
+    assert changed.model.backbone.isolate_padding is False and changed.trainer.betas == (0.9, 0.95)
+    assert changed.data.crop_seconds == 3.0 and isinstance(changed.data.crop_seconds, float)
+    assert run.trainer.max_steps == 300  # the original is untouched
+
+
+def test_related_fields_change_together():
+    run, _ = music2vec_run("tiny")
+    changed = apply_overrides(run, ["model.backbone.num_layers=2", "model.average_top_k_layers=2"])
+    assert changed.model.average_top_k_layers == 2
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.max_step=3", "unknown config key 'trainer.max_step'"),
+    ("trainer.max_steps=lots", "expected int"),
+    ("trainer.max_steps", "must look like key=value"),
+    ("model.backbone.isolate_padding=maybe", "expected true/false"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        apply_overrides(musichubert_run("tiny", 8, 100.0), [override])
+
+
+def test_json_round_trip_is_exact():
+    run = musichubert_run("base", num_classes=2000, label_rate_hz=100.0)
+    assert from_dict(MusicHubertRun, json.loads(json.dumps(to_dict(run)))) == run
