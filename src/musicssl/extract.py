@@ -97,8 +97,14 @@ class Encoder:
         chunk = total if chunk_seconds is None else max(int(chunk_seconds * self.sample_rate), self.config.hop)
         plan = audio.plan_chunks(total, chunk, hop=self.config.hop, receptive_field=self.config.receptive_field,
                                  context_samples=int(context_seconds * self.sample_rate))
-        pieces = [self._run_window(signal[c.start:c.stop], indices)[:, c.keep_start:c.keep_stop] for c in plan]
-        return torch.cat(pieces, dim=1)
+        frames = audio.num_frames(total, hop=self.config.hop, receptive_field=self.config.receptive_field)
+        features = torch.empty(len(indices), frames, self.dim)  # filled in place: no second copy at the end
+        position = 0
+        for chunk in plan:
+            piece = self._run_window(signal[chunk.start:chunk.stop], indices)[:, chunk.keep_start:chunk.keep_stop]
+            features[:, position:position + piece.shape[1]] = piece
+            position += piece.shape[1]
+        return features
 
     def _run_window(self, window: Tensor, indices: list[int]) -> Tensor:
         wav = window[None].to(self.device)  # (1, n)
