@@ -1,12 +1,16 @@
-"""Training-step speed of the full MusicHuBERT objective against transformers' HubertModel.
+"""Training-step speed of the full MusicHuBERT / Music2Vec objective against transformers.
 
-    .venv/bin/python benchmarks/pretrain_speed.py [--steps 3] [--dtypes fp32 bf16]
+    .venv/bin/python benchmarks/pretrain_speed.py [--method musichubert|music2vec] [--steps 3] [--dtypes fp32 bf16]
 
 Same run, same weights, batch 2 x 5 s, 2 threads, AdamW step included in both:
 - ours: `MusicHubert` (span masking 0.8/10, masked prediction over k = 500 classes with the
   cosine head, feature penalty), i.e. exactly what `musicssl pretrain musichubert` runs;
 - baseline: `transformers.HubertModel` forward + backward with a plain loss (mean square of
   the last hidden state), no head and no masking: the cheapest step transformers can take.
+For `--method music2vec`: ours = `Music2Vec` (student forward/backward with masking, EMA
+teacher forward on the unmasked input, top-8 instance-normed targets, regression head, EMA
+step); baseline = `Data2VecAudioModel` forward + backward with the plain loss plus one more
+no-grad forward of the same model (the teacher's pass).
 Printed: seconds per step (median of interleaved rounds), steps/s, the ratio baseline/ours
 (> 1 = ours faster; targets >= 1.0 in fp32, >= 1.5 for ours in bf16 against transformers in
 fp32) and MFU = model FLOPs per second / measured matmul peak of the same dtype.
@@ -29,14 +33,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 from backbone_speed import autocast, matmul_gflops, model_flops  # noqa: E402
 
 from musicssl.interop.huggingface import export_pretrained  # noqa: E402
+from musicssl.models.music2vec import Music2Vec, music2vec_config  # noqa: E402
 from musicssl.models.musichubert import MusicHubert, musichubert_config  # noqa: E402
 
 
-def build(k: int):
+def build(method: str, k: int):
     torch.manual_seed(0)
-    config = musichubert_config("base", num_classes=k, label_rate_hz=100.0)
-    config = dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, layerdrop=0.0))
-    ours = MusicHubert(config)
+    if method == "musichubert":
+        config = musichubert_config("base", num_classes=k, label_rate_hz=100.0)
+        config = dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, layerdrop=0.0))
+        ours = MusicHubert(config)
+    else:
+        config = music2vec_config("base")
+        ours = Music2Vec(dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, layerdrop=0.0)))
     from transformers import AutoModel
 
     with tempfile.TemporaryDirectory() as directory:
@@ -46,17 +55,30 @@ def build(k: int):
     return ours.train(), reference.train()
 
 
+def teacher_flops(config, batch: int, frames: int) -> float:
+    """Forward FLOPs of pos conv + Transformer blocks (as `model_flops` counts them)."""
+    d, f = config.dim, config.ffn_dim
+    pos_conv = config.pos_conv_depth * 2 * d * (d // config.pos_conv_groups) * config.pos_conv_kernel * frames
+    block = 4 * 2 * d * d * frames + 2 * 2 * frames * frames * d + 2 * 2 * d * f * frames
+    return batch * (pos_conv + config.num_layers * block)
+
+
 def ours_step(model, optimizer, wav, labels, dtype, update):
     with autocast(dtype):
-        result = model(wav, None, labels, generator=update)
+        result = model(wav, None, generator=update) if labels is None else model(wav, None, labels, generator=update)
     (result["loss"] / result["sample_size"]).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    if isinstance(model, Music2Vec):
+        model.ema_step(update)
 
 
-def reference_step(model, optimizer, wav, dtype):
+def reference_step(model, optimizer, wav, dtype, teacher_pass: bool):
     with autocast(dtype):
         hidden = model(wav).last_hidden_state
+        if teacher_pass:
+            with torch.no_grad():
+                model(wav, output_hidden_states=True)
     hidden.float().pow(2).mean().backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -68,17 +90,20 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--k", type=int, default=500)
+    parser.add_argument("--method", choices=("musichubert", "music2vec"), default="musichubert")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    ours, reference = build(args.k)
-    optimizers = {"ours": torch.optim.AdamW(ours.parameters(), lr=1e-5),
+    ours, reference = build(args.method, args.k)
+    trained = [p for p in ours.parameters() if p.requires_grad]
+    optimizers = {"ours": torch.optim.AdamW(trained, lr=1e-5),
                   "hf": torch.optim.AdamW(reference.parameters(), lr=1e-5)}
     wav = torch.randn(2, 80_000)
-    labels = torch.randint(0, args.k, (2, 498))
+    labels = torch.randint(0, args.k, (2, 498)) if args.method == "musichubert" else None
     updates = itertools.count()  # a fresh mask every step, as in training
     steps = {("ours", d): (lambda d=d: ours_step(ours, optimizers["ours"], wav, labels, d, next(updates)))
              for d in args.dtypes}
-    steps |= {("hf", d): (lambda d=d: reference_step(reference, optimizers["hf"], wav, d)) for d in args.dtypes}
+    teacher = args.method == "music2vec"
+    steps |= {("hf", d): (lambda d=d: reference_step(reference, optimizers["hf"], wav, d, teacher)) for d in args.dtypes}
     times = {key: [] for key in steps}
     for round_index in range(args.steps + 1):  # round 0 is the warm-up
         for key, step in steps.items():
@@ -88,7 +113,9 @@ def main() -> None:
                 times[key].append(time.perf_counter() - start)
     peaks = {d: matmul_gflops(torch.float32 if d == "fp32" else torch.bfloat16) for d in args.dtypes}
     flops = model_flops(ours.config.backbone, 2, 80_000, train=True)
-    print(f"torch {torch.__version__}, {args.threads} threads, batch 2 x 5 s, k = {args.k}, "
+    if teacher:  # the teacher's forward: the Transformer only (the CNN and projection are the student's)
+        flops += teacher_flops(ours.config.backbone, 2, 249)
+    print(f"{args.method}: torch {torch.__version__}, {args.threads} threads, batch 2 x 5 s, k = {args.k}, "
           f"matmul peak {', '.join(f'{d} {p:.0f} GFLOP/s' for d, p in peaks.items())}")
     print(f"{'model':6s} {'dtype':5s} {'s/step':>8s} {'steps/s':>8s} {'MFU':>6s}")
     median = {key: statistics.median(values) for key, values in times.items()}
