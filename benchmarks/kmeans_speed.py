@@ -74,6 +74,7 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="assignment timing repeats")
     parser.add_argument("--no-assign", action="store_true", help="skip the assignment timing")
     parser.add_argument("--json", default=None, help="write all results to this file")
+    parser.add_argument("--report", default=None, help="only print the tables of an earlier --json file")
     return parser.parse_args(argv)
 
 
@@ -212,6 +213,61 @@ def time_assignment(model, x: np.ndarray, repeats: int) -> dict:
     return result
 
 
+def summarize(name: str, attempts: list[dict]) -> dict:
+    """One row per run from its repeats: the least-disturbed repeat (min time) and the median."""
+    first = attempts[0]
+    if any(a["inertia_per_frame"] != first["inertia_per_frame"] for a in attempts):
+        print(f"WARNING: {name} is not deterministic across repeats: "
+              f"{[a['inertia_per_frame'] for a in attempts]}")
+    fastest = min(attempts, key=lambda a: a["fit_seconds"])
+    result = {key: value for key, value in fastest.items()}
+    result["fit_seconds_min"] = fastest["fit_seconds"]
+    result["fit_seconds_median"] = statistics.median(a["fit_seconds"] for a in attempts)
+    result["attempts"] = [{key: a.get(key) for key in ("fit_seconds", "init_seconds", "init_seconds_approx")}
+                          for a in attempts]
+    return result
+
+
+def print_fits(results: list[dict]) -> None:
+    print()
+    print("fit s: min over repeats (least disturbed by other jobs) and median; init s and the")
+    print("iteration times below are those of the min repeat; ratios use the min times.")
+    print(f"{'run':<16} {'max_iter':>8} {'n_init':>6} {'init on':>8} {'fit s min':>9} {'median':>7} "
+          f"{'init s':>6} {'inertia/frame':>13} {'time/faiss':>10} {'inertia/faiss':>13}")
+    base = next((r for r in results if r["run"] == "faiss"), None)
+    for r in results:
+        time_ratio = r["fit_seconds_min"] / base["fit_seconds_min"] if base else float("nan")
+        inertia_ratio = r["inertia_per_frame"] / base["inertia_per_frame"] if base else float("nan")
+        r["time_ratio_vs_faiss"], r["inertia_ratio_vs_faiss"] = time_ratio, inertia_ratio
+        init_s = r.get("init_seconds", r.get("init_seconds_approx"))
+        init_s = f"{init_s:6.1f}" if init_s is not None else f"{'-':>6}"
+        print(f"{r['run']:<16} {r['max_iter']:>8} {r['n_init']:>6} {r['init_frames']:>8} "
+              f"{r['fit_seconds_min']:>9.1f} {r['fit_seconds_median']:>7.1f} {init_s} "
+              f"{r['inertia_per_frame']:>13.4f} {time_ratio:>10.2f} {inertia_ratio:>13.4f}")
+    print("fit seconds of each repeat: " + "; ".join(
+        f"{r['run']} " + ", ".join(f"{a['fit_seconds']:.1f}" for a in r["attempts"]) for r in results))
+    for r in results:
+        curve = r.get("objective_per_iteration")
+        if r["library"] != "faiss" or not curve:
+            continue
+        marks = sorted({i for i in (0, 4, 9, 14, 19, 24, 49, 99) if i < len(curve)} | {len(curve) - 1})
+        print(f"{r['run']} objective per frame at iteration: " + ", ".join(f"{i + 1}: {curve[i]:.3f}" for i in marks))
+        for other in results:
+            if other["library"] != "sklearn":
+                continue
+            reached = time_to_reach(r, other["inertia_per_frame"])
+            text = (f"after {reached[0]} iterations, {reached[1]:.1f} s (sklearn: {other['fit_seconds_min']:.1f} s)"
+                    if reached else "not reached")
+            print(f"  {r['run']} reaches {other['run']}'s inertia {other['inertia_per_frame']:.3f} {text}")
+
+
+def print_assignment(assignment: dict, frames: int, k: int, repeats: int) -> None:
+    print(f"\nassignment of {frames} frames to k={k} (faiss run's centroids), median of {repeats}:")
+    for name, value in assignment.items():
+        unit = "s" if not name.startswith("differ") else ""
+        print(f"  {name:<42} {value:.6g} {unit}")
+
+
 def _float64_labels(model, x: np.ndarray, batch: int = 8192) -> np.ndarray:
     c = torch.from_numpy(model.centroids.astype(np.float64))
     out = []
@@ -248,68 +304,35 @@ def main(args) -> dict:
             result, model = fit_run(name, x, args)
             attempts[name].append(result)
             models.setdefault(name, model)
-    results = []
-    for name in names:
-        first = attempts[name][0]
-        if any(a["inertia_per_frame"] != first["inertia_per_frame"] for a in attempts[name]):
-            print(f"WARNING: {name} is not deterministic across repeats: "
-                  f"{[a['inertia_per_frame'] for a in attempts[name]]}")
-        result = dict(first)
-        result["fit_seconds_all"] = [a["fit_seconds"] for a in attempts[name]]
-        result["fit_seconds"] = statistics.median(result["fit_seconds_all"])
-        for key in ("init_seconds", "init_seconds_approx"):
-            if key in first:
-                result[key] = statistics.median(a[key] for a in attempts[name])
-        if "seconds_at_iteration" in first:  # the attempt with the median fit time
-            ranked = sorted(attempts[name], key=lambda a: a["fit_seconds"])
-            result["seconds_at_iteration"] = ranked[(len(ranked) - 1) // 2]["seconds_at_iteration"]
-        results.append(result)
-
-    print()
-    print(f"{'run':<22} {'max_iter':>8} {'n_init':>6} {'init on':>8} {'fit s':>8} {'init s':>7} "
-          f"{'inertia/frame':>14} {'time/faiss':>10} {'inertia/faiss':>13}")
-    base = next((r for r in results if r["run"] == "faiss"), None)
-    for r in results:
-        time_ratio = r["fit_seconds"] / base["fit_seconds"] if base else float("nan")
-        inertia_ratio = r["inertia_per_frame"] / base["inertia_per_frame"] if base else float("nan")
-        r["time_ratio_vs_faiss"], r["inertia_ratio_vs_faiss"] = time_ratio, inertia_ratio
-        init_s = r.get("init_seconds", r.get("init_seconds_approx"))
-        init_s = f"{init_s:7.1f}" if init_s is not None else f"{'-':>7}"
-        print(f"{r['run']:<22} {r['max_iter']:>8} {r['n_init']:>6} {r['init_frames']:>8} {r['fit_seconds']:>8.1f} "
-              f"{init_s} {r['inertia_per_frame']:>14.4f} {time_ratio:>10.2f} {inertia_ratio:>13.4f}")
-    if args.fit_repeats > 1:
-        print("fit seconds of each repeat: " + "; ".join(
-            f"{r['run']} " + ", ".join(f"{t:.1f}" for t in r["fit_seconds_all"]) for r in results))
-    for r in results:
-        curve = r.get("objective_per_iteration")
-        if r["library"] != "faiss" or not curve:
-            continue
-        marks = sorted({i for i in (0, 4, 9, 14, 19, 24, 49, 99) if i < len(curve)} | {len(curve) - 1})
-        print(f"{r['run']} objective per frame at iteration: " + ", ".join(f"{i + 1}: {curve[i]:.3f}" for i in marks))
-        for other in results:
-            if other["library"] != "sklearn":
-                continue
-            reached = time_to_reach(r, other["inertia_per_frame"])
-            text = (f"after {reached[0]} iterations, {reached[1]:.1f} s (sklearn: {other['fit_seconds']:.1f} s)"
-                    if reached else "not reached")
-            print(f"  {r['run']} reaches {other['run']}'s inertia {other['inertia_per_frame']:.3f} {text}")
+    results = [summarize(name, attempts[name]) for name in names]
+    print_fits(results)
 
     assignment = None
     if not args.no_assign and models:
         model = models.get("faiss") or next(iter(models.values()))
-        print(f"\n[{time.strftime('%H:%M:%S')}] assignment of {x.shape[0]} frames to k={model.k} "
-              f"({model.record['library']} centroids), median of {args.repeats}:", flush=True)
+        print(f"\n[{time.strftime('%H:%M:%S')}] timing assignment ...", flush=True)
         assignment = time_assignment(model, x, args.repeats)
-        for name, value in assignment.items():
-            unit = "s" if not name.startswith("differ") else ""
-            print(f"  {name:<42} {value:.6g} {unit}")
+        print_assignment(assignment, x.shape[0], model.k, args.repeats)
 
-    output = {"info": info, "fits": results, "assignment": assignment}
+    output = {"info": info, "fits": results, "assignment": assignment, "repeats": args.repeats}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(output, f, indent=2)
     return output
 
 
+def report(path: str) -> None:
+    """Print the tables again from a --json file."""
+    with open(path) as f:
+        output = json.load(f)
+    print(json.dumps(output["info"]))
+    print_fits(output["fits"])
+    if output.get("assignment"):
+        print_assignment(output["assignment"], output["info"]["frames"], output["info"]["k"], output["repeats"])
+
+
 if __name__ == "__main__":
-    main(ARGS)
+    if ARGS.report:
+        report(ARGS.report)
+    else:
+        main(ARGS)

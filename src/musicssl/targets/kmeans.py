@@ -178,7 +178,7 @@ class FrameSampler:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the frame buffer (at most max_frames * D * 4)."""
+        """Bytes of the frame buffer (max_frames * D * 4 once allocated, if capped)."""
         return 0 if self._buffer is None else self._buffer.nbytes
 
     def add(self, features: np.ndarray | torch.Tensor) -> int:
@@ -233,19 +233,24 @@ class FrameSampler:
         capacity = 0 if self._buffer is None else self._buffer.shape[0]
         if rows <= capacity:
             return
-        new_capacity = max(rows, 2 * capacity, 1024)
         if self.max_frames is not None:
-            new_capacity = min(new_capacity, self.max_frames)
+            # One allocation of the whole cap, never grown or copied: np.empty only reserves
+            # address space, pages become resident as rows are written.
+            new_capacity = self.max_frames
+        else:
+            new_capacity = max(rows, 2 * capacity, 1024)
         buffer = np.empty((new_capacity, self.dim), dtype=np.float32)
         if self._buffer is not None:
             buffer[:capacity] = self._buffer
         self._buffer = buffer
 
-    def frames(self) -> np.ndarray:
-        """The kept frames, (kept, D) float32 (a copy)."""
+    def frames(self, copy: bool = True) -> np.ndarray:
+        """The kept frames, (kept, D) float32; `copy=False` returns a view of the buffer
+        (valid until the next `add`)."""
         if self._buffer is None:
             return np.zeros((0, self.dim or 0), dtype=np.float32)
-        return self._buffer[: self.kept].copy()
+        view = self._buffer[: self.kept]
+        return view.copy() if copy else view
 
     def __repr__(self) -> str:
         return (f"FrameSampler(sample_fraction={self.sample_fraction}, max_frames={self.max_frames}, "
@@ -497,7 +502,7 @@ def fit_kmeans(frames: np.ndarray | torch.Tensor | FrameSampler, config: KMeansC
         sampler = frames
         frames_seen = sampler.seen if frames_seen is None else frames_seen
         selected = sampler.selected
-        frames = sampler.frames()
+        frames = sampler.frames(copy=False)  # read only by the fit
     elif isinstance(frames, torch.Tensor):
         frames = frames.detach().cpu().numpy()
     frames = np.ascontiguousarray(frames, dtype=np.float32)
