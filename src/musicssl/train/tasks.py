@@ -85,23 +85,20 @@ def resolve_run(run, overrides: list[str]):
     return run
 
 
-class MusicHubertTask:
-    """Adapts MusicHubert to the loop: masks are drawn from a generator keyed by (seed, update,
-    first item), so they do not depend on the process that draws them."""
+class _Task:
+    """What both recipes share: the backbone, head checkpointing, and mask generators keyed by
+    (seed, update, first item), so masks do not depend on the process that draws them."""
 
-    def __init__(self, config: MusicHubertConfig, sample_rate: int, seed: int):
-        self.model = MusicHubert(config)
-        self.sample_rate, self.seed = sample_rate, seed
+    model: nn.Module
+
+    def __init__(self, model: nn.Module, sample_rate: int, seed: int):
+        self.model, self.sample_rate, self.seed = model, sample_rate, seed
 
     def backbone(self) -> Backbone:
         return self.model.backbone
 
-    def step(self, model: nn.Module, batch: Batch, update: int) -> dict[str, Tensor]:
-        generator = np.random.default_rng([self.seed, update, int(batch.indices[0])])
-        return model(batch.wav, batch.lengths, batch.labels, generator=generator)
-
-    def after_update(self, update: int, totals: dict[str, float]) -> dict[str, float]:
-        return {}
+    def mask_generator(self, batch: Batch, update: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, update, int(batch.indices[0])])
 
     def head_state(self) -> dict[str, Tensor]:
         return self.model.head_state_dict()
@@ -109,8 +106,19 @@ class MusicHubertTask:
     def load_head_state(self, state: dict[str, Tensor]) -> None:
         missing = set(self.model.head_state_dict()) - set(state)
         if missing:
-            raise ValueError(f"checkpoint heads lack {sorted(missing)}")
+            raise ValueError(f"checkpoint heads lack {sorted(missing)[:4]}")
         self.model.load_state_dict(state, strict=False)
+
+
+class MusicHubertTask(_Task):
+    def __init__(self, config: MusicHubertConfig, sample_rate: int, seed: int):
+        super().__init__(MusicHubert(config), sample_rate, seed)
+
+    def step(self, model: nn.Module, batch: Batch, update: int) -> dict[str, Tensor]:
+        return model(batch.wav, batch.lengths, batch.labels, generator=self.mask_generator(batch, update))
+
+    def after_update(self, update: int, totals: dict[str, float]) -> dict[str, float]:
+        return {}
 
     def metrics(self, totals: dict[str, float]) -> dict[str, float]:
         size = max(totals.get("sample_size", 0.0), 1.0)
@@ -126,35 +134,21 @@ class MusicHubertTask:
         }
 
 
-class Music2VecTask:
-    """Adapts Music2Vec to the loop: the teacher takes one EMA step per optimizer update, and
-    the collapse guards read the step's target and prediction spread."""
+class Music2VecTask(_Task):
+    """The teacher takes one EMA step per optimizer update, and the collapse guards read the
+    step's target and prediction spread."""
 
     def __init__(self, config: Music2VecConfig, sample_rate: int, seed: int):
-        self.model = Music2Vec(config)
-        self.sample_rate, self.seed = sample_rate, seed
-
-    def backbone(self) -> Backbone:
-        return self.model.backbone
+        super().__init__(Music2Vec(config), sample_rate, seed)
 
     def step(self, model: nn.Module, batch: Batch, update: int) -> dict[str, Tensor]:
-        generator = np.random.default_rng([self.seed, update, int(batch.indices[0])])
-        return model(batch.wav, batch.lengths, generator=generator)
+        return model(batch.wav, batch.lengths, generator=self.mask_generator(batch, update))
 
     def after_update(self, update: int, totals: dict[str, float]) -> dict[str, float]:
         size = max(totals.get("sample_size", 0.0), 1.0)
         self.model.check_collapse(update, totals.get("target_std_sum", 0.0) / size,
                                   totals.get("prediction_std_sum", 0.0) / size)
         return {"ema/decay": self.model.ema_step(update)}
-
-    def head_state(self) -> dict[str, Tensor]:
-        return self.model.head_state_dict()
-
-    def load_head_state(self, state: dict[str, Tensor]) -> None:
-        missing = set(self.model.head_state_dict()) - set(state)
-        if missing:
-            raise ValueError(f"checkpoint heads lack {sorted(missing)[:4]}")
-        self.model.load_state_dict(state, strict=False)
 
     def metrics(self, totals: dict[str, float]) -> dict[str, float]:
         size = max(totals.get("sample_size", 0.0), 1.0)
