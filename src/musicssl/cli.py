@@ -166,6 +166,120 @@ def run_pretrain(args) -> int:
     return 0
 
 
+def _probe_layers(text: str) -> tuple[int | str, ...] | None:
+    if text == "all":
+        return None
+    layers: list[int | str] = []
+    for part in (part.strip() for part in text.split(",") if part.strip()):
+        if part == "weighted":
+            layers.append(part)
+            continue
+        try:
+            layers.append(int(part))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--layers takes 'all' or e.g. 0,6,12,weighted; got {part!r}")
+    return tuple(layers)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+
+
+def _options(pairs: list[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option takes KEY=VALUE, got {pair!r}")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def _probe_arguments(parser) -> None:
+    parser.add_argument("--layers", type=_probe_layers, default=None,
+                        help="'all' (default: every layer and the learnt weighted sum) or e.g. 6,12,weighted")
+    parser.add_argument("--lrs", type=_floats, default=None,
+                        help="learning-rate grid (default: 5e-5,1e-4,5e-4,1e-3,5e-3,1e-2)")
+    parser.add_argument("--seeds", type=int, default=1, help="runs per configuration; reports mean and std")
+    parser.add_argument("--max-epochs", type=int, default=None, help="cap on epochs (default: the task's)")
+    parser.add_argument("--beat-decoder", choices=("dbn", "peaks"), default="dbn")
+    parser.add_argument("--cache", default=None, help="feature cache folder (default: OUT/cache)")
+    parser.add_argument("--device", default=None, help="cpu, cuda (default: cuda if present)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _probe_config(args):
+    from musicssl.evaluate.probe import LEARNING_RATES, ProbeConfig
+
+    return ProbeConfig(layers=args.layers, learning_rates=args.lrs or LEARNING_RATES,
+                       seeds=tuple(1234 + i for i in range(args.seeds)), max_epochs=args.max_epochs,
+                       beat_decoder=args.beat_decoder)
+
+
+def add_probe(commands) -> None:
+    parser = commands.add_parser(
+        "probe", help="probe one model on one task (MLP on frozen features)",
+        description="Extract (cached) features of one task's dataset and probe them over layers and "
+                    "learning rates; the configuration is chosen on validation, its test score reported.")
+    parser.add_argument("model", help="model directory, random:<dir or preset>, or mfcc")
+    parser.add_argument("--task", required=True, help="task name, e.g. gtzan, mtt, gs, nsynth_pitch")
+    parser.add_argument("--data", required=True, help="the dataset folder, as it ships")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="task option, e.g. splits_dir=/data/gtzan_splits")
+    parser.add_argument("-o", "--out", default=None, help="output folder (default: runs/probe/<task>)")
+    _probe_arguments(parser)
+    parser.set_defaults(run=run_probe)
+
+
+def run_probe(args) -> int:
+    from musicssl.evaluate.benchmark import run_benchmark
+
+    out = args.out or os.path.join("runs", "probe", args.task)
+    run_benchmark([args.model], {args.task: args.data}, out, _probe_config(args), cache_dir=args.cache,
+                  options={args.task: _options(args.option)}, device=args.device, progress=not args.quiet,
+                  command="musicssl " + " ".join(sys.argv[1:]))
+    print(f"results in {out}/results.md and {out}/results.json")
+    return 0
+
+
+def add_benchmark(commands) -> None:
+    parser = commands.add_parser(
+        "benchmark", help="probe models on many tasks; results.md like the paper's Table 1",
+        description="Each task's dataset is read from DATA_ROOT/<its folder> (MTT, GS, GTZAN, EMO, NSynth, "
+                    "VocalSet, MTG); see README for the layouts.")
+    parser.add_argument("models", nargs="+", help="model directories, random:<dir or preset>, mfcc")
+    parser.add_argument("--tasks", default="all", help="'all' or a comma-separated list of task names")
+    parser.add_argument("--data-root", required=True, help="folder holding one folder per dataset")
+    parser.add_argument("--option", action="append", default=[], metavar="TASK.KEY=VALUE",
+                        help="task option, e.g. gtzan.splits_dir=/data/splits")
+    parser.add_argument("-o", "--out", required=True, help="output folder")
+    _probe_arguments(parser)
+    parser.set_defaults(run=run_benchmark_command)
+
+
+def run_benchmark_command(args) -> int:
+    from pathlib import Path
+
+    from musicssl.evaluate.benchmark import run_benchmark
+    from musicssl.evaluate.tasks import get_task, resolve_tasks
+
+    names = resolve_tasks(args.tasks)
+    options: dict[str, dict[str, str]] = {}
+    for key, value in _options(args.option).items():
+        task, dot, option = key.partition(".")
+        if not dot or task not in names:
+            raise ValueError(f"--option {key}=...: expected TASK.KEY with TASK one of {names}")
+        options.setdefault(task, {})[option] = value
+    data_dirs = {name: Path(args.data_root) / get_task(name).default_dir for name in names}
+    run_benchmark(args.models, data_dirs, args.out, _probe_config(args), cache_dir=args.cache, options=options,
+                  device=args.device, progress=not args.quiet, command="musicssl " + " ".join(sys.argv[1:]))
+    print(f"results in {args.out}/results.md and {args.out}/results.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="musicssl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -173,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_manifest(commands)
     add_labels(commands)
     add_pretrain(commands)
+    add_probe(commands)
+    add_benchmark(commands)
     return parser
 
 

@@ -1,0 +1,93 @@
+"""Probe several models on several tasks and write the report: what `musicssl probe` and
+`musicssl benchmark` run.
+
+Every finished (model, task) is saved at once to `OUT/runs/<model>/<task>.json`; a rerun with
+the same probe settings reuses it, and features come from the cache, so a killed benchmark
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from musicssl.evaluate.features import FeatureCache
+from musicssl.evaluate.probe import ProbeConfig, RunResult, TaskResult, probe_task
+from musicssl.evaluate.report import write_json, write_markdown, write_plots
+from musicssl.evaluate.sources import open_source
+from musicssl.evaluate.tasks import get_task
+from musicssl.evaluate.tasks.base import Splits, Task
+
+
+def load_task(name: str, data_dir: Path, options: dict[str, str] | None = None) -> tuple[Task, Splits]:
+    task = get_task(name)
+    if not Path(data_dir).is_dir():
+        raise FileNotFoundError(f"{data_dir}: no such dataset folder for task {name} ({task.source})")
+    splits = task.load(Path(data_dir), **(options or {}))
+    return task, splits
+
+
+def _saved_path(out: Path, model: str, task: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model).strip("_") or "model"
+    return out / "runs" / safe / f"{task}.json"
+
+
+def _load_saved(path: Path, config: ProbeConfig) -> TaskResult | None:
+    if not path.exists():
+        return None
+    payload = json.loads(path.read_text())
+    if payload.get("probe_config") != json.loads(json.dumps(dataclasses.asdict(config))):
+        return None  # different grid or seeds: run again
+    result = payload["result"]
+    result["runs"] = [RunResult(**run) for run in result["runs"]]
+    return TaskResult(**result)
+
+
+def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | Path, config: ProbeConfig,
+                  cache_dir: str | Path | None = None, options: dict[str, dict[str, str]] | None = None,
+                  device: str | None = None, progress: bool = True, command: str = "") -> list[TaskResult]:
+    """`data_dirs`: task name -> dataset folder. Writes results.json, results.md, plots/."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(cache_dir) if cache_dir else out / "cache"
+    loaded = {name: load_task(name, path, (options or {}).get(name)) for name, path in data_dirs.items()}
+    results: list[TaskResult] = []
+    sources: dict[str, dict] = {}
+    names: list[str] = []
+    for spec in models:
+        source = open_source(spec, device=device)
+        sources[source.name] = source.describe()
+        names.append(source.name)
+        for name, (task, splits) in loaded.items():
+            saved = _saved_path(out, source.name, name)
+            result = _load_saved(saved, config)
+            if result is None:
+                cache = FeatureCache(cache_dir, source, name, task.protocol)
+                result = probe_task(task, splits, cache, config, progress=progress)
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                saved.write_text(json.dumps({"probe_config": dataclasses.asdict(config),
+                                             "result": result.to_dict()}, default=str))
+            _print_result(result)
+            results.append(result)
+            _write_reports(results, names, sources, config, out, command, plots=False)
+    _write_reports(results, names, sources, config, out, command, plots=True)
+    return results
+
+
+def _write_reports(results, names, sources, config, out: Path, command: str, plots: bool) -> None:
+    extra = {"command": command, "data": {}}
+    write_json(results, sources, dataclasses.asdict(config), out / "results.json", extra)
+    write_markdown(results, names, out / "results.md", command)
+    if plots:
+        write_plots(results, out / "plots")
+
+
+def _print_result(result: TaskResult) -> None:
+    scores = ", ".join(f"{key} {100 * value:.1f}" for key, value in result.test.items()
+                       if not key.startswith(("clip_", "beat_precision", "beat_recall")))
+    print(f"{result.model} / {result.task}: layer {result.layer}, lr {result.learning_rate:g}: test {scores}",
+          file=sys.stderr)

@@ -1,0 +1,187 @@
+"""Frozen features of a task's items, extracted once and cached on disk.
+
+Each item is cut into the protocol's windows (crop to the first `crop_seconds`, then
+non-overlapping `window_seconds` windows; a last window shorter than `min_window_seconds` is
+dropped unless it is the only one; eval-spec §1.1). Every window is its own forward pass and is
+mean-pooled over time per layer: one cache row `(K, D)` per window. Frame-level tasks (beats)
+keep one row per frame instead, on a grid centred at t / frame_rate (the window is padded by
+half a receptive field at both ends, so frame t's receptive field is centred on time t / fps).
+
+Cache layout, `<cache>/<source>-<fingerprint>/<task>-<settings hash>/`:
+- `rows.f16`: float16 rows `(K, D)`, appended item after item (half the disk of float32; the
+  probe reads them back as float32);
+- `index.jsonl`: one line per finished item, `{"key", "start", "count"}` or `{"key", "error"}`.
+A line is written only after its rows, so a killed run resumes where it stopped (rows past the
+last indexed item are truncated). Items are looked up by key, so adding items to a dataset
+extracts only the new ones. The fingerprint follows the weights, not the folder name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from musicssl import audio
+from musicssl.evaluate.sources import Source
+from musicssl.evaluate.tasks.base import Item, Protocol
+
+CACHE_VERSION = 1
+
+
+def window_bounds(num_samples: int, sample_rate: int, protocol: Protocol) -> list[tuple[int, int]]:
+    """Sample ranges [start, stop) of the windows of one item (after the protocol's crop)."""
+    total = num_samples
+    if protocol.crop_seconds is not None:
+        total = min(total, int(round(protocol.crop_seconds * sample_rate)))
+    if protocol.window_seconds is None or protocol.kind == "beats":
+        return [(0, total)]
+    size = int(round(protocol.window_seconds * sample_rate))
+    minimum = int(round(protocol.min_window_seconds * sample_rate))
+    bounds = [(start, min(start + size, total)) for start in range(0, total, size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < minimum:
+        bounds.pop()  # MARBLE keeps a last window only if it is at least 1 s long
+    return bounds
+
+
+def settings_of(source: Source, protocol: Protocol) -> dict:
+    """Everything that changes cached rows besides the weights and the item list."""
+    return {"version": CACHE_VERSION, "kind": protocol.kind, "frame_level": protocol.kind == "beats",
+            "window_seconds": protocol.window_seconds, "min_window_seconds": protocol.min_window_seconds,
+            "crop_seconds": protocol.crop_seconds, "sample_rate": source.sample_rate,
+            "num_layers": source.num_layers}
+
+
+@dataclass
+class CachedFeatures:
+    """Rows of the requested items, in item order. `spans[i]` = (start, count) into `rows`."""
+
+    rows: np.ndarray            # (R, K, D) float32, or (R, D) when one layer was asked for
+    spans: list[tuple[int, int]]
+    items: list[Item]           # the items that have features (failed ones are left out)
+
+    def item_index(self) -> np.ndarray:
+        """(R,) the position in `items` of every row."""
+        return np.concatenate([np.full(count, i) for i, (_, count) in enumerate(self.spans)]).astype(np.int64)
+
+
+class FeatureCache:
+    def __init__(self, cache_root: str | Path, source: Source, task_name: str, protocol: Protocol):
+        self.source = source
+        self.protocol = protocol
+        self.frame_level = protocol.kind == "beats"
+        settings = settings_of(source, protocol)
+        digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+        safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", source.name).strip("_") or "model"
+        self.directory = Path(cache_root) / f"{safe_name}-{source.fingerprint}" / f"{task_name}-{digest}"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.rows_path = self.directory / "rows.f16"
+        self.index_path = self.directory / "index.jsonl"
+        meta = {"source": source.describe(), "task": task_name, "settings": settings}
+        (self.directory / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+        self.row_shape = (source.num_layers, source.frame_dim if self.frame_level else source.pooled_dim)
+        self.index = self._read_index()
+        self.num_rows = sum(entry.get("count", 0) for entry in self.index.values())
+
+    # ------------------------------------------------------------------ index
+
+    def _read_index(self) -> dict[str, dict]:
+        index: dict[str, dict] = {}
+        if not self.index_path.exists():
+            return index
+        for line in self.index_path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                break  # a line cut by a kill: everything after it is redone
+            index[entry["key"]] = entry
+        self._truncate_rows(sum(entry.get("count", 0) for entry in index.values()))
+        return index
+
+    def _truncate_rows(self, num_rows: int) -> None:
+        size = num_rows * int(np.prod(self.row_shape)) * 2
+        if self.rows_path.exists() and self.rows_path.stat().st_size > size:
+            with open(self.rows_path, "r+b") as f:
+                f.truncate(size)
+
+    def missing(self, items: Sequence[Item]) -> list[Item]:
+        return [item for item in items if item.key not in self.index]
+
+    def errors(self) -> dict[str, str]:
+        return {key: entry["error"] for key, entry in self.index.items() if "error" in entry}
+
+    # ------------------------------------------------------------------ extraction
+
+    def extract(self, items: Sequence[Item], progress: bool = True) -> int:
+        """Extract every item not cached yet; returns how many were extracted. Unreadable
+        items are recorded with their error and skipped (reported, never fatal)."""
+        todo = sorted(self.missing(items), key=lambda item: (str(item.path), item.offset))
+        if not todo:
+            return 0
+        loaded_path, wav = None, None
+        bar = tqdm(todo, desc=f"features {self.directory.parent.name[:24]}/{self.directory.name}",
+                   unit="item", disable=not progress, file=sys.stderr)
+        with open(self.rows_path, "ab") as rows, open(self.index_path, "a") as index:
+            for item in bar:
+                try:
+                    if item.path != loaded_path:
+                        loaded_path, wav = item.path, None
+                        wav = audio.load_audio(item.path, self.source.sample_rate)
+                    features = self._item_rows(item, wav)
+                except (audio.AudioError, OSError) as err:
+                    entry = {"key": item.key, "error": str(err)}
+                    tqdm.write(f"skipped {item.key}: {err}", file=sys.stderr)
+                else:
+                    rows.write(features.astype(np.float16).tobytes())
+                    rows.flush()
+                    entry = {"key": item.key, "start": self.num_rows, "count": len(features)}
+                    self.num_rows += len(features)
+                index.write(json.dumps(entry) + "\n")
+                index.flush()
+                self.index[item.key] = entry
+        return len(todo)
+
+    def _item_rows(self, item: Item, wav: np.ndarray | None) -> np.ndarray:
+        if wav is None:
+            raise audio.AudioError(item.path, "could not be decoded (see the earlier error)")
+        rate = self.source.sample_rate
+        start = int(round(item.offset * rate))
+        stop = wav.size if item.duration is None else start + int(round(item.duration * rate))
+        segment = wav[start:stop]
+        if segment.size == 0:
+            raise audio.AudioError(item.path, f"item {item.key} starts at {item.offset:.2f} s, past the end "
+                                              f"({wav.size / rate:.2f} s)")
+        if self.frame_level:
+            pad = self.source.center_pad
+            frames = self.source.frames(np.pad(segment, (pad, pad)))  # (K, T, D)
+            return frames.transpose(1, 0, 2)  # (T, K, D): one row per frame
+        windows = [segment[a:b] for a, b in window_bounds(segment.size, rate, self.protocol)]
+        return np.stack([self.source.pool(self.source.frames(window)) for window in windows])  # (W, K, D)
+
+    # ------------------------------------------------------------------ reading
+
+    def load(self, items: Sequence[Item], layer: int | None = None) -> CachedFeatures:
+        """Rows of `items` (extract them first); one layer (R, D) or all (R, K, D), float32."""
+        missing = self.missing(items)
+        if missing:
+            raise RuntimeError(f"{len(missing)} items have no cached features (first: {missing[0].key}); "
+                               "call extract() first")
+        table = np.memmap(self.rows_path, dtype=np.float16, mode="r").reshape(-1, *self.row_shape)
+        kept = [item for item in items if "error" not in self.index[item.key]]
+        spans, pieces, position = [], [], 0
+        for item in kept:
+            entry = self.index[item.key]
+            block = table[entry["start"]:entry["start"] + entry["count"]]
+            pieces.append(block[:, layer] if layer is not None else block)
+            spans.append((position, entry["count"]))
+            position += entry["count"]
+        shape = (0,) + ((self.row_shape[1],) if layer is not None else self.row_shape)
+        rows = np.concatenate(pieces).astype(np.float32) if pieces else np.zeros(shape, np.float32)
+        return CachedFeatures(rows=rows, spans=spans, items=kept)

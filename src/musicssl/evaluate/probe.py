@@ -1,0 +1,369 @@
+"""The probe: an MLP on frozen, cached features, selected over layers and learning rates on
+the validation split (MARBLE v1 constrained track, eval-spec §1.2–1.5).
+
+One run = one (layer, learning rate, seed): Linear(D, 512) -> ReLU -> Dropout(0.2) ->
+Linear(512, C), Adam, batch 64, ReduceLROnPlateau on the validation monitor (factor 0.5),
+early stopping, and the best-validation weights scored on valid and test. Windows are separate
+training examples carrying their item's label; at evaluation the window logits of an item are
+averaged (MARBLE averages logits, §1.5). GiantSteps additionally decides per song with the
+ensemble strategy that was best on validation (§2.2). Beats: a per-frame 2-class MLP, frames
+within ±`beat_widen` frames of a beat are positive in training only (§2.9); activations are
+decoded to beat times with the DBN for the reported scores.
+
+Layer "weighted" is a softmax-weighted sum of layers 1..L (layer 0 excluded), weights drawn
+from N(0, 1) and learnt with the probe (MARBLE's `layer: all`).
+
+Deviation, on purpose: features are standardised with the training split's mean and std per
+dimension (per layer). It is affine, so an MLP could learn it, but it lets one learning-rate
+grid serve sources whose scales differ by orders of magnitude (MFCC statistics vs. layer-normed
+Transformer states).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from musicssl.evaluate import metrics
+from musicssl.evaluate.features import CachedFeatures
+from musicssl.evaluate.tasks.base import Item, Task
+
+LEARNING_RATES = (5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2)  # MARBLE paper, Appendix A
+WEIGHTED = "weighted"
+ENSEMBLES = ("vote", "max_logit", "mean_logit", "mean_softmax")  # GiantSteps song decisions (§2.2)
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    hidden_size: int = 512             # MARBLE: hidden_layer_sizes [512]
+    dropout: float = 0.2               # MARBLE: dropout_p 0.2
+    batch_size: int = 64               # MARBLE: batch 64 (beats: 64 crops of 10 s worth of frames)
+    learning_rates: tuple[float, ...] = LEARNING_RATES
+    layers: tuple[int | str, ...] | None = None  # None: every layer, plus "weighted" if the source has > 1
+    seeds: tuple[int, ...] = (1234,)   # MARBLE: pl.seed_everything(1234), one run per config
+    max_epochs: int | None = None      # None: the task protocol's (100; NSynth 50)
+    early_stop_patience: int | None = None  # None: the protocol's
+    plateau_patience: int | None = None     # None: the protocol's
+    plateau_factor: float = 0.5        # MARBLE ReduceLROnPlateau factor
+    beat_widen: int = 1                # frames either side of a beat also positive in training
+    beat_crop_seconds: float = 10.0    # MARBLE trains beats on 10-s crops: sets frames per batch
+    beat_decoder: str = "dbn"          # "dbn" (madmom's DBN, MARBLE) or "peaks"
+    device: str = "cpu"
+
+    def replace(self, **changes) -> "ProbeConfig":
+        return dataclasses.replace(self, **changes)
+
+
+class MLPProbe(nn.Module):
+    def __init__(self, dim: int, num_outputs: int, hidden: int, dropout: float, weighted_layers: int = 0):
+        super().__init__()
+        # N(0, 1) init of the layer weights, as MARBLE's normalized_weight_sum.
+        self.layer_weights = nn.Parameter(torch.randn(weighted_layers)) if weighted_layers else None
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_outputs))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.layer_weights is not None:  # x: (B, K, D) -> (B, D)
+            x = torch.einsum("k,bkd->bd", torch.softmax(self.layer_weights, 0), x)
+        return self.mlp(x)  # (B, C)
+
+
+@dataclass
+class SplitData:
+    """Rows of one split for one layer choice, standardised, with per-row targets."""
+
+    x: Tensor                  # (R, D) or (R, K, D)
+    y: Tensor                  # (R,) long | (R, C) float
+    row_item: np.ndarray       # (R,) item position of each row
+    items: list[Item]
+
+
+@dataclass
+class RunResult:
+    layer: int | str
+    learning_rate: float
+    seed: int
+    epochs: int
+    best_epoch: int
+    valid: dict[str, float]
+    test: dict[str, float]
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def frame_targets(item: Item, num_frames: int, fps: float, widen: int) -> np.ndarray:
+    """(T,) 0/1 beat labels on the centred frame grid: frame round(t * fps), ± widen frames."""
+    labels = np.zeros(num_frames, dtype=np.int64)
+    beats = np.round(np.asarray(item.target, dtype=np.float64) * fps).astype(np.int64)
+    for shift in range(-widen, widen + 1):
+        index = beats + shift
+        labels[index[(index >= 0) & (index < num_frames)]] = 1
+    return labels
+
+
+def split_data(task: Task, cached: CachedFeatures, fps: float, widen: int,
+               mean: Tensor, std: Tensor) -> SplitData:
+    row_item = cached.item_index()
+    kind = task.protocol.kind
+    if kind == "beats":
+        y = np.concatenate([frame_targets(item, count, fps, widen)
+                            for item, (_, count) in zip(cached.items, cached.spans)])
+        y_tensor = torch.from_numpy(y)
+    elif kind == "multiclass":
+        y_tensor = torch.tensor([int(item.target) for item in cached.items], dtype=torch.long)[row_item]
+    else:
+        targets = np.stack([np.asarray(item.target, dtype=np.float32) for item in cached.items])
+        y_tensor = torch.from_numpy(targets)[torch.from_numpy(row_item)]
+    x = (torch.from_numpy(cached.rows) - mean) / std
+    return SplitData(x=x, y=y_tensor, row_item=row_item, items=list(cached.items))
+
+
+def standardiser(train_rows: np.ndarray) -> tuple[Tensor, Tensor]:
+    """Per-dimension (and per-layer) mean and std of the training rows."""
+    rows = torch.from_numpy(train_rows)
+    mean = rows.mean(0)
+    std = rows.std(0).clamp_min(1e-6)
+    return mean, std
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+
+def item_outputs(logits: Tensor, row_item: np.ndarray, num_items: int) -> np.ndarray:
+    """Average the rows (windows) of each item: (R, C) -> (num_items, C)."""
+    index = torch.from_numpy(row_item)
+    sums = torch.zeros(num_items, logits.shape[1]).index_add_(0, index, logits)
+    counts = torch.bincount(index, minlength=num_items).clamp_min(1)
+    return (sums / counts[:, None]).numpy()
+
+
+def item_targets(task: Task, items: Sequence[Item]) -> np.ndarray:
+    if task.protocol.kind == "multiclass":
+        return np.array([int(item.target) for item in items])
+    return np.stack([np.asarray(item.target, dtype=np.float32) for item in items])
+
+
+def song_ensembles(outputs: np.ndarray, targets: np.ndarray, items: Sequence[Item]) -> dict[str, tuple]:
+    """GiantSteps: per song, four decisions over its clips' logits. Returns strategy ->
+    (song scores (S, C) whose argmax is the decision, song targets (S,))."""
+    groups: dict[str, list[int]] = {}
+    for index, item in enumerate(items):
+        groups.setdefault(item.group_key, []).append(index)
+    song_targets = np.array([targets[indices[0]] for indices in groups.values()])
+    decisions = {name: [] for name in ENSEMBLES}
+    for indices in groups.values():
+        logits = outputs[indices]  # (n_clips, C)
+        votes = np.bincount(logits.argmax(1), minlength=logits.shape[1]).astype(np.float64)
+        # ties in the vote go to the class with the larger mean logit
+        decisions["vote"].append(votes + 1e-6 * _softmax(logits.mean(0)))
+        decisions["max_logit"].append(logits.max(0))
+        decisions["mean_logit"].append(logits.mean(0))
+        decisions["mean_softmax"].append(_softmax(logits).mean(0))
+    return {name: (np.stack(rows), song_targets) for name, rows in decisions.items()}
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    shifted = np.exp(x - x.max(-1, keepdims=True))
+    return shifted / shifted.sum(-1, keepdims=True)
+
+
+def decode_beats(activations: np.ndarray, fps: float, decoder: str) -> np.ndarray:
+    from musicssl.evaluate import beats
+
+    if decoder == "dbn":
+        return beats.dbn_beats(activations, fps)
+    if decoder == "peaks":
+        return beats.peak_pick_beats(activations, fps)
+    raise ValueError(f"unknown beat decoder {decoder!r}: expected 'dbn' or 'peaks'")
+
+
+def score_split(task: Task, model: nn.Module, data: SplitData, fps: float, decoder: str,
+                ensemble: str | None = None) -> tuple[dict[str, float], dict]:
+    """Scores of one split; `ensemble` fixes the GiantSteps strategy (None: best on this split,
+    which is how validation chooses it). Returns (scores, extra)."""
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(chunk) for chunk in torch.split(data.x, 8192)])
+    if task.protocol.kind == "beats":
+        probability = torch.softmax(logits, -1)[:, 1].numpy()
+        estimates = [decode_beats(probability[data.row_item == i], fps, decoder) for i in range(len(data.items))]
+        references = [np.asarray(item.target, dtype=np.float64) for item in data.items]
+        return metrics.beat_f_measure(references, estimates), {}
+    outputs = item_outputs(logits, data.row_item, len(data.items))
+    targets = item_targets(task, data.items)
+    if not task.protocol.song_ensemble:
+        return task.score(targets, outputs), {}
+    per_strategy = {name: task.score(*pair) for name, pair in song_ensembles(outputs, targets, data.items).items()}
+    monitor = task.protocol.metrics[0]
+    chosen = ensemble or max(ENSEMBLES, key=lambda name: per_strategy[name][monitor])
+    scores = dict(per_strategy[chosen])
+    scores.update({f"{monitor}_{name}": values[monitor] for name, values in per_strategy.items()})
+    scores["clip_" + monitor] = task.score(targets, outputs)[monitor]
+    return scores, {"ensemble": chosen}
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def loss_function(kind: str) -> nn.Module:
+    return {"multiclass": nn.CrossEntropyLoss(), "beats": nn.CrossEntropyLoss(),
+            "multilabel": nn.BCEWithLogitsLoss(), "regression": nn.MSELoss()}[kind]
+
+
+def train_run(task: Task, train: SplitData, valid: SplitData, test: SplitData, layer: int | str,
+              learning_rate: float, seed: int, config: ProbeConfig, fps: float) -> RunResult:
+    protocol = task.protocol
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    weighted = train.x.shape[1] if train.x.ndim == 3 else 0
+    outputs = 2 if protocol.kind == "beats" else protocol.num_outputs
+    model = MLPProbe(train.x.shape[-1], outputs, config.hidden_size, config.dropout, weighted)
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=config.plateau_factor,
+        patience=config.plateau_patience if config.plateau_patience is not None else protocol.plateau_patience)
+    max_epochs = config.max_epochs or protocol.max_epochs
+    patience = config.early_stop_patience if config.early_stop_patience is not None else protocol.early_stop_patience
+    batch = config.batch_size
+    if protocol.kind == "beats":
+        batch = int(config.batch_size * config.beat_crop_seconds * fps)
+    # During training, beats are monitored with fast peak picking; the DBN scores the best weights.
+    monitor_decoder = "peaks" if protocol.kind == "beats" else config.beat_decoder
+    monitor_name = protocol.metrics[0]
+    loss_fn = loss_function(protocol.kind)
+    best, best_epoch, best_state, epoch = -math.inf, 0, copy.deepcopy(model.state_dict()), 0
+    for epoch in range(1, max_epochs + 1):
+        model.train()
+        order = torch.randperm(len(train.y), generator=generator)
+        for start in range(0, len(order), batch):
+            rows = order[start:start + batch]
+            loss = loss_fn(model(train.x[rows]), train.y[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        monitor = score_split(task, model, valid, fps, monitor_decoder)[0][monitor_name]
+        scheduler.step(monitor)
+        if monitor > best:
+            best, best_epoch, best_state = monitor, epoch, copy.deepcopy(model.state_dict())
+        elif epoch - best_epoch >= patience:
+            break
+    model.load_state_dict(best_state)
+    valid_scores, extra = score_split(task, model, valid, fps, config.beat_decoder)
+    test_scores, _ = score_split(task, model, test, fps, config.beat_decoder, ensemble=extra.get("ensemble"))
+    if model.layer_weights is not None:
+        extra["layer_weights"] = torch.softmax(model.layer_weights.detach(), 0).tolist()
+    return RunResult(layer=layer, learning_rate=learning_rate, seed=seed, epochs=epoch, best_epoch=best_epoch,
+                     valid=valid_scores, test=test_scores, extra=extra)
+
+
+def layer_choices(num_layers: int, requested: Sequence[int | str] | None) -> list[int | str]:
+    if requested is None:
+        return list(range(num_layers)) + ([WEIGHTED] if num_layers > 2 else [])
+    choices = []
+    for layer in requested:
+        if layer == WEIGHTED:
+            if num_layers < 3:
+                raise ValueError(f"'weighted' needs at least 2 Transformer layers; this source has {num_layers} states")
+            choices.append(layer)
+        elif isinstance(layer, int) and -num_layers <= layer < num_layers:
+            choices.append(layer % num_layers)
+        else:
+            raise ValueError(f"layer {layer!r} out of range: this source has layers 0..{num_layers - 1} (or 'weighted')")
+    return choices
+
+
+# ---------------------------------------------------------------------------- grid
+
+
+@dataclass
+class TaskResult:
+    """All runs of one (model, task), and the configuration chosen on validation."""
+
+    task: str
+    model: str
+    monitor: str
+    runs: list[RunResult]
+    layer: int | str                   # chosen on mean validation monitor over seeds
+    learning_rate: float
+    valid: dict[str, float]            # mean over seeds of the chosen configuration
+    test: dict[str, float]
+    test_std: dict[str, float]
+    sizes: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _mean_scores(runs: Sequence[RunResult], split: str) -> tuple[dict[str, float], dict[str, float]]:
+    keys = [key for key, value in getattr(runs[0], split).items() if isinstance(value, (int, float))]
+    values = {key: [getattr(run, split)[key] for run in runs] for key in keys}
+    return ({key: float(np.mean(v)) for key, v in values.items()},
+            {key: float(np.std(v)) for key, v in values.items()})
+
+
+def select(runs: Sequence[RunResult], monitor: str) -> tuple[int | str, float, list[RunResult]]:
+    """The (layer, lr) with the best validation monitor averaged over seeds; ties go to the
+    earlier configuration in grid order."""
+    configs: dict[tuple, list[RunResult]] = {}
+    for run in runs:
+        configs.setdefault((run.layer, run.learning_rate), []).append(run)
+    best = max(configs, key=lambda key: np.mean([run.valid[monitor] for run in configs[key]]))
+    return best[0], best[1], configs[best]
+
+
+def probe_task(task: Task, splits, cache, config: ProbeConfig, progress: bool = True) -> TaskResult:
+    """Extract what is missing, then run the grid of layers x learning rates x seeds."""
+    from tqdm import tqdm
+
+    everything = splits.train + splits.valid + splits.test
+    cache.extract(everything, progress=progress)
+    notes = list(splits.notes)
+    errors = cache.errors()
+    if errors:
+        notes.append(f"{len(errors)} items could not be read and were left out, e.g. "
+                     + "; ".join(f"{key}: {error}" for key, error in list(errors.items())[:3]))
+    source = cache.source
+    fps = source.frame_rate_hz
+    layers = layer_choices(source.num_layers, config.layers)
+    grid = [(layer, lr, seed) for layer in layers for lr in config.learning_rates for seed in config.seeds]
+    bar = tqdm(total=len(grid), desc=f"probe {task.protocol.name}", unit="run", disable=not progress)
+    runs: list[RunResult] = []
+    for layer in layers:
+        data = _layer_data(task, splits, cache, layer, fps, config.beat_widen)
+        for lr in config.learning_rates:
+            for seed in config.seeds:
+                runs.append(train_run(task, *data, layer=layer, learning_rate=lr, seed=seed, config=config, fps=fps))
+                bar.update()
+    bar.close()
+    monitor = task.protocol.metrics[0]
+    layer, lr, chosen = select(runs, monitor)
+    valid, _ = _mean_scores(chosen, "valid")
+    test, test_std = _mean_scores(chosen, "test")
+    return TaskResult(task=task.protocol.name, model=source.name, monitor=monitor, runs=runs, layer=layer,
+                      learning_rate=lr, valid=valid, test=test, test_std=test_std,
+                      sizes={name: len(splits[name]) for name in ("train", "valid", "test")}, notes=notes)
+
+
+def _layer_data(task: Task, splits, cache, layer: int | str, fps: float, widen: int) -> list[SplitData]:
+    index = None if layer == WEIGHTED else layer
+    loaded = {name: cache.load(splits[name], layer=index) for name in ("train", "valid", "test")}
+    if layer == WEIGHTED:  # layers 1..L only, as MARBLE's feature[1:]
+        for cached in loaded.values():
+            cached.rows = np.ascontiguousarray(cached.rows[:, 1:])
+    for name, cached in loaded.items():
+        if not cached.items:
+            raise ValueError(f"task {task.protocol.name}: no usable {name} items (all failed to load?)")
+    mean, std = standardiser(loaded["train"].rows)
+    return [split_data(task, loaded[name], fps, widen, mean, std) for name in ("train", "valid", "test")]
