@@ -27,7 +27,7 @@ def test_window_bounds_follow_the_protocol():
     short_tail = CLIP.replace(window_seconds=1.0, min_window_seconds=1.0)
     assert window_bounds(350, sr, short_tail) == [(0, 100), (100, 200), (200, 300)]  # 0.5 s tail dropped
     assert window_bounds(50, sr, short_tail) == [(0, 50)]  # the only window stays
-    assert window_bounds(350, sr, CLIP.replace(crop_seconds=2.5)) == [(0, 100), (100, 200), (200, 250)]
+    assert window_bounds(350, sr, CLIP.replace(crop_seconds=2.5, min_window_seconds=0.5)) == [(0, 100), (100, 200), (200, 250)]
     assert window_bounds(350, sr, CLIP.replace(window_seconds=None)) == [(0, 350)]
 
 
