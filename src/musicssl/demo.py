@@ -1,0 +1,123 @@
+"""`musicssl demo`: the whole pipeline on generated music, on one CPU.
+
+generate corpus + probe datasets -> manifest -> MFCC k-means labels -> pre-train a tiny
+MusicHuBERT and a tiny Music2Vec -> probe both, the same backbones at random init, and MFCC
+statistics on every generated task -> results.md / results.json / plots in the output folder.
+
+Every stage skips what is already done (generation, labels, checkpoints, probe results), so an
+interrupted demo resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from musicssl.evaluate.probe import ProbeConfig
+
+# The generated probe datasets: registry task name -> folder written by data/synth.py.
+DEMO_TASKS = {"mtt": "MTT", "gs": "GS", "gtzan": "GTZAN", "gtzan_beats": "GTZAN", "emo": "EMO",
+              "nsynth_instrument": "NSynth", "nsynth_pitch": "NSynth"}
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    synth_preset: str = "demo"
+    seed: int = 0
+    k: int = 100                     # MFCC clusters (the paper: 500/2000 for 1k hours; 100 suits ~30 min)
+    hubert_steps: int = 300
+    music2vec_steps: int = 300
+    hubert_overrides: tuple[str, ...] = ()
+    music2vec_overrides: tuple[str, ...] = ()
+    probe: ProbeConfig = ProbeConfig(learning_rates=(1e-3,), max_epochs=30, early_stop_patience=8)
+    beat_decoder: str = "dbn"
+
+
+DEMO_PRESETS: dict[str, DemoConfig] = {
+    "demo": DemoConfig(),
+    # a few minutes: what the test suite runs
+    "smoke": DemoConfig(synth_preset="tests", k=16, hubert_steps=6, music2vec_steps=6,
+                        hubert_overrides=("trainer.checkpoint_every=3", "data.batch_seconds=10",
+                                          "data.micro_batch_seconds=10"),
+                        music2vec_overrides=("trainer.checkpoint_every=3", "data.batch_seconds=10",
+                                             "data.micro_batch_seconds=10", "model.collapse_check_after=100"),
+                        probe=ProbeConfig(learning_rates=(1e-3,), layers=(0, "weighted"), max_epochs=3,
+                                          early_stop_patience=2, hidden_size=64),
+                        beat_decoder="peaks"),
+}
+
+
+def _stage(message: str) -> None:
+    print(f"\n== {message}", file=sys.stderr, flush=True)
+
+
+def _final_checkpoint(run_dir: Path) -> Path:
+    from musicssl.train.trainer import checkpoint_dirs
+
+    checkpoints = checkpoint_dirs(run_dir)
+    if not checkpoints:
+        raise RuntimeError(f"{run_dir}: pre-training wrote no checkpoint")
+    return checkpoints[-1]
+
+
+def run_demo(out: str | Path = "runs/demo", preset: str = "demo", device: str | None = None,
+             progress: bool = True) -> Path:
+    """Run every stage; returns the results folder (`out`)."""
+    from musicssl.data.manifest import build_manifest
+    from musicssl.data.synth import synthesize
+    from musicssl.evaluate.benchmark import run_benchmark
+    from musicssl.targets.kmeans import KMeansConfig
+    from musicssl.targets.labels import MfccFeatures, make_labels
+    from musicssl.train.launch import pretrain
+
+    if preset not in DEMO_PRESETS:
+        raise ValueError(f"unknown demo preset {preset!r}; known: {', '.join(DEMO_PRESETS)}")
+    config = DEMO_PRESETS[preset]
+    out = Path(out)
+    data, started, timings = out / "data", time.perf_counter(), {}
+
+    def lap(name: str, since: float) -> float:
+        timings[name] = round(time.perf_counter() - since, 1)
+        return time.perf_counter()
+
+    clock = time.perf_counter()
+    _stage(f"1/5 generating music ({config.synth_preset} preset) in {data}")
+    if not (data / "synth.json").exists():
+        summary = synthesize(data, config.synth_preset, seed=config.seed, progress=progress)
+        (data / "synth.json").write_text(json.dumps(summary, indent=1, default=str))
+    clock = lap("generate", clock)
+
+    _stage("2/5 manifest and MFCC k-means labels")
+    manifest, labels = out / "manifest", out / "labels"
+    if not (manifest / "train.tsv").exists():
+        build_manifest(data / "corpus", manifest, valid_percent=5.0, seed=config.seed, progress=progress)
+    if not (labels / "train.km").exists():
+        make_labels(manifest, labels, MfccFeatures("mfcc39"), KMeansConfig(k=config.k, seed=config.seed),
+                    fit_fraction=1.0, progress=progress)
+    clock = lap("labels", clock)
+
+    _stage(f"3/5 pre-training a tiny MusicHuBERT ({config.hubert_steps} steps)")
+    pretrain("musichubert", "tiny", str(manifest), str(labels), str(out / "musichubert"),
+             [f"trainer.max_steps={config.hubert_steps}", *config.hubert_overrides])
+    clock = lap("musichubert", clock)
+    _stage(f"4/5 pre-training a tiny Music2Vec ({config.music2vec_steps} steps)")
+    pretrain("music2vec", "tiny", str(manifest), None, str(out / "music2vec"),
+             [f"trainer.max_steps={config.music2vec_steps}", *config.music2vec_overrides])
+    clock = lap("music2vec", clock)
+
+    _stage("5/5 probing every generated task")
+    hubert, music2vec = _final_checkpoint(out / "musichubert"), _final_checkpoint(out / "music2vec")
+    models = [str(hubert), str(music2vec), "random:hubert_tiny", "random:data2vec_tiny", "mfcc"]
+    probe = dataclasses.replace(config.probe, beat_decoder=config.beat_decoder)
+    run_benchmark(models, {task: data / folder for task, folder in DEMO_TASKS.items()}, out, probe,
+                  device=device, progress=progress, command=f"musicssl demo --preset {preset} --out {out}")
+    lap("probe", clock)
+    timings["total"] = round(time.perf_counter() - started, 1)
+    (out / "timings.json").write_text(json.dumps(timings, indent=1))
+    print((out / "results.md").read_text())
+    print(f"demo finished in {timings['total'] / 60:.1f} min; results in {out}", file=sys.stderr)
+    return out
