@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test venv clean-venv bench
+.PHONY: test demo venv clean-venv bench
 
 venv: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q
+
+# The whole pipeline on generated music (about 15 min on 2 CPU cores); results in runs/demo/.
+demo: $(STAMP)
+	OMP_NUM_THREADS=2 $(PY) -m musicssl.cli demo --out runs/demo
 
 bench: $(STAMP)
 	$(PY) benchmarks/backbone_speed.py

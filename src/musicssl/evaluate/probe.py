@@ -204,7 +204,8 @@ def score_split(task: Task, model: nn.Module, data: SplitData, fps: float, decod
     targets = item_targets(task, data.items)
     if not task.protocol.song_ensemble:
         return task.score(targets, outputs), {}
-    per_strategy = {name: task.score(*pair) for name, pair in song_ensembles(outputs, targets, data.items).items()}
+    per_strategy = {name: task.score(song_targets, song_scores)
+                    for name, (song_scores, song_targets) in song_ensembles(outputs, targets, data.items).items()}
     monitor = task.protocol.metrics[0]
     chosen = ensemble or max(ENSEMBLES, key=lambda name: per_strategy[name][monitor])
     scores = dict(per_strategy[chosen])

@@ -1,0 +1,156 @@
+"""Evaluation speed: extraction throughput against transformers, and probe time per task.
+
+    .venv/bin/python benchmarks/eval_speed.py [--preset hubert_base] [--files 6] [--seconds 30]
+        [--rows 2000] [--epochs 10]
+
+1. Extraction: the same generated files (30-s windows, every hidden state, mean-pooled, as
+   the clip tasks store them) through our `FeatureCache` + `EncoderSource`, and through
+   transformers' HubertModel / Data2VecAudioModel holding the same weights (one forward per
+   window, `output_hidden_states=True`, the same pooling), in the same run, alternating.
+   Printed as audio seconds per second and as a ratio (ours / transformers; > 1 = faster).
+2. Probe: for every registered task, one probe run (one layer, one learning rate, a fixed
+   number of epochs, no early stop) on cached-feature-shaped random rows with the task's
+   output count, `--rows` training windows and a quarter of that for valid and test; printed
+   as seconds per run and per epoch, and the full grid (13 layers + weighted sum, 6 learning
+   rates) extrapolated from it at this size. Beats: `--rows` frames are 64 x 10 s crops' worth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+
+def make_files(directory: Path, count: int, seconds: float) -> list[Path]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for index in range(count):
+        t = np.arange(int(seconds * 16000)) / 16000
+        wav = 0.2 * np.sin(2 * np.pi * rng.uniform(100, 1000) * t) + 0.05 * rng.standard_normal(t.size)
+        path = directory / f"clip{index}.wav"
+        sf.write(path, wav.astype(np.float32), 16000)
+        paths.append(path)
+    return paths
+
+
+def ours(model_dir: Path, paths: list[Path], cache: Path) -> float:
+    from musicssl.evaluate.features import FeatureCache
+    from musicssl.evaluate.sources import open_source
+    from musicssl.evaluate.tasks.base import Item, Protocol
+
+    protocol = Protocol(name="bench", title="B", kind="multiclass", outputs=("a",), metrics=("accuracy",),
+                        window_seconds=30.0)
+    source = open_source(str(model_dir), device="cpu")
+    items = [Item(key=p.name, path=p, target=0) for p in paths]
+    started = time.perf_counter()
+    FeatureCache(cache, source, "bench", protocol).extract(items, progress=False)
+    return time.perf_counter() - started
+
+
+def transformers_reference(model_dir: Path, paths: list[Path]) -> float:
+    import transformers
+
+    from musicssl import audio
+
+    model = transformers.AutoModel.from_pretrained(model_dir).eval()
+    normalize = getattr(model.config, "feat_extract_norm", "group") == "layer"
+    started = time.perf_counter()
+    with torch.no_grad():
+        for path in paths:
+            wav = torch.from_numpy(audio.load_audio(path, 16000))
+            for start in range(0, wav.numel(), 30 * 16000):
+                window = wav[start:start + 30 * 16000]
+                if normalize:  # Wav2Vec2FeatureExtractor(do_normalize=True), as data2vec models ship
+                    window = (window - window.mean()) / torch.sqrt(window.var(unbiased=False) + 1e-7)
+                states = model(window[None], output_hidden_states=True).hidden_states
+                np.stack([s[0].mean(0).numpy() for s in states]).astype(np.float16)
+    return time.perf_counter() - started
+
+
+def extraction(preset: str, count: int, seconds: float) -> None:
+    from musicssl.interop.huggingface import export_pretrained
+    from musicssl.models.backbone import Backbone, backbone_preset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        torch.manual_seed(0)
+        model_dir = export_pretrained(Backbone(backbone_preset(preset)).eval(), tmp / "model")
+        paths = make_files(tmp, count, seconds)
+        audio_seconds = count * seconds
+        times = {"ours": [], "transformers": []}
+        for round_ in range(2):
+            times["ours"].append(ours(model_dir, paths, tmp / f"cache{round_}"))
+            times["transformers"].append(transformers_reference(model_dir, paths))
+        best = {name: min(values) for name, values in times.items()}
+        print(f"extraction, {preset}, {count} x {seconds:g} s, all layers, 30-s windows, 2 rounds (best):")
+        for name, value in best.items():
+            print(f"  {name:13s} {value:7.2f} s  {audio_seconds / value:7.1f} audio s/s")
+        print(f"  ratio ours/transformers (throughput): {best['transformers'] / best['ours']:.2f}x")
+
+
+def probe_times(rows: int, epochs: int) -> None:
+    from musicssl.evaluate.features import CachedFeatures
+    from musicssl.evaluate.probe import ProbeConfig, split_data, standardiser, train_run
+    from musicssl.evaluate.tasks import TASK_NAMES, get_task
+    from musicssl.evaluate.tasks.base import Item
+
+    rng = np.random.default_rng(0)
+    config = ProbeConfig(max_epochs=epochs, early_stop_patience=epochs, beat_decoder="dbn")
+    print(f"\nprobe, one run of {epochs} epochs, {rows} train rows x 768 (valid/test {rows // 4}):")
+    print(f"  {'task':20s} {'s/run':>7s} {'s/epoch':>8s} {'full grid (84 runs) at this size':>34s}")
+    for name in TASK_NAMES:
+        task = get_task(name)
+        protocol = task.protocol
+        outputs = max(protocol.num_outputs, 2)
+
+        def cached(n: int) -> CachedFeatures:
+            if protocol.kind == "beats":
+                per_item = 1500
+                items = [Item(key=str(i), path=Path("x"), target=np.arange(0.5, 29.5, 0.5)) for i in range(max(1, n // per_item))]
+                spans = [(i * per_item, per_item) for i in range(len(items))]
+                return CachedFeatures(rows=rng.standard_normal((len(items) * per_item, 768)).astype(np.float32),
+                                      spans=spans, items=items)
+            if protocol.kind == "multiclass":
+                targets = rng.integers(0, outputs, n)
+                items = [Item(key=str(i), path=Path("x"), target=int(targets[i])) for i in range(n)]
+            else:
+                values = (rng.random((n, outputs)) > 0.9).astype(np.float32)
+                items = [Item(key=str(i), path=Path("x"), target=values[i]) for i in range(n)]
+            return CachedFeatures(rows=rng.standard_normal((n, 768)).astype(np.float32),
+                                  spans=[(i, 1) for i in range(n)], items=items)
+
+        if protocol.kind == "multilabel" and not protocol.outputs:
+            task.protocol = protocol.replace(outputs=tuple(f"tag{i}" for i in range(50)))
+            protocol, outputs = task.protocol, 50
+        data = [cached(rows), cached(rows // 4), cached(rows // 4)]
+        mean, std = standardiser(data[0].rows)
+        splits = [split_data(task, d, 50.0, 1, mean, std) for d in data]
+        started = time.perf_counter()
+        train_run(task, *splits, layer=0, learning_rate=1e-3, seed=0, config=config, fps=50.0)
+        elapsed = time.perf_counter() - started
+        print(f"  {name:20s} {elapsed:7.2f} {elapsed / epochs:8.3f} {84 * elapsed / 60:30.1f} min")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="hubert_base")
+    parser.add_argument("--files", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--skip-extraction", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    if not args.skip_extraction:
+        extraction(args.preset, args.files, args.seconds)
+    probe_times(args.rows, args.epochs)
+
+
+if __name__ == "__main__":
+    main()
