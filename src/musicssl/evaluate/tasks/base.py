@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -128,6 +129,12 @@ def require_file(path: Path, what: str, source: str) -> Path:
     if not path.is_file():
         raise DatasetError(f"{path}: {what} not found. It comes from {source}")
     return path
+
+
+def left_out_note(what: str, names: Sequence[str], limit: int = 5) -> str:
+    """A note for files a loader left out: how many, and the first few names."""
+    shown = ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+    return f"{len(names)} {what}, left out: {shown}"
 
 
 def check_split_sizes(task: Task, splits: Splits, expected: dict[str, int], strict: bool = False) -> None:

@@ -32,6 +32,7 @@ import soundfile as sf
 from musicssl.audio import AudioError, audio_info
 from musicssl.evaluate.tasks.base import (
     DatasetError, Item, LayoutExample, Protocol, Splits, Task, check_options, require_file,
+    left_out_note,
 )
 
 FLAT_TONICS = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
@@ -134,11 +135,6 @@ def _track_ids(repo: Path) -> list[str]:
     return sorted(ids, key=lambda i: (len(i), i))
 
 
-def _summary(what: str, names: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
-    return f"{len(names)} {what}, left out: {shown}"
-
-
 def _train_valid_tracks(repo: Path, notes: list[str]) -> dict[str, tuple[str, str]]:
     """MTG-key track ID -> (key, 'train' | 'valid'), after the C == 2 / single-key filter."""
     annotations_path = require_file(repo / "annotations" / "annotations.txt", "MTG-key annotations", _SOURCE)
@@ -171,7 +167,7 @@ def _train_valid_tracks(repo: Path, notes: list[str]) -> dict[str, tuple[str, st
                         (f"MTG-key tracks with an unreadable MANUAL KEY in {annotations_path.name}", bad_key),
                         (f"MTG-key tracks missing from {metadata_path.name}", unknown_artist)):
         if names:
-            notes.append(_summary(what, names))
+            notes.append(left_out_note(what, names))
     if mixed:
         notes.append(f"{len(mixed)} MTG-key tracks mix train and valid artists after two collaborator "
                      f"passes; put in valid: {', '.join(mixed[:5])}")
@@ -193,9 +189,9 @@ def _test_tracks(repo: Path, notes: list[str]) -> dict[str, tuple[str, str]]:
             continue
         tracks[track] = (key, "test")
     if missing:
-        notes.append(_summary(f"GiantSteps-key tracks without annotations/key/<ID>.LOFI.key in {repo}", missing))
+        notes.append(left_out_note(f"GiantSteps-key tracks without annotations/key/<ID>.LOFI.key in {repo}", missing))
     if bad:
-        notes.append(_summary(f"GiantSteps-key tracks with an unreadable key file in {repo}", bad))
+        notes.append(left_out_note(f"GiantSteps-key tracks with an unreadable key file in {repo}", bad))
     return tracks
 
 
@@ -238,7 +234,7 @@ class GiantStepsKey(Task):
         test = _test_tracks(test_repo, notes)
         clash = sorted(set(tracks) & set(test))
         if clash:  # IDs are Beatport's, so a clash means a copied file; the test set wins
-            notes.append(_summary("track IDs in both repositories (kept in test only)", clash))
+            notes.append(left_out_note("track IDs in both repositories (kept in test only)", clash))
         tracks.update(test)
         splits = Splits([], [], [], notes)
         missing, unreadable, short = [], [], []
@@ -259,7 +255,7 @@ class GiantStepsKey(Task):
                             ("unreadable audio files", unreadable),
                             (f"tracks shorter than one {segment:g}-s segment", short)):
             if names:
-                notes.append(_summary(what, names))
+                notes.append(left_out_note(what, names))
         for split in ("train", "valid", "test"):
             if not splits[split]:
                 reason = "; ".join(notes) or "no listed track passes the protocol's filters"

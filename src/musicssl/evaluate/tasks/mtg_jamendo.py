@@ -25,6 +25,7 @@ import soundfile as sf
 
 from musicssl.evaluate.tasks.base import (
     DatasetError, Item, LayoutExample, Protocol, Splits, Task, check_options, check_split_sizes, require_file,
+    left_out_note,
 )
 
 HEADER = ("TRACK_ID", "ARTIST_ID", "ALBUM_ID", "PATH", "DURATION", "TAGS")
@@ -32,11 +33,6 @@ SPLIT_FILES = {"train": "train", "valid": "validation", "test": "test"}
 CATEGORY_PREFIXES = {"instrument": "instrument---", "moodtheme": "mood/theme---", "genre": "genre---"}
 _SOURCE = ("github.com/MTG/mtg-jamendo-dataset: split files in data/splits/split-0, audio with its "
            "scripts/download/download.py --dataset raw_30s --type audio-low")
-
-
-def _summary(what: str, names: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
-    return f"{len(names)} {what}, left out: {shown}"
 
 
 def read_split_file(path: Path) -> list[tuple[str, str, list[str]]]:
@@ -155,9 +151,9 @@ class _MTGTask(Task):
                 target[[index[t] for t in row_tags]] = 1.0
                 splits[split].append(Item(key=track, path=path, target=target))
         if missing:
-            splits.notes.append(_summary(f"tracks of {stem}-*.tsv without audio under {audio.audio_dir}", missing))
+            splits.notes.append(left_out_note(f"tracks of {stem}-*.tsv without audio under {audio.audio_dir}", missing))
         if duplicates:
-            splits.notes.append(_summary("rows repeating a track already listed", duplicates))
+            splits.notes.append(left_out_note("rows repeating a track already listed", duplicates))
         if untagged:
             splits.notes.append(f"{len(untagged)} tracks of {stem}-*.tsv have no tags (kept with an "
                                 f"all-zero target): {', '.join(untagged[:5])}")

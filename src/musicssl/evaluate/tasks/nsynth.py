@@ -24,6 +24,7 @@ import soundfile as sf
 
 from musicssl.evaluate.tasks.base import (
     DatasetError, Item, LayoutExample, Protocol, Splits, Task, check_options, check_split_sizes, require_file,
+    left_out_note,
 )
 
 # NSynth's instrument_family ids 0..10 in this order; MARBLE's class2id is the same.
@@ -35,11 +36,6 @@ PUBLISHED_SIZES = {"train": 289205, "valid": 12678, "test": 4096}
 SPLIT_DIRS = {"train": "nsynth-train", "valid": "nsynth-valid", "test": "nsynth-test"}
 _SOURCE = ("http://download.magenta.tensorflow.org/datasets/nsynth/nsynth-{train,valid,test}.jsonwav.tar.gz "
            "(magenta.tensorflow.org/datasets/nsynth)")
-
-
-def _summary(what: str, names: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
-    return f"{len(names)} {what}, left out: {shown}"
 
 
 def _read_examples(path: Path) -> dict[str, dict]:
@@ -115,7 +111,7 @@ class _NSynthTask(Task):
         for what, names in ((f"notes in {where} without audio/<note_str>.wav", missing),
                             (f"notes in {where} with a missing or invalid {self.label_field}", unlabelled)):
             if names:
-                notes.append(_summary(what, names))
+                notes.append(left_out_note(what, names))
         return items
 
 

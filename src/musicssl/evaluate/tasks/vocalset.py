@@ -26,7 +26,9 @@ import numpy as np
 import soundfile as sf
 
 from musicssl.audio import AudioError, audio_info
-from musicssl.evaluate.tasks.base import DatasetError, Item, LayoutExample, Protocol, Splits, Task, check_options
+from musicssl.evaluate.tasks.base import (
+    DatasetError, Item, LayoutExample, Protocol, Splits, Task, check_options, left_out_note,
+)
 
 SINGERS = tuple(f"f{i}" for i in range(1, 10)) + tuple(f"m{i}" for i in range(1, 12))
 # The 10 techniques of the technique task (MARBLE's tech_task_type); other folders
@@ -56,11 +58,6 @@ def singer_of_folder(name: str) -> str | None:
     """'female3' -> 'f3', 'male11' -> 'm11'; None for anything else."""
     match = _FOLDER.match(name)
     return f"{match.group(1)[0]}{int(match.group(2))}" if match else None
-
-
-def _summary(what: str, names: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
-    return f"{len(names)} {what}: {shown}"
 
 
 def _subfolders(folder: Path) -> list[Path]:
@@ -106,7 +103,7 @@ def scan_recordings(root: Path) -> tuple[list[Recording], list[str]]:
                     recording = _recording(full, path, singer, technique_dir.name, notes)
                     if recording is not None:
                         recordings.append(recording)
-    return recordings, [_summary(what, names) for what, names in notes.items() if names]
+    return recordings, [left_out_note(what, names) for what, names in notes.items() if names]
 
 
 def _recording(full: Path, path: Path, singer: str, technique: str,
