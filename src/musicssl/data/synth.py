@@ -34,12 +34,14 @@ from musicssl.evaluate.tasks.base import SPLITS, LayoutExample
 TONICS = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
 KEYS = tuple(f"{tonic} {mode}" for mode in ("major", "minor") for tonic in TONICS)
 SCALE_STEPS = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10), "harmonic": (0, 2, 3, 5, 7, 8, 11)}
-# Chord progressions as scale degrees (0 = tonic), one chord per bar, each opening on the tonic.
+# Chord progressions as scale degrees (0 = tonic), one chord per bar. The tonic chord takes at
+# least half the bars and the others are its dominant and subdominant functions, so the key
+# is unambiguous from any few bars (a key task needs the key to be audible).
 PROGRESSIONS = {
-    "pop": {"major": ((0, 3, 4, 0), (0, 5, 3, 4), (0, 4, 5, 3), (0, 3, 0, 4)),
-            "minor": ((0, 3, 4, 0), (0, 5, 2, 6), (0, 5, 3, 4), (0, 3, 0, 4))},
+    "pop": {"major": ((0, 3, 0, 4), (0, 5, 0, 4), (0, 3, 4, 0), (0, 0, 3, 4)),
+            "minor": ((0, 3, 0, 4), (0, 5, 0, 4), (0, 3, 4, 0), (0, 0, 5, 4))},
     "blues": {mode: ((0, 0, 0, 0, 3, 3, 0, 0, 4, 3, 0, 4),) for mode in ("major", "minor")},  # 12-bar
-    "jazz": {"major": ((0, 5, 1, 4), (0, 0, 1, 4)), "minor": ((0, 3, 1, 4), (0, 5, 1, 4))},  # ..ii-V
+    "jazz": {mode: ((1, 4, 0, 0), (0, 0, 1, 4)) for mode in ("major", "minor")},               # ii-V-I
 }
 # Drum patterns: General MIDI note -> sixteenth-note steps of a 4/4 bar. Every pattern hits
 # every beat (steps 0, 4, 8, 12), so beat annotations are drum onsets.
@@ -208,8 +210,6 @@ class Score:
 
 def _comping(pattern: str, meter: int, voicing: list[int], rng: np.random.Generator) -> list[tuple[float, float, int]]:
     """(start beat, length in beats, MIDI) of the chord part over one bar."""
-    if pattern == "pad":
-        return [(0.0, meter, m) for m in voicing]
     if pattern == "arpeggio":    # broken chord in eighths, up then down
         cycle = voicing + [voicing[0] + 12] + voicing[-1:0:-1]
         return [(i / 2, 1.0, cycle[i % len(cycle)]) for i in range(2 * meter)]
@@ -287,7 +287,7 @@ def compose(song: Song) -> Score:
         return start + (bar * song.meter + swung) * period
 
     def note(bar, beat, length, midi, part, level=1.0):
-        loud = float(np.clip(velocity * level * rng.uniform(0.9, 1.1), 0.05, 1.0))
+        loud = min(max(velocity * level * rng.uniform(0.9, 1.1), 0.05), 1.0)
         return Note(at(bar, beat), length * period, int(midi), loud, part)
 
     notes: list[Note] = []
@@ -311,8 +311,9 @@ def compose(song: Song) -> Score:
         if "lead" in families:
             line = _scale_notes(scale, *_range(song, "lead", families["lead"]))
             for i, (s, n) in enumerate(_melody_rhythm(song.meter, song.density, rng)):
-                if melody is None or i == 0:    # each bar opens on a chord tone near the last note
-                    target = line[np.isin(line % 12, chord)]
+                if melody is None or i == 0:    # each bar opens on a chord tone near the last note,
+                    tonic = line[line % 12 == chord[0]] if degree == 0 else line[:0]   # on tonic bars the tonic
+                    target = tonic if tonic.size and rng.random() < 0.6 else line[np.isin(line % 12, chord)]
                     last = line[line.size // 2] if melody is None else melody
                     melody = int(target[np.argmin(np.abs(target - last) + rng.uniform(0, 3, target.size))])
                 else:
@@ -468,7 +469,7 @@ def _giantsteps_artist(name: str, split: str) -> bool:
     return split == "test" or (artist_slot(name) < TRAIN_SLOTS) == (split == "train")
 
 
-def key_examples(count: int, seed: int = 0, seconds: float = 31.0, proportions: Sequence[float] = (0.6, 0.2, 0.2),
+def key_examples(count: int, seed: int = 0, seconds: float = 30.5, proportions: Sequence[float] = (0.6, 0.2, 0.2),
                  progress: bool = False) -> list[LayoutExample]:
     """Tracks in the 24 keys, cycled for balance (random styles). label: "Eb minor"; extra: artist
     (artist-disjoint splits; train/valid names hash to their split as GiantSteps requires).
@@ -539,7 +540,7 @@ class SynthConfig:
     nsynth_per_family: int = 30
     nsynth_instruments: int = 8
     key_tracks: int = 96
-    key_seconds: float = 31.0       # one full 30-s GiantSteps segment per track
+    key_seconds: float = 30.5       # one full 30-s GiantSteps segment per track
     genre_clips: int = 180
     genre_seconds: float = 30.0
     tag_clips: int = 240
@@ -549,9 +550,11 @@ class SynthConfig:
 
 
 PRESETS = {
-    "demo": SynthConfig(genre_seconds=10.0, tag_seconds=8.0, emotion_seconds=10.0),
+    # ~2.7 h of audio; MP3 encoding in the GS, MTT and EMO writers is about a third of the time
+    "demo": SynthConfig(corpus_clips=180, key_tracks=72, genre_seconds=10.0, tag_clips=150, tag_seconds=6.0,
+                        emotion_clips=100, emotion_seconds=8.0),
     "tests": SynthConfig(corpus_clips=4, corpus_seconds=(2.0, 3.0), nsynth_per_family=3, nsynth_instruments=3,
-                         key_tracks=6, key_seconds=3.0, genre_clips=6, genre_seconds=4.0, tag_clips=8,
+                         key_tracks=6, key_seconds=3.0, genre_clips=6, genre_seconds=4.0, tag_clips=12,
                          tag_seconds=2.0, emotion_clips=6, emotion_seconds=2.0),
 }
 

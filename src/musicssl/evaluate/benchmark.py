@@ -73,13 +73,13 @@ def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | 
                                              "result": result.to_dict()}, default=str))
             _print_result(result)
             results.append(result)
-            _write_reports(results, names, sources, config, out, command, plots=False)
-    _write_reports(results, names, sources, config, out, command, plots=True)
+            _write_reports(results, names, sources, config, out, command, data_dirs, plots=False)
+    _write_reports(results, names, sources, config, out, command, data_dirs, plots=True)
     return results
 
 
-def _write_reports(results, names, sources, config, out: Path, command: str, plots: bool) -> None:
-    extra = {"command": command, "data": {}}
+def _write_reports(results, names, sources, config, out: Path, command: str, data_dirs: dict, plots: bool) -> None:
+    extra = {"command": command, "data": {name: str(Path(path).resolve()) for name, path in data_dirs.items()}}
     write_json(results, sources, dataclasses.asdict(config), out / "results.json", extra)
     write_markdown(results, names, out / "results.md", command)
     if plots:
