@@ -1,13 +1,14 @@
-"""Instrument voices for the synthetic music generator (`data/synth.py`).
+"""Instrument voices for the synthetic music generator (`data/synth.py`), and `perform`, which
+plays a list of note events into a mix.
 
-Four synthesis methods, each a plain function of a fundamental, a length and a few timbre
-scalars: `harmonic_tone` (additive by wavetable, with an evolving spectrum), `partial_sum`
-(free inharmonic partials, each with its decay), `fm_tone` (carrier/modulator ratio, index envelope),
-`plucked_string` (Karplus-Strong, tuned exactly with an allpass) and `drum_hit` (kick: pitched
-sine sweep; snare: noise + tone; hi-hats: high-passed noise). The eleven NSynth instrument
-families (eval-spec §2.5) are recipes over them. An `Instrument` is one family member: its
-timbre is drawn once from (family, index), and every note varies around it (detune,
-brightness, envelope), so telling families apart is about timbre, not a fixed waveform.
+The synthesis methods are plain functions of a fundamental, a length and a few timbre scalars:
+`harmonic_tone` (additive, by wavetable, with an evolving spectrum), `partial_sum` (free
+inharmonic partials, each with its own decay), `fm_tone` (carrier/modulator ratio, index
+envelope), `plucked_string` (Karplus-Strong, tuned exactly with an allpass) and `drum_hit`
+(kick: pitched sine sweep; snare: noise + tone; hi-hats: high-passed noise). The eleven NSynth
+instrument families (eval-spec §2.5) are recipes over them. An `Instrument` is one family
+member: its timbre is drawn once from (family, index), and every note varies around it
+(detune, brightness, envelope), so telling families apart is about timbre, not a fixed waveform.
 
 Everything is mono float32 at 16 kHz, the rate of the models probed (eval-spec §1.1).
 """
@@ -38,10 +39,10 @@ TIMBRES: dict[str, dict[str, tuple | list]] = {
               "release": (0.08, 0.15)},
     "flute": {"h2": (0.15, 0.5), "h3": (0.05, 0.25), "breath": (0.02, 0.08), "vibrato": (8.0, 25.0),
               "attack": (0.05, 0.12), "release": (0.08, 0.15)},
-    "guitar": {"brightness": (0.3, 0.9), "decay": (1.0, 4.0), "pick": (0.08, 0.3), "release": (0.05, 0.1)},
+    "guitar": {"brightness": (0.3, 0.9), "decay": (1.5, 5.0), "pick": (0.08, 0.3), "release": (0.05, 0.1)},
     "keyboard": {"tilt": (1.1, 1.8), "hammer": (0.1, 0.17), "decay": (0.4, 1.2),
                  "release": (0.1, 0.2)},
-    "mallet": {"mode2": [3.93, 4.0], "mode3": (9.2, 10.2), "decay": (1.5, 4.0), "tremolo": (0.0, 0.35),
+    "mallet": {"mode2": [3.93, 4.0], "mode3": (9.2, 10.2), "decay": (1.0, 3.0), "tremolo": (0.0, 0.35),
                "release": (0.1, 0.2)},
     "organ": {"drawbars": (0.0, 1.0), "leslie": (0.0, 0.2), "leslie_hz": (0.8, 6.5), "release": (0.04, 0.08)},
     "reed": {"tilt": (0.7, 1.3), "even": (0.05, 0.3), "breath": (0.005, 0.03), "attack": (0.02, 0.06),
@@ -89,6 +90,17 @@ def pitch_track(f0: float, n: int, vibrato_cents: float, rng: np.random.Generato
 
 
 TABLE_SIZE = 4096  # samples per wavetable cycle: nearest-sample lookup error is below -60 dB
+TABLE_SHIFT = 32 - 12  # phase (32-bit fraction of a cycle) -> table index
+
+
+def phase_of(freq: float | np.ndarray, n: int) -> np.ndarray:
+    """(n,) uint32 phase in units of 2^-32 cycle for `freq` (Hz, scalar or (n,) track). Integer
+    overflow wraps exactly like phase, so it stays exact however long the note (and costs less
+    than float64 modulo arithmetic)."""
+    if np.ndim(freq) == 0:
+        return np.arange(n, dtype=np.uint32) * np.uint32(round(float(freq) / SAMPLE_RATE * 2**32))
+    steps = np.round(np.asarray(freq, dtype=np.float64) / SAMPLE_RATE * 2**32).astype(np.uint32)
+    return np.cumsum(steps, dtype=np.uint32)
 
 
 @lru_cache(maxsize=128)
@@ -106,12 +118,9 @@ def harmonic_tone(freq: float | np.ndarray, n: int, amps: np.ndarray, late_amps:
     generate. A second spectrum `late_amps`, crossfaded in by `late_weight` (n,) in [0, 1],
     lets the timbre evolve (a piano darkening as it decays, brass brightening as it swells).
     Harmonics above NYQUIST_LIMIT at the highest frequency are dropped. (n,) float32."""
-    if np.ndim(freq) == 0:
-        cycles = np.arange(n) * (float(freq) / SAMPLE_RATE)
-    else:
-        cycles = np.cumsum(freq) / SAMPLE_RATE                                        # (n,)
     count = min(len(amps), max(1, int(NYQUIST_LIMIT // np.max(freq))))
-    index = ((cycles % 1.0) * TABLE_SIZE + 0.5).astype(np.int32) & (TABLE_SIZE - 1)  # nearest table sample
+    index = (phase_of(freq, n) + np.uint32(1 << (TABLE_SHIFT - 1))) >> TABLE_SHIFT   # nearest table sample
+    index &= TABLE_SIZE - 1
     waves = _sine_table(count)                                                        # (K, T)
     tone = (amps[:count].astype(np.float32) @ waves)[index]
     if late_amps is not None:
@@ -131,13 +140,14 @@ def partial_sum(f0: float, n: int, ratios: np.ndarray, amps: np.ndarray, decays:
     return amps[audible].astype(np.float32) @ (np.sin(np.float32(2 * np.pi) * phase) * weights)
 
 
-def fm_tone(freq: float | np.ndarray, n: int, ratio: float, index: np.ndarray) -> np.ndarray:
+def fm_tone(freq: float | np.ndarray, n: int, ratio: int, index: np.ndarray) -> np.ndarray:
     """Two-operator FM: sin(2 pi phase + index(t) sin(2 pi ratio phase)), (n,) float32. An integer
     ratio keeps the spectrum harmonic; the index envelope (n,) sets the brightness over time."""
-    cycles = np.cumsum(np.broadcast_to(np.asarray(freq, dtype=np.float64), (n,))) / SAMPLE_RATE
+    carrier = phase_of(freq, n)
     index = np.minimum(index, NYQUIST_LIMIT / (ratio * np.max(freq)) - 1.0)  # Carson bandwidth below Nyquist
-    modulator = np.sin(np.float32(2 * np.pi) * ((ratio * cycles) % 1.0).astype(np.float32))
-    return np.sin(np.float32(2 * np.pi) * (cycles % 1.0).astype(np.float32) + index.astype(np.float32) * modulator)
+    modulator = _sine_table(1)[0][(carrier * np.uint32(ratio)) >> TABLE_SHIFT]   # uint32 product wraps: ratio * phase
+    angle = (carrier >> 8).astype(np.float32) * np.float32(2 * np.pi / 2**24)
+    return np.sin(angle + index.astype(np.float32) * modulator)
 
 
 def _loop_delay(omega: float, length: int, damping: float, c: float) -> float:
@@ -154,15 +164,20 @@ def plucked_string(f0: float, n: int, brightness: float, decay: float, pick: flo
     (1-s) + s z^-1 and a first-order allpass that makes the loop exactly one period long (the
     integer delay alone would detune high notes by up to half a semitone). (n,) float64."""
     period = SAMPLE_RATE / f0
-    damping = 0.5 - 0.4 * min(max(brightness, 0.0), 1.0)            # s: darker string, more loss
+    omega = 2 * np.pi * f0 / SAMPLE_RATE
+    per_period = 10.0 ** (-3.0 * period / (decay * SAMPLE_RATE))     # fundamental at -60 dB after `decay` s
+    # loss filter s: darker string, more loss; capped so that it takes at most half of the
+    # fundamental's decay in dB (plain KS makes high notes die within a fraction of a second)
+    damping = 0.5 - 0.4 * min(max(brightness, 0.0), 1.0)
+    cap = (1 - per_period) / (2 * (1 - np.cos(omega)))               # s (1 - s) <= cap
+    damping = min(damping, (1 - np.sqrt(1 - 4 * cap)) / 2 if cap < 0.25 else 0.5)
     length = int(np.floor(period - damping - 0.1))
     fraction = period - damping - length
-    omega = 2 * np.pi * f0 / SAMPLE_RATE
     for _ in range(4):   # fixed-point iteration on the loop's exact phase delay at f0
         c = (1 - fraction) / (1 + fraction)
         fraction += period - _loop_delay(omega, length, damping, c)
     c = (1 - fraction) / (1 + fraction)
-    gain = 10.0 ** (-3.0 * period / (decay * SAMPLE_RATE))            # -60 dB after `decay` seconds
+    gain = per_period / abs((1 - damping) + damping * np.exp(-1j * omega))   # loop gain at f0 = per_period
     burst = rng.uniform(-1, 1, length)
     burst = signal.lfilter([brightness], [1, brightness - 1], burst)  # one-pole lowpass
     burst = burst - np.roll(burst, max(1, int(pick * length)))       # pick position comb
@@ -201,7 +216,7 @@ def drum_hit(midi: int, velocity: float, timbre: dict, rng: np.random.Generator)
     """One drum stroke, General MIDI numbering (36 kick, 38 snare, 42 closed / 46 open hi-hat)."""
     jitter = rng.uniform(0.9, 1.1)   # no two strokes of a real kit are alike
     if midi == KICK:
-        n = int(timbre["kick_decay"] * 1.5 * SAMPLE_RATE)
+        n = int(timbre["kick_decay"] * 2.5 * SAMPLE_RATE)
         t = np.arange(n) / SAMPLE_RATE
         freq = timbre["kick_low"] + timbre["kick_sweep"] * np.exp(-t / 0.04)        # pitch sweep down
         body = np.sin(2 * np.pi * np.cumsum(freq) / SAMPLE_RATE) * np.exp(-t / (timbre["kick_decay"] * jitter / 3))
@@ -373,7 +388,7 @@ def make_instrument(family: str, index: int) -> Instrument:
     if family not in TIMBRES:
         raise ValueError(f"unknown instrument family {family!r}; expected one of {sorted(TIMBRES)}")
     code = sorted(TIMBRES).index(family)
-    rng = np.random.default_rng([7919, code, index])
+    rng = np.random.default_rng([7919, code, index])   # not the dataset seed: an instrument is the same everywhere
     timbre = {}
     for key, spec in TIMBRES[family].items():
         if key == "drawbars":   # seven levels; the 8' fundamental stays strong
@@ -411,7 +426,7 @@ def perform(notes: list[Note], instruments: dict[str, Instrument], seconds: floa
     length and velocity step (1/8), scaled to the exact velocity: repeated drum strokes, bass
     eighths and chords then cost nothing, which makes generation several times faster.
     Parts are mixed at PART_LEVELS of RMS, each varied by +-2 dB (sd) per song; `distortion`
-    gives a tanh drive per part (metal guitars)."""
+    gives a tanh drive per part (metal guitars); a noise floor 60 dB down is added."""
     n = int(round(seconds * SAMPLE_RATE))
     notes = [note for note in notes if note.onset + note.duration + LONGEST_TAIL > 0 and note.onset < seconds]
     pre = int(np.ceil(max([0.0] + [-note.onset for note in notes]) * SAMPLE_RATE))
@@ -436,4 +451,5 @@ def perform(notes: list[Note], instruments: dict[str, Instrument], seconds: floa
         rms = float(np.sqrt(np.mean(x.astype(np.float64) ** 2)))
         if rms > 0:
             mix += x * np.float32(PART_LEVELS[part] * 10 ** (rng.normal(0, 2) / 20) / rms)
-    return mix
+    # a recording's hiss, 60 dB under the music: no stretch of a sparse song is digital silence
+    return mix + np.float32(1e-3 * np.sqrt(np.mean(mix ** 2))) * rng.standard_normal(n, dtype=np.float32)

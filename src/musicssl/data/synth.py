@@ -6,10 +6,10 @@ instruments, seed); `compose` turns it into note events and beat/downbeat times,
 `instruments.perform` plays those into 16-kHz float32 audio. Every label is computed from the
 `Song`, never estimated from audio: key, style, tags, (arousal, valence), beats.
 
-Determinism: example i of a dataset is drawn from `default_rng([seed, dataset code, 1, i])`
-and split assignment from `default_rng([seed, dataset code, 0])`, so the same seed gives the
-same arrays and, through `synthesize`, byte-identical files; an example does not depend on how
-many others are generated. Loudness is no shortcut: every example is scaled to a random peak in
+Determinism: example i of a dataset is drawn from `default_rng([seed, dataset code, 1, i])`,
+splits (and NSynth's note plan) from `default_rng([seed, dataset code, 0])` and artists from
+`[seed, code, 2]`, so the same seed gives the same arrays and, through `synthesize`,
+byte-identical files; a song does not depend on how many others are generated. Loudness is no shortcut: every example is scaled to a random peak in
 [0.25, 0.95], so "loud"/"quiet" and arousal are heard in timbre (velocity brightens every
 family and drives the drums) and in tempo and density, not in level.
 """
@@ -78,6 +78,8 @@ class Style:
     distortion: float = 0.0         # tanh drive of the harmony part
 
 
+# Fields in Style's order: name, tempo, meters, major share, lead, harmony, bass families,
+# comping, bass line, drums, drum share, progressions, swing, dynamics, density.
 STYLES = {style.name: style for style in (
     Style("blues", (70, 110), (4,), 0.4, ("guitar", "reed", "vocal", "brass"), ("organ", "keyboard", "guitar"),
           ("bass",), "strum", "boogie", "shuffle", 0.8, "blues", 0.8, (0.3, 0.7), (0.2, 0.6), sevenths=True),
@@ -85,8 +87,9 @@ STYLES = {style.name: style for style in (
           ("string", "keyboard"), "arpeggio", "root", None, 0.0, "pop", 0.0, (0.05, 0.5), (0.2, 0.7)),
     Style("disco", (112, 130), (4,), 0.6, ("synth_lead", "string", "vocal", "brass"), ("keyboard", "string", "guitar"),
           ("bass",), "offbeat", "octaves", "disco", 1.0, "pop", 0.0, (0.5, 0.9), (0.4, 0.8)),
-    Style("jazz", (100, 180), (4,), 0.6, ("reed", "brass", "keyboard", "mallet", "vocal"), ("keyboard", "guitar", "mallet"),
-          ("bass",), "comp", "walking", "swing", 0.9, "jazz", 0.7, (0.15, 0.6), (0.3, 0.9), sevenths=True),
+    Style("jazz", (100, 180), (4,), 0.6, ("reed", "brass", "keyboard", "mallet", "vocal"),
+          ("keyboard", "guitar", "mallet"), ("bass",), "comp", "walking", "swing", 0.9, "jazz", 0.7, (0.15, 0.6),
+          (0.3, 0.9), sevenths=True),
     Style("metal", (140, 180), (4,), 0.15, ("guitar", "synth_lead"), ("guitar",), ("bass",), "power", "eighths",
           "metal", 1.0, "pop", 0.0, (0.7, 1.0), (0.5, 1.0), distortion=6.0),
     Style("reggae", (70, 95), (4,), 0.6, ("organ", "vocal", "brass", "mallet"), ("organ", "keyboard", "guitar"),
@@ -147,13 +150,16 @@ class Song:
     dynamics: float                 # 0..1
     density: float                  # 0..1
     register: float                 # 0 low .. 1 high melody
-    drums: bool
-    parts: tuple[tuple[str, str, int], ...]   # (part, family, instrument index)
+    parts: tuple[tuple[str, str, int], ...]   # (part, family, instrument index); part "drums": the kit
     seed: int
 
     @property
     def major(self) -> bool:
         return self.key.endswith("major")
+
+    @property
+    def drums(self) -> bool:
+        return any(part == "drums" for part, _, _ in self.parts)
 
 
 def sample_song(rng: np.random.Generator, seconds: float, style: str | None = None, key: str | None = None) -> Song:
@@ -168,8 +174,9 @@ def sample_song(rng: np.random.Generator, seconds: float, style: str | None = No
                   for part, families in (("lead", recipe.lead), ("harmony", recipe.harmony), ("bass", recipe.bass)))
     drums = recipe.drums is not None and rng.random() < recipe.drum_share
     return Song(recipe.name, key, tempo, meter, first_beat=float(rng.uniform(0.02, 0.98) * 60 / tempo),
-                bar_phase=int(rng.integers(meter)), seconds=float(seconds), dynamics=float(rng.uniform(*recipe.dynamics)),
-                density=float(rng.uniform(*recipe.density)), register=float(rng.uniform()), drums=bool(drums),
+                bar_phase=int(rng.integers(meter)), seconds=float(seconds),
+                dynamics=float(rng.uniform(*recipe.dynamics)), density=float(rng.uniform(*recipe.density)),
+                register=float(rng.uniform()),
                 parts=parts + ((("drums", "drums", int(rng.integers(8))),) if drums else ()),
                 seed=int(rng.integers(2**63)))
 
@@ -301,7 +308,8 @@ def compose(song: Song) -> Score:
             voicing = sorted(low + (pc - low) % 12 for pc in chord)
             if style.comping == "power":
                 voicing = [voicing[0], voicing[0] + (chord[2] - chord[0]) % 12, voicing[0] + 12]
-            notes += [note(bar, s, n, m, "harmony", 0.8) for s, n, m in _comping(style.comping, song.meter, voicing, rng)]
+            notes += [note(bar, s, n, m, "harmony", 0.8)
+                      for s, n, m in _comping(style.comping, song.meter, voicing, rng)]
         if "bass" in families:
             low, high = _range(song, "bass", families["bass"])
             line = _scale_notes(scale, low, high + 12)
@@ -379,8 +387,10 @@ def artist_names(splits: Sequence[str], rng: np.random.Generator,
     splits of GiantSteps and EmoMusic). `accept(name, split)` can veto a name for a split
     (GiantSteps decides train/valid by a hash of the artist)."""
     first, second = ARTIST_WORDS
-    pool = iter(f"{first[i % len(first)]} {second[i // len(first) % len(second)]}" + (f" {i // 576 + 1}" if i >= 576 else "")
-                for i in (int(j) for j in rng.permutation(10 * 576)))
+    combinations = len(first) * len(second)
+    pool = iter(f"{first[i % len(first)]} {second[i // len(first) % len(second)]}"
+                + (f" {i // combinations + 1}" if i >= combinations else "")
+                for i in (int(j) for j in rng.permutation(10 * combinations)))
     names = [""] * len(splits)
     for split in SPLITS:
         members = [int(i) for i in rng.permutation([i for i, s in enumerate(splits) if s == split])]
@@ -414,7 +424,8 @@ def _random_peak(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (audio * (rng.uniform(0.25, 0.95) / max(float(np.max(np.abs(audio))), 1e-6))).astype(np.float32)
 
 
-def _styled_songs(code: int, count: int, seed: int, seconds: float, progress: bool, desc: str, keys=None):
+def _styled_songs(code: int, count: int, seed: int, seconds: float, progress: bool, desc: str,
+                  keys: Sequence[str] | None = None):
     """(i, song, audio, score) for `count` songs, styles cycled for balance (keys imposed if given)."""
     for i in _progress(range(count), progress, desc):
         rng = _rng(seed, code, 1, i)
@@ -424,16 +435,17 @@ def _styled_songs(code: int, count: int, seed: int, seconds: float, progress: bo
 
 
 def nsynth_examples(per_family: int, seed: int = 0, proportions: Sequence[float] = (0.8, 0.1, 0.1),
-                    instruments: int = 8, families: Sequence[str] = FAMILIES, progress: bool = False) -> list[LayoutExample]:
+                    instruments: int = 8, families: Sequence[str] = FAMILIES,
+                    progress: bool = False) -> list[LayoutExample]:
     """4-s single notes (held 3 s), `per_family` per family. As in NSynth, instruments are split-
     disjoint: each family's `instruments` are divided among the splits in `proportions` (at least
     one each), then each note picks an instrument of its split. label: family; extra: pitch
     (MIDI), velocity (one of NSynth's five), instrument (its NSynth-style name)."""
+    if instruments < 3:
+        raise ValueError(f"nsynth_examples: need at least 3 instruments per family (one per split), got {instruments}")
     rng = _rng(seed, NSYNTH, 0)
     labels = [family for family in families for _ in range(per_family)]
     splits = stratified_splits(labels, proportions, rng)
-    if instruments < 3:
-        raise ValueError(f"nsynth_examples: need at least 3 instruments per family (one per split), got {instruments}")
     pools = {}
     for family in families:
         order = [int(i) for i in rng.permutation(instruments)]
@@ -494,8 +506,8 @@ def genre_examples(count: int, seed: int = 0, seconds: float = 30.0, proportions
             for i, song, audio, score in _styled_songs(GENRE, count, seed, seconds, progress, "GTZAN")]
 
 
-def tag_examples(count: int, seed: int = 0, seconds: float = 29.0, proportions: Sequence[float] = (0.75, 0.0625, 0.1875),
-                 progress: bool = False) -> list[LayoutExample]:
+def tag_examples(count: int, seed: int = 0, seconds: float = 29.0,
+                 proportions: Sequence[float] = (0.75, 0.0625, 0.1875), progress: bool = False) -> list[LayoutExample]:
     """Clips with their tag sets (`song_tags`); default proportions are MTT's 12:1:3 folders."""
     styles = [STYLE_NAMES[i % len(STYLE_NAMES)] for i in range(count)]
     splits = stratified_splits(styles, proportions, _rng(seed, TAG, 0))
@@ -503,8 +515,8 @@ def tag_examples(count: int, seed: int = 0, seconds: float = 29.0, proportions: 
             for i, song, audio, _ in _styled_songs(TAG, count, seed, seconds, progress, "MTT")]
 
 
-def emotion_examples(count: int, seed: int = 0, seconds: float = 45.0, proportions: Sequence[float] = (0.68, 0.15, 0.17),
-                     progress: bool = False) -> list[LayoutExample]:
+def emotion_examples(count: int, seed: int = 0, seconds: float = 45.0,
+                     proportions: Sequence[float] = (0.68, 0.15, 0.17), progress: bool = False) -> list[LayoutExample]:
     """Clips with label {"arousal", "valence"} (`arousal_valence`); extra: artist, genre."""
     styles = [STYLE_NAMES[i % len(STYLE_NAMES)] for i in range(count)]
     splits = stratified_splits(styles, proportions, _rng(seed, EMOTION, 0))
@@ -514,16 +526,32 @@ def emotion_examples(count: int, seed: int = 0, seconds: float = 45.0, proportio
             for i, song, audio, _ in _styled_songs(EMOTION, count, seed, seconds, progress, "EMO")]
 
 
-def corpus(count: int, seed: int = 0, seconds: tuple[float, float] = (5.0, 10.0), progress: bool = False) -> list[LayoutExample]:
-    """Unlabelled pre-training clips (split "train", label None) of random length: 80 % songs of
-    every style, 20 % a lone melody instrument."""
+def note_run(rng: np.random.Generator, seconds: float) -> np.ndarray:
+    """One instrument playing random notes over its whole range (MIDI 24..96 across families),
+    like an NSynth recording session: pre-training then hears every register, not just a song's."""
+    family = FAMILIES[rng.integers(len(FAMILIES))]
+    low, high = PITCH_RANGE[family]
+    onsets = np.concatenate([[0.0], np.cumsum(rng.uniform(0.25, 1.2, int(seconds / 0.25) + 1))])
+    onsets = onsets[onsets < seconds]
+    notes = [Note(float(t), float(length), int(rng.integers(low, high + 1)), float(rng.uniform(0.2, 1.0)), "lead")
+             for t, length in zip(onsets, np.diff(np.append(onsets, seconds)))]   # legato: no silent gaps
+    return _random_peak(perform(notes, {"lead": make_instrument(family, int(rng.integers(8)))}, seconds, rng), rng)
+
+
+def corpus(count: int, seed: int = 0, seconds: tuple[float, float] = (5.0, 10.0),
+           progress: bool = False) -> list[LayoutExample]:
+    """Unlabelled pre-training clips (split "train", label None) of random length: 70 % songs of
+    every style, 20 % a lone melody instrument, 10 % `note_run`s."""
     examples = []
     for i in _progress(range(count), progress, "corpus"):
         rng = _rng(seed, CORPUS, 1, i)
-        song = sample_song(rng, round(float(rng.uniform(*seconds)), 2))
-        if rng.random() < 0.2:
-            song = replace(song, parts=song.parts[:1], drums=False)
-        examples.append(LayoutExample(f"clip_{i:05d}", render(song)[0], SAMPLE_RATE, "train", None))
+        length, kind = round(float(rng.uniform(*seconds)), 2), rng.random()
+        if kind < 0.1:
+            audio = note_run(rng, length)
+        else:
+            song = sample_song(rng, length)
+            audio = render(song if kind >= 0.3 else replace(song, parts=song.parts[:1]))[0]
+        examples.append(LayoutExample(f"clip_{i:05d}", audio, SAMPLE_RATE, "train", None))
     return examples
 
 
@@ -532,8 +560,9 @@ def corpus(count: int, seed: int = 0, seconds: tuple[float, float] = (5.0, 10.0)
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """Sizes of the generated benchmark. Clip lengths default to the real datasets' (GTZAN 30 s,
-    MTT 29 s, EmoMusic 45 s); "demo" shortens them so the CPU demo stays quick."""
+    """Sizes of the generated benchmark: clips per dataset (NSynth: notes per family) and their
+    seconds. Clip lengths default to the real datasets' (GTZAN 30 s, MTT 29 s, EmoMusic 45 s);
+    "demo" shortens them so the CPU demo stays quick."""
 
     corpus_clips: int = 200
     corpus_seconds: tuple[float, float] = (5.0, 10.0)
@@ -550,9 +579,10 @@ class SynthConfig:
 
 
 PRESETS = {
-    # ~2.7 h of audio; MP3 encoding in the GS, MTT and EMO writers is about a third of the time
-    "demo": SynthConfig(corpus_clips=180, key_tracks=72, genre_seconds=10.0, tag_clips=150, tag_seconds=6.0,
-                        emotion_clips=100, emotion_seconds=8.0),
+    # 2.3 h of audio in ~50 s on one core, 30 s of it MP3 encoding in the GS, MTT and EMO
+    # writers; EMO gets more, shorter clips: a regression needs more examples than it needs seconds
+    "demo": SynthConfig(corpus_clips=180, key_tracks=72, genre_seconds=8.0, tag_clips=150, tag_seconds=6.0,
+                        emotion_clips=180, emotion_seconds=6.0),
     "tests": SynthConfig(corpus_clips=4, corpus_seconds=(2.0, 3.0), nsynth_per_family=3, nsynth_instruments=3,
                          key_tracks=6, key_seconds=3.0, genre_clips=6, genre_seconds=4.0, tag_clips=12,
                          tag_seconds=2.0, emotion_clips=6, emotion_seconds=2.0),
@@ -569,10 +599,13 @@ def synthesize(out_dir: Path, preset: str = "demo", seed: int = 0, progress: boo
     """Write the generated benchmark under `out_dir`: corpus/*.wav (pre-training audio) and the
     folders NSynth, GS, GTZAN, MTT, EMO in their real layouts (each dataset module's
     `write_layout`), plus synth.json with the returned summary: examples per dataset and split,
-    seconds of audio, seed, preset."""
+    seconds of audio, seed, preset. `out_dir` must be new or empty: files of an earlier run
+    that this one does not overwrite would otherwise join the datasets."""
     import soundfile as sf
 
     config, out_dir = synth_preset(preset), Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir}: not empty; synthesize writes whole datasets into a new or empty folder")
     datasets = (
         ("NSynth", "nsynth", lambda: nsynth_examples(config.nsynth_per_family, seed,
                                                      instruments=config.nsynth_instruments, progress=progress)),
