@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -35,19 +36,20 @@ class DemoConfig:
     music2vec_overrides: tuple[str, ...] = ()
     probe: ProbeConfig = ProbeConfig(learning_rates=(1e-3,), max_epochs=30, early_stop_patience=8)
     beat_decoder: str = "dbn"
+    task_options: tuple[tuple[str, str, str], ...] = ()   # (task, option, value)
 
 
 DEMO_PRESETS: dict[str, DemoConfig] = {
     "demo": DemoConfig(),
     # a few minutes: what the test suite runs
-    "smoke": DemoConfig(synth_preset="tests", k=16, hubert_steps=6, music2vec_steps=6,
+    "smoke": DemoConfig(synth_preset="smoke", k=16, hubert_steps=6, music2vec_steps=6,
                         hubert_overrides=("trainer.checkpoint_every=3", "data.batch_seconds=10",
                                           "data.micro_batch_seconds=10"),
                         music2vec_overrides=("trainer.checkpoint_every=3", "data.batch_seconds=10",
                                              "data.micro_batch_seconds=10", "model.collapse_check_after=100"),
                         probe=ProbeConfig(learning_rates=(1e-3,), layers=(0, "weighted"), max_epochs=3,
                                           early_stop_patience=2, hidden_size=64),
-                        beat_decoder="peaks"),
+                        beat_decoder="peaks", task_options=(("gs", "segment_seconds", "3"),)),
 }
 
 
@@ -87,8 +89,9 @@ def run_demo(out: str | Path = "runs/demo", preset: str = "demo", device: str | 
     clock = time.perf_counter()
     _stage(f"1/5 generating music ({config.synth_preset} preset) in {data}")
     if not (data / "synth.json").exists():
-        summary = synthesize(data, config.synth_preset, seed=config.seed, progress=progress)
-        (data / "synth.json").write_text(json.dumps(summary, indent=1, default=str))
+        if data.exists():  # a generation that was interrupted: ours to redo
+            shutil.rmtree(data)
+        synthesize(data, config.synth_preset, seed=config.seed, progress=progress)
     clock = lap("generate", clock)
 
     _stage("2/5 manifest and MFCC k-means labels")
@@ -111,10 +114,14 @@ def run_demo(out: str | Path = "runs/demo", preset: str = "demo", device: str | 
 
     _stage("5/5 probing every generated task")
     hubert, music2vec = _final_checkpoint(out / "musichubert"), _final_checkpoint(out / "music2vec")
-    models = [str(hubert), str(music2vec), "random:hubert_tiny", "random:data2vec_tiny", "mfcc"]
+    models = [f"MusicHuBERT={hubert}", f"Music2Vec={music2vec}", "random-init HuBERT=random:hubert_tiny",
+              "random-init data2vec=random:data2vec_tiny", "MFCC stats=mfcc"]
     probe = dataclasses.replace(config.probe, beat_decoder=config.beat_decoder)
+    options: dict[str, dict[str, str]] = {}
+    for task, key, value in config.task_options:
+        options.setdefault(task, {})[key] = value
     run_benchmark(models, {task: data / folder for task, folder in DEMO_TASKS.items()}, out, probe,
-                  device=device, progress=progress, command=f"musicssl demo --preset {preset} --out {out}")
+                  options=options, device=device, progress=progress, command=f"musicssl demo --preset {preset} --out {out}")
     lap("probe", clock)
     timings["total"] = round(time.perf_counter() - started, 1)
     (out / "timings.json").write_text(json.dumps(timings, indent=1))

@@ -133,5 +133,8 @@ def test_sources_from_specs(tmp_path):
     assert open_source("random:hubert_tiny", device="cpu").num_layers == open_source(
         "random:hubert_tiny", device="cpu").num_layers
     assert open_source("mfcc").pooled_dim == 78
+    assert open_source(f"My model={directory}", device="cpu").name == "My model"
+    checkpoint = export_pretrained(micro_backbone("hubert"), tmp_path / "run1" / "checkpoints" / "step_00000300")
+    assert open_source(str(checkpoint), device="cpu").name == "run1@step_00000300"
     with pytest.raises(ValueError, match="neither a model directory nor a backbone preset"):
         open_source("random:nonsense")

@@ -155,6 +155,7 @@ def test_song_ensembles_decide_per_song():
 def test_layer_choices():
     assert layer_choices(13, None) == list(range(13)) + ["weighted"]
     assert layer_choices(1, None) == [0]
+    assert layer_choices(1, (3, "weighted")) == [0]  # MFCC statistics beside a model's layer grid
     assert layer_choices(13, (-1, "weighted")) == [12, "weighted"]
     with pytest.raises(ValueError, match="out of range"):
         layer_choices(5, (7,))

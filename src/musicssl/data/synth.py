@@ -586,6 +586,10 @@ PRESETS = {
     "tests": SynthConfig(corpus_clips=4, corpus_seconds=(2.0, 3.0), nsynth_per_family=3, nsynth_instruments=3,
                          key_tracks=6, key_seconds=3.0, genre_clips=6, genre_seconds=4.0, tag_clips=12,
                          tag_seconds=2.0, emotion_clips=6, emotion_seconds=2.0),
+    # `musicssl demo --preset smoke` (the test suite): every split of every task non-trivial
+    "smoke": SynthConfig(corpus_clips=8, corpus_seconds=(3.0, 4.0), nsynth_per_family=4, nsynth_instruments=4,
+                         key_tracks=12, key_seconds=3.0, genre_clips=12, genre_seconds=4.0, tag_clips=40,
+                         tag_seconds=2.0, emotion_clips=12, emotion_seconds=3.0),
 }
 
 

@@ -23,6 +23,10 @@ from musicssl.evaluate.tasks import get_task
 from musicssl.evaluate.tasks.base import Splits, Task
 
 
+class BenchmarkError(ValueError):
+    """Some (model, task) probes failed; the others were written."""
+
+
 def load_task(name: str, data_dir: Path, options: dict[str, str] | None = None) -> tuple[Task, Splits]:
     task = get_task(name)
     if not Path(data_dir).is_dir():
@@ -58,6 +62,7 @@ def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | 
     results: list[TaskResult] = []
     sources: dict[str, dict] = {}
     names: list[str] = []
+    failures: list[str] = []
     for spec in models:
         source = open_source(spec, device=device)
         sources[source.name] = source.describe()
@@ -67,19 +72,29 @@ def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | 
             result = _load_saved(saved, config)
             if result is None:
                 cache = FeatureCache(cache_dir, source, name, task.protocol)
-                result = probe_task(task, splits, cache, config, progress=progress)
+                try:
+                    result = probe_task(task, splits, cache, config, progress=progress)
+                except ValueError as error:  # e.g. a metric undefined on a tiny split: report, go on
+                    failures.append(f"{source.name} / {name}: {error}")
+                    print(f"{source.name} / {name}: FAILED: {error}", file=sys.stderr)
+                    continue
                 saved.parent.mkdir(parents=True, exist_ok=True)
                 saved.write_text(json.dumps({"probe_config": dataclasses.asdict(config),
                                              "result": result.to_dict()}, default=str))
             _print_result(result)
             results.append(result)
-            _write_reports(results, names, sources, config, out, command, data_dirs, plots=False)
-    _write_reports(results, names, sources, config, out, command, data_dirs, plots=True)
+            _write_reports(results, names, sources, config, out, command, data_dirs, plots=False, failures=failures)
+    _write_reports(results, names, sources, config, out, command, data_dirs, plots=True, failures=failures)
+    if failures:
+        raise BenchmarkError(f"{len(failures)} of {len(models) * len(loaded)} probes failed: " + "; ".join(failures)
+                             + f" (the others are in {out}/results.md)")
     return results
 
 
-def _write_reports(results, names, sources, config, out: Path, command: str, data_dirs: dict, plots: bool) -> None:
-    extra = {"command": command, "data": {name: str(Path(path).resolve()) for name, path in data_dirs.items()}}
+def _write_reports(results, names, sources, config, out: Path, command: str, data_dirs: dict, plots: bool,
+                   failures: Sequence[str] = ()) -> None:
+    extra = {"command": command, "data": {name: str(Path(path).resolve()) for name, path in data_dirs.items()},
+             "failures": list(failures)}
     write_json(results, sources, dataclasses.asdict(config), out / "results.json", extra)
     write_markdown(results, names, out / "results.md", command)
     if plots:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -253,7 +254,9 @@ def train_run(task: Task, train: SplitData, valid: SplitData, test: SplitData, l
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        monitor = score_split(task, model, valid, fps, monitor_decoder)[0][monitor_name]
+        with warnings.catch_warnings():  # metric caveats (e.g. constant tags) are reported once, below
+            warnings.simplefilter("ignore")
+            monitor = score_split(task, model, valid, fps, monitor_decoder)[0][monitor_name]
         scheduler.step(monitor)
         if monitor > best:
             best, best_epoch, best_state = monitor, epoch, copy.deepcopy(model.state_dict())
@@ -269,7 +272,9 @@ def train_run(task: Task, train: SplitData, valid: SplitData, test: SplitData, l
 
 
 def layer_choices(num_layers: int, requested: Sequence[int | str] | None) -> list[int | str]:
-    if requested is None:
+    """The layers to probe. A one-layer source (MFCC statistics) has only layer 0, whatever was
+    asked for the models it is compared with."""
+    if requested is None or num_layers == 1:
         return list(range(num_layers)) + ([WEIGHTED] if num_layers > 2 else [])
     choices = []
     for layer in requested:

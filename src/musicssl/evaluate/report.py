@@ -90,9 +90,9 @@ def write_markdown(results: Sequence[TaskResult], models: Sequence[str], path: P
     text += ["Test scores x100 of the (layer, learning rate) chosen on validation; mean ± std over seeds "
              "when there are several. Avg = mean of each task's first column.", "",
              markdown_table(results, models), "", "## Chosen configurations", "", selection_table(results)]
-    notes = [f"- {result.model} / {result.task}: {note}" for result in results for note in result.notes]
+    notes = {f"- {result.task}: {note}" for result in results for note in result.notes}  # per dataset, not model
     if notes:
-        text += ["", "## Notes", ""] + sorted(set(notes))
+        text += ["", "## Notes from the dataset loaders", ""] + sorted(notes)
     path.write_text("\n".join(text) + "\n")
 
 

@@ -129,8 +129,22 @@ def random_backbone_config(spec: str) -> BackboneConfig:
         raise ValueError(f"random:{spec}: neither a model directory nor a backbone preset ({err.args[0]})") from None
 
 
+def model_name(path: Path) -> str:
+    """A table row name for a model directory: a pre-training checkpoint RUN/checkpoints/step_N
+    is `RUN@step_N`, anything else its folder name."""
+    if path.parent.name == "checkpoints" and path.name.startswith("step_"):
+        return f"{path.parent.parent.name}@{path.name}"
+    return path.name or str(path)
+
+
 def open_source(spec: str, device: str | None = None, seed: int = 0) -> Source:
-    """A MODEL argument of `musicssl probe` / `musicssl benchmark` -> a feature source."""
+    """A MODEL argument of `musicssl probe` / `musicssl benchmark` -> a feature source.
+    `NAME=SPEC` names the table row (e.g. `MusicHuBERT=runs/mh/checkpoints/step_00250000`)."""
+    name, sep, rest = spec.partition("=")
+    if sep and name and not Path(spec).exists():
+        source = open_source(rest, device, seed)
+        source.name = name
+        return source
     if spec == "mfcc":
         return MfccSource()
     if spec.startswith("random:"):
@@ -141,4 +155,4 @@ def open_source(spec: str, device: str | None = None, seed: int = 0) -> Source:
         return EncoderSource(Encoder(backbone, device=device, name=spec), name=spec, fingerprint=fingerprint)
     path = Path(spec)
     encoder = load_model(path, device=device)
-    return EncoderSource(encoder, name=path.name or str(path), fingerprint=weights_fingerprint(path))
+    return EncoderSource(encoder, name=model_name(path.resolve()), fingerprint=weights_fingerprint(path))
