@@ -98,6 +98,13 @@ def test_resumed_run_equals_uninterrupted_run_exactly(prepared, tmp_path):
     assert straight.keys() == split.keys()
     for name in straight:
         assert torch.equal(straight[name], split[name]), name
+    # Restating the original settings on resume is allowed (the run is already complete: no step);
+    # changing one is refused with a message.
+    assert "resumed from" in pretrain(prepared, tmp_path / "split", *common, "trainer.max_steps=6").stderr
+    refused = subprocess.run([MUSICSSL, "pretrain", "musichubert", "--preset", "tiny", "--data",
+                              str(prepared / "manifest"), "--labels", str(prepared / "labels"), "--out",
+                              str(tmp_path / "split"), "--set", "data.batch_seconds=16"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "cannot change ['data.batch_seconds=16'] when resuming" in refused.stderr
 
 
 def test_two_process_ddp_equals_one_process_with_the_same_global_batch(prepared, tmp_path):

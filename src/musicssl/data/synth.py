@@ -576,13 +576,16 @@ class SynthConfig:
     tag_seconds: float = 29.0
     emotion_clips: int = 180
     emotion_seconds: float = 45.0
+    # (train, valid, test) for every probe dataset; None keeps each dataset's own proportions
+    # (MTT's 12:1:3 folders, ...). The demo evens them out: small test sets make noisy tables.
+    proportions: tuple[float, float, float] | None = None
 
 
 PRESETS = {
     # 2.3 h of audio in ~50 s on one core, 30 s of it MP3 encoding in the GS, MTT and EMO
     # writers; EMO gets more, shorter clips: a regression needs more examples than it needs seconds
-    "demo": SynthConfig(corpus_clips=180, key_tracks=72, genre_seconds=8.0, tag_clips=150, tag_seconds=6.0,
-                        emotion_clips=180, emotion_seconds=6.0),
+    "demo": SynthConfig(corpus_clips=180, key_tracks=120, key_seconds=10.5, genre_seconds=8.0, tag_clips=150,
+                        tag_seconds=6.0, emotion_clips=180, emotion_seconds=6.0, proportions=(0.5, 0.25, 0.25)),
     "tests": SynthConfig(corpus_clips=4, corpus_seconds=(2.0, 3.0), nsynth_per_family=3, nsynth_instruments=3,
                          key_tracks=6, key_seconds=3.0, genre_clips=6, genre_seconds=4.0, tag_clips=12,
                          tag_seconds=2.0, emotion_clips=6, emotion_seconds=2.0),
@@ -610,14 +613,17 @@ def synthesize(out_dir: Path, preset: str = "demo", seed: int = 0, progress: boo
     config, out_dir = synth_preset(preset), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir}: not empty; synthesize writes whole datasets into a new or empty folder")
+    split = {} if config.proportions is None else {"proportions": config.proportions}
     datasets = (
-        ("NSynth", "nsynth", lambda: nsynth_examples(config.nsynth_per_family, seed,
-                                                     instruments=config.nsynth_instruments, progress=progress)),
-        ("GS", "giantsteps", lambda: key_examples(config.key_tracks, seed, config.key_seconds, progress=progress)),
-        ("GTZAN", "gtzan", lambda: genre_examples(config.genre_clips, seed, config.genre_seconds, progress=progress)),
-        ("MTT", "mtt", lambda: tag_examples(config.tag_clips, seed, config.tag_seconds, progress=progress)),
+        ("NSynth", "nsynth", lambda: nsynth_examples(config.nsynth_per_family, seed, instruments=config.nsynth_instruments,
+                                                     progress=progress, **split)),
+        ("GS", "giantsteps", lambda: key_examples(config.key_tracks, seed, config.key_seconds, progress=progress,
+                                                  **split)),
+        ("GTZAN", "gtzan", lambda: genre_examples(config.genre_clips, seed, config.genre_seconds, progress=progress,
+                                                  **split)),
+        ("MTT", "mtt", lambda: tag_examples(config.tag_clips, seed, config.tag_seconds, progress=progress, **split)),
         ("EMO", "emomusic", lambda: emotion_examples(config.emotion_clips, seed, config.emotion_seconds,
-                                                     progress=progress)),
+                                                     progress=progress, **split)),
     )
     summary = {"preset": preset, "seed": seed, "sample_rate": SAMPLE_RATE, "examples": {}, "seconds": {}}
     clips = corpus(config.corpus_clips, seed, config.corpus_seconds, progress)

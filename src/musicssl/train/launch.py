@@ -26,12 +26,15 @@ def resolve(method: str, preset: str, labels: str | None, overrides: list[str], 
     """A new run: preset + overrides. A resumed run: the checkpoint's config (the architecture
     never comes from the command line), with only bookkeeping overrides allowed."""
     if resume_from is not None:
-        bad = [o for o in overrides if not o.startswith(RESUMABLE_OVERRIDES)]
-        if bad:
-            raise ValueError(f"cannot change {bad} when resuming; allowed: {', '.join(RESUMABLE_OVERRIDES)}")
-        run = from_dict(RUN_TYPES[method], read_run_config(resume_from))
         from musicssl.config import apply_overrides
 
+        run = from_dict(RUN_TYPES[method], read_run_config(resume_from))
+        # Restating the original command is fine; changing the recipe mid-run is not.
+        bad = [o for o in overrides if not o.startswith(RESUMABLE_OVERRIDES)
+               and to_dict(apply_overrides(run, [o])) != to_dict(run)]
+        if bad:
+            raise ValueError(f"cannot change {bad} when resuming; allowed: {', '.join(RESUMABLE_OVERRIDES)} "
+                             "(other settings only with the values the run was started with)")
         return apply_overrides(run, overrides)
     if method == "music2vec":
         run, variant_overrides = music2vec_run(preset, variant)
