@@ -198,7 +198,9 @@ def score_split(task: Task, model: nn.Module, data: SplitData, fps: float, decod
         logits = torch.cat([model(chunk) for chunk in torch.split(data.x, 8192)])
     if task.protocol.kind == "beats":
         probability = torch.softmax(logits, -1)[:, 1].numpy()
-        estimates = [decode_beats(probability[data.row_item == i], fps, decoder) for i in range(len(data.items))]
+        # an item's frames are contiguous rows: cut at the item boundaries
+        per_item = np.split(probability, np.cumsum(np.bincount(data.row_item, minlength=len(data.items)))[:-1])
+        estimates = [decode_beats(activations, fps, decoder) for activations in per_item]
         references = [np.asarray(item.target, dtype=np.float64) for item in data.items]
         return metrics.beat_f_measure(references, estimates), {}
     outputs = item_outputs(logits, data.row_item, len(data.items))

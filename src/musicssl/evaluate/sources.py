@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from musicssl.models.backbone import Backbone, BackboneConfig, backbone_preset
 from musicssl.targets.features import MfccConfig, mfcc
 
 
-class Source:
+class Source(ABC):
     """Interface: name, fingerprint (cache key of the weights/recipe), sample_rate,
     frame_rate_hz, num_layers (K), dim, frames(wav) -> (K, T, D), pool(frames) -> (K, D')."""
 
@@ -41,8 +42,9 @@ class Source:
     # window is padded by `center_pad` samples on both sides (beat labels rely on it).
     center_pad: int
 
+    @abstractmethod
     def frames(self, wav: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """(N,) mono at `sample_rate` -> (K, T, D) frame features of every layer."""
 
     def pool(self, frames: np.ndarray) -> np.ndarray:
         return frames.mean(axis=1)  # (K, T, D) -> (K, D): MARBLE's `reduction: mean`

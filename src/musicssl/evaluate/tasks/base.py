@@ -115,7 +115,9 @@ class Task(ABC):
             result = {"r2": float(np.mean(scores))}
             result.update({f"r2_{name}": float(value) for name, value in zip(self.protocol.outputs, scores)})
             return result
-        raise NotImplementedError(f"{type(self).__name__} must define score() for kind {kind!r}")
+        # Beat tracking is scored from decoded beat times (probe.score_split -> metrics.beat_f_measure),
+        # not from clip-level outputs; any other kind must bring its own score().
+        raise NotImplementedError(f"{type(self).__name__}: Task.score has no clip-level score for kind {kind!r}")
 
 
 def check_options(task: Task, options: dict[str, str], allowed: tuple[str, ...]) -> None:

@@ -14,6 +14,8 @@ keyed "nsynth-<split>/<note_str>".
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import json
 import os
 from pathlib import Path
@@ -73,9 +75,9 @@ class _NSynthTask(Task):
     source = _SOURCE
     label_field = ""   # the examples.json field the target comes from (for notes)
 
+    @abstractmethod
     def target(self, entry: dict) -> int | None:
         """Class index of one examples.json entry, or None if the entry has no valid label."""
-        raise NotImplementedError
 
     def load(self, root: Path, **options: str) -> Splits:
         check_options(self, options, ())

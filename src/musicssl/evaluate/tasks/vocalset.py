@@ -16,6 +16,8 @@ slightly from MARBLE's (exact membership was never released anyway, [ISS] #16).
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import os
 import re
 from dataclasses import dataclass
@@ -155,12 +157,13 @@ class _VocalSetTask(Task):
     default_dir = "VocalSet"
     source = _SOURCE
 
+    @abstractmethod
     def assign(self, recordings: list[Recording]) -> dict[str, str]:
         """Recording (relative path) -> split, for the recordings this task uses."""
-        raise NotImplementedError
 
+    @abstractmethod
     def target(self, recording: Recording) -> int:
-        raise NotImplementedError
+        """Class index of a recording."""
 
     def load(self, root: Path, **options: str) -> Splits:
         check_options(self, options, ())
