@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from musicssl.extract import Encoder, load_model
+from musicssl.interop.huggingface import from_hf_config
 from musicssl.models.backbone import Backbone, BackboneConfig, backbone_preset
 from musicssl.targets.features import MfccConfig, mfcc
 
@@ -123,8 +124,11 @@ def weights_fingerprint(directory: Path) -> str:
 def random_backbone_config(spec: str) -> BackboneConfig:
     """`spec` is a model directory (its architecture) or a preset name (hubert_base, data2vec_tiny...)."""
     path = Path(spec)
-    if path.is_dir():
-        return load_model(path, device="cpu").config
+    if path.is_dir():  # the architecture only: config.json, no weights read
+        config_path = path / "config.json"
+        if not config_path.is_file():
+            raise ValueError(f"random:{spec}: {config_path} not found")
+        return from_hf_config(json.loads(config_path.read_text()), str(config_path))
     try:
         return backbone_preset(spec)
     except KeyError as err:
