@@ -235,12 +235,16 @@ def add_probe(commands) -> None:
 
 
 def run_probe(args) -> int:
+    out = args.out or os.path.join("runs", "probe", args.task)
+    return _run_probes(args, [args.model], {args.task: args.data}, {args.task: _options(args.option)}, out)
+
+
+def _run_probes(args, models: list[str], data_dirs: dict, options: dict, out: str) -> int:
+    """What `probe` and `benchmark` share once they know their models, datasets and options."""
     from musicssl.evaluate.benchmark import run_benchmark
 
-    out = args.out or os.path.join("runs", "probe", args.task)
-    run_benchmark([args.model], {args.task: args.data}, out, _probe_config(args), cache_dir=args.cache,
-                  options={args.task: _options(args.option)}, device=args.device, progress=not args.quiet,
-                  command="musicssl " + " ".join(sys.argv[1:]))
+    run_benchmark(models, data_dirs, out, _probe_config(args), cache_dir=args.cache, options=options,
+                  device=args.device, progress=not args.quiet, command="musicssl " + " ".join(sys.argv[1:]))
     print(f"results in {out}/results.md and {out}/results.json")
     return 0
 
@@ -263,7 +267,6 @@ def add_benchmark(commands) -> None:
 def run_benchmark_command(args) -> int:
     from pathlib import Path
 
-    from musicssl.evaluate.benchmark import run_benchmark
     from musicssl.evaluate.tasks import get_task, resolve_tasks
 
     names = resolve_tasks(args.tasks)
@@ -274,10 +277,7 @@ def run_benchmark_command(args) -> int:
             raise ValueError(f"--option {key}=...: expected TASK.KEY with TASK one of {names}")
         options.setdefault(task, {})[option] = value
     data_dirs = {name: Path(args.data_root) / get_task(name).default_dir for name in names}
-    run_benchmark(args.models, data_dirs, args.out, _probe_config(args), cache_dir=args.cache, options=options,
-                  device=args.device, progress=not args.quiet, command="musicssl " + " ".join(sys.argv[1:]))
-    print(f"results in {args.out}/results.md and {args.out}/results.json")
-    return 0
+    return _run_probes(args, args.models, data_dirs, options, args.out)
 
 
 def add_synth(commands) -> None:
