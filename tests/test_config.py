@@ -41,3 +41,13 @@ def test_bad_overrides_name_the_key(override, message):
 def test_json_round_trip_is_exact():
     run = musichubert_run("base", num_classes=2000, label_rate_hz=100.0)
     assert from_dict(MusicHubertRun, json.loads(json.dumps(to_dict(run)))) == run
+
+
+def test_base_recipes_scale_the_cnn_gradient_as_specified_and_tiny_documents_its_changes():
+    # method-spec §1.2: HuBERT scales the gradient into the CNN by 0.1, data2vec does not.
+    assert musichubert_run("base", 500, 100.0).model.backbone.feature_grad_mult == 0.1
+    assert music2vec_run("base")[0].model.backbone.feature_grad_mult == 1.0
+    tiny = musichubert_run("tiny", 100, 100.0)
+    # The CPU-scale deviations the demo measured (README "The demo"): full CNN gradient, lr 1e-3.
+    assert tiny.model.backbone.feature_grad_mult == 1.0
+    assert tiny.trainer.schedule.peak_lr == 1e-3

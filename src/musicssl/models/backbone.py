@@ -95,7 +95,8 @@ def _tiny(base: BackboneConfig, **changes) -> BackboneConfig:
                    pos_conv_groups=4, layerdrop=0.0, **changes)
 
 
-HUBERT_BASE = BackboneConfig()
+# HuBERT scales the gradient into the CNN by 0.1 (method-spec §1.2, HCFG feature_grad_mult).
+HUBERT_BASE = BackboneConfig(feature_grad_mult=0.1)
 DATA2VEC_BASE = BackboneConfig(
     variant="data2vec", extractor_norm="layer", pos_conv_kernel=19, pos_conv_depth=5,
     input_dropout=0.0, feature_grad_mult=1.0, normalize_waveform=True,
