@@ -153,6 +153,7 @@ def add_pretrain(commands) -> None:
         sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="config override, e.g. trainer.max_steps=1000 or model.mask.mask_prob=0.65")
         sub.add_argument("--resume", default=None, help="a checkpoint directory to resume from")
+        sub.add_argument("--quiet", action="store_true", help="no progress bar (log.jsonl is still written)")
         sub.set_defaults(run=run_pretrain)
 
 
@@ -160,7 +161,7 @@ def run_pretrain(args) -> int:
     from musicssl.train.launch import pretrain
 
     checkpoint = pretrain(args.method, args.preset, args.data, getattr(args, "labels", None), args.out,
-                          args.overrides, args.resume, getattr(args, "variant", "vanilla"))
+                          args.overrides, args.resume, getattr(args, "variant", "vanilla"), progress=not args.quiet)
     if checkpoint is not None:
         print(f"final checkpoint: {checkpoint}")
     return 0

@@ -112,11 +112,11 @@ def run_demo(out: str | Path = "runs/demo", preset: str = "demo", device: str | 
 
     _stage(f"3/5 pre-training a tiny MusicHuBERT ({config.hubert_steps} steps)")
     pretrain("musichubert", "tiny", str(manifest), str(labels), str(out / "musichubert"),
-             [f"trainer.max_steps={config.hubert_steps}", *config.hubert_overrides])
+             [f"trainer.max_steps={config.hubert_steps}", *config.hubert_overrides], progress=progress)
     clock = lap("musichubert", clock)
     _stage(f"4/5 pre-training a tiny Music2Vec ({config.music2vec_steps} steps)")
     pretrain("music2vec", "tiny", str(manifest), None, str(out / "music2vec"),
-             [f"trainer.max_steps={config.music2vec_steps}", *config.music2vec_overrides])
+             [f"trainer.max_steps={config.music2vec_steps}", *config.music2vec_overrides], progress=progress)
     clock = lap("music2vec", clock)
 
     _stage("5/5 probing every generated task")

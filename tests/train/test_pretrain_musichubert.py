@@ -89,11 +89,14 @@ def test_resumed_run_equals_uninterrupted_run_exactly(prepared, tmp_path):
     common = [*MICRO, "data.batch_seconds=8", "data.micro_batch_seconds=4", "trainer.checkpoint_every=3",
               "trainer.schedule.warmup_steps=2", "trainer.schedule.total_steps=6"]
     pretrain(prepared, tmp_path / "straight", *common, "trainer.max_steps=6")
-    pretrain(prepared, tmp_path / "split", *common, "trainer.max_steps=3")
+    first = pretrain(prepared, tmp_path / "split", *common, "trainer.max_steps=3")
     result = run("pretrain", "musichubert", "--preset", "tiny", "--data", str(prepared / "manifest"),
                  "--labels", str(prepared / "labels"), "--out", str(tmp_path / "split"),
-                 "--set", "trainer.max_steps=6")  # resumes: the architecture comes from the checkpoint
+                 "--set", "trainer.max_steps=6", "--quiet")  # resumes: the architecture comes from the checkpoint
     assert "resumed from" in result.stderr
+    # --quiet drops the progress bar only; the log goes on
+    assert "pretrain:" in first.stderr and "pretrain:" not in result.stderr
+    assert [row["step"] for row in log(tmp_path / "split")][-1] == 6
     straight, split = final_state(tmp_path / "straight"), final_state(tmp_path / "split")
     assert straight.keys() == split.keys()
     for name in straight:

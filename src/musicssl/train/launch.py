@@ -44,7 +44,7 @@ def resolve(method: str, preset: str, labels: str | None, overrides: list[str], 
 
 
 def pretrain(method: str, preset: str, data: str, labels: str | None, out: str, overrides: list[str],
-             resume: str | None = None, variant: str = "vanilla") -> Path | None:
+             resume: str | None = None, variant: str = "vanilla", progress: bool = True) -> Path | None:
     env, device = setup_distributed()
     run_dir = Path(out)
     existing = checkpoint_dirs(run_dir)
@@ -63,6 +63,6 @@ def pretrain(method: str, preset: str, data: str, labels: str | None, out: str, 
         print(f"{method}: {sum(p.numel() for p in task.model.parameters()):,} parameters, world size "
               f"{env.world_size}, {plan.accumulation_steps} micro-batch(es) per update, device {device}",
               file=sys.stderr)
-    train(task, loader, run.trainer, run_dir, run, env, device, resume_from)
+    train(task, loader, run.trainer, run_dir, run, env, device, resume_from, progress)
     final = checkpoint_dirs(run_dir)
     return final[-1] if final and env.is_main else None

@@ -178,12 +178,13 @@ def read_run_config(path: Path) -> dict:
 class Logger:
     """Rank 0: a JSONL file, TensorBoard if installed, and a tqdm progress line."""
 
-    def __init__(self, run_dir: Path, enabled: bool, total: int, start: int):
+    def __init__(self, run_dir: Path, enabled: bool, total: int, start: int, progress: bool = True):
         from tqdm import tqdm
 
         self.enabled = enabled
         self.jsonl = (run_dir / "log.jsonl").open("a") if enabled else None
-        self.bar = tqdm(total=total, initial=start, desc="pretrain", unit="step", disable=not enabled)
+        # progress=False silences only the bar: log.jsonl and TensorBoard are still written
+        self.bar = tqdm(total=total, initial=start, desc="pretrain", unit="step", disable=not (enabled and progress))
         self.tensorboard = None
         if enabled:
             with contextlib.suppress(ImportError):
@@ -232,7 +233,7 @@ def _accumulate(totals: dict[str, Tensor], result: dict[str, Tensor]) -> None:
 
 
 def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_dir: Path, run_config: Any,
-          env: Distributed, device: torch.device, resume_from: Path | None = None) -> dict:
+          env: Distributed, device: torch.device, resume_from: Path | None = None, progress: bool = True) -> dict:
     """Run until `config.max_steps`; returns the final trainer state."""
     model = task.model.to(device)
     ddp = model if env.world_size == 1 else nn.parallel.DistributedDataParallel(
@@ -249,7 +250,7 @@ def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_d
         state = load_checkpoint(resume_from, task, optimizer, scheduler, scaler)
         if env.is_main:
             print(f"resumed from {resume_from} at step {state['step']}", file=sys.stderr)
-    logger = Logger(run_dir, env.is_main, config.max_steps, state["step"])
+    logger = Logger(run_dir, env.is_main, config.max_steps, state["step"], progress)
     nonfinite_in_row, window, started = 0, defaultdict(float), time.perf_counter()
     try:
         for update, micro_batches in loader.iterate(state["updates_consumed"]):
