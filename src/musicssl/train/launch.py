@@ -31,7 +31,7 @@ def resolve(method: str, preset: str, labels: str | None, overrides: list[str], 
         run = from_dict(RUN_TYPES[method], read_run_config(resume_from))
         # Restating the original command is fine; changing the recipe mid-run is not.
         bad = [o for o in overrides if not o.startswith(RESUMABLE_OVERRIDES)
-               and to_dict(apply_overrides(run, [o])) != to_dict(run)]
+               and apply_overrides(run, [o]) != run]
         if bad:
             raise ValueError(f"cannot change {bad} when resuming; allowed: {', '.join(RESUMABLE_OVERRIDES)} "
                              "(other settings only with the values the run was started with)")

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from musicssl.data.pretrain import Batch, DataConfig
 from musicssl.models.backbone import Backbone
 from musicssl.models.music2vec import MUSIC2VEC_VARIANTS, Music2Vec, Music2VecConfig, music2vec_config
-from musicssl.models.musichubert import MusicHubert, MusicHubertConfig, musichubert_config
+from musicssl.models.musichubert import MusicHubert, MusicHubertConfig, musichubert_config, replace_backbone_config
 from musicssl.train.schedules import ScheduleConfig
 from musicssl.train.trainer import TrainerConfig
 
@@ -37,7 +37,7 @@ def musichubert_run(preset: str, num_classes: int, label_rate_hz: float) -> Musi
         return MusicHubertRun(model, DataConfig(crop_seconds=5.0, batch_seconds=720.0, micro_batch_seconds=90.0),
                               TrainerConfig())
     if preset == "tiny":
-        model = dataclasses.replace(model, backbone=dataclasses.replace(model.backbone, feature_grad_mult=1.0))
+        model = replace_backbone_config(model, feature_grad_mult=1.0)
         schedule = ScheduleConfig(kind="polynomial", peak_lr=1e-3, warmup_steps=30, total_steps=300)
         trainer = TrainerConfig(max_steps=300, schedule=schedule, checkpoint_every=100, log_every=10)
         return MusicHubertRun(model, DataConfig(crop_seconds=5.0, batch_seconds=40.0, micro_batch_seconds=20.0),

@@ -115,9 +115,10 @@ class Task(ABC):
             result = {"r2": float(np.mean(scores))}
             result.update({f"r2_{name}": float(value) for name, value in zip(self.protocol.outputs, scores)})
             return result
-        # Beat tracking is scored from decoded beat times (probe.score_split -> metrics.beat_f_measure),
-        # not from clip-level outputs; any other kind must bring its own score().
-        raise NotImplementedError(f"{type(self).__name__}: Task.score has no clip-level score for kind {kind!r}")
+        # kind == "beats": scored from decoded beat times (probe.score_split -> metrics.beat_f_measure),
+        # never from clip-level outputs, so reaching here is a caller error.
+        raise ValueError(f"{type(self).__name__}: kind {kind!r} has no clip-level score; beat tasks are "
+                         "scored from decoded beat times (probe.score_split)")
 
 
 def check_options(task: Task, options: dict[str, str], allowed: tuple[str, ...]) -> None:

@@ -14,10 +14,9 @@ keyed "nsynth-<split>/<note_str>".
 
 from __future__ import annotations
 
-from abc import abstractmethod
-
 import json
 import os
+from abc import abstractmethod
 from pathlib import Path
 from typing import Sequence
 

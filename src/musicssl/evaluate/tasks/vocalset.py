@@ -16,10 +16,9 @@ slightly from MARBLE's (exact membership was never released anyway, [ISS] #16).
 
 from __future__ import annotations
 
-from abc import abstractmethod
-
 import os
 import re
+from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
