@@ -258,3 +258,19 @@ def test_presets_and_named_variants_apply_to_a_run_config():
             for part in key.split("."):
                 current = getattr(current, part)
             assert current == value and type(current) is type(value), (name, key)
+
+
+def test_zero_initialised_head_predicts_the_target_mean_then_learns_from_the_first_update():
+    model = micro_model(perturb=False, zero_init_final_proj=True)
+    assert not model.final_proj.weight.any() and not model.final_proj.bias.any()
+    wav = torch.randn(2, 4000, generator=torch.Generator().manual_seed(0))
+    out = model(wav, mask=torch.ones(2, 12, dtype=torch.bool))
+    # every prediction is 0, the mean of instance-normed targets: the loss is their sum of squares
+    targets = model.teacher.targets(model.backbone(wav).features, None, 3)
+    assert math.isclose(out["loss"].item(), targets.square().sum().item() / math.sqrt(targets.shape[-1]),
+                        rel_tol=1e-5)
+    assert out["prediction_std_sum"].item() == pytest.approx(math.sqrt(1e-6) * out["sample_size"].item())
+    out["loss"].backward()
+    # the head's weight gradient is the target/hidden cross-covariance: non-zero at once
+    assert model.final_proj.weight.grad.abs().sum() > 0
+    assert micro_model(perturb=False).final_proj.weight.any()  # fairseq's default init otherwise

@@ -56,6 +56,10 @@ class Music2VecConfig:
     min_prediction_std: float = 0.01  # fairseq min_pred_var
     collapse_check_after: int = 5000  # data2vec_audio.py: guards active once num_updates > 5000
     mask: MaskConfig = MaskConfig(mask_prob=0.65, mask_length=10, min_masks=1)  # base_librispeech.yaml (§2)
+    # Ours, off in the base recipe (fairseq initialises final_proj like any Linear). On: the
+    # student's predictions start at the targets' mean (zero), instead of as noise it must first
+    # shrink; the `tiny` recipe turns it on (see music2vec_run for what that changed).
+    zero_init_final_proj: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.average_top_k_layers <= self.backbone.num_layers:
@@ -187,6 +191,9 @@ class Music2Vec(nn.Module):
         self.config = config
         self.backbone = Backbone(config.backbone)
         self.final_proj = nn.Linear(config.backbone.dim, config.backbone.dim)  # fairseq final_proj
+        if config.zero_init_final_proj:
+            nn.init.zeros_(self.final_proj.weight)
+            nn.init.zeros_(self.final_proj.bias)
         # fairseq builds the teacher at update 0 from the freshly initialised student.
         self.teacher = EmaTeacher(self.backbone.encoder)
 
