@@ -147,6 +147,10 @@ def test_feature_grad_mult_scales_only_the_cnn_gradient():
     cnn_full, proj_full = gradients(1.0)
     torch.testing.assert_close(cnn_scaled, 0.1 * cnn_full)
     torch.testing.assert_close(proj_scaled, proj_full)
+    # 0 freezes the CNN (fairseq: no_grad): no gradient at all, so no optimizer or DDP state either
+    cnn_frozen, proj_frozen = gradients(0.0)
+    assert cnn_frozen is None
+    torch.testing.assert_close(proj_frozen, proj_full)
 
 
 def test_normalize_waveform_uses_valid_samples_only():

@@ -32,11 +32,19 @@ def pretrain(manifest: Path, out: Path, *overrides: str, command=(MUSICSSL,), va
 
 def test_tiny_run_loss_falls_and_targets_do_not_collapse(manifest, tmp_path):
     out = tmp_path / "run"
-    pretrain(manifest, out, *MICRO, "trainer.max_steps=40", "trainer.log_every=10", "data.batch_seconds=16",
+    pretrain(manifest, out, *MICRO, "trainer.max_steps=60", "trainer.log_every=10", "data.batch_seconds=16",
              "data.micro_batch_seconds=16", "model.collapse_check_after=5")
     history = log(out)
-    assert history[-1]["step"] == 40
-    assert history[-1]["loss"] < 0.8 * history[0]["loss"]
+    assert history[-1]["step"] == 60
+
+    def explained(entry):
+        # 1 - loss / (loss of predicting the mean); target_std^2 * sqrt(D) bounds the latter from
+        # below (mean std squared <= mean variance), so this understates what is explained. The raw
+        # loss is no measure here: the zero-initialised student starts at the mean and the
+        # targets' spread grows as the teacher learns.
+        return 1 - entry["loss"] / (entry["target_std"] ** 2 * 64 ** 0.5)
+
+    assert explained(history[0]) < 0.02 and explained(history[-1]) > 0.08  # measured: -0.015, 0.117
     assert all(entry["target_std"] > 0.1 for entry in history)
     assert history[-1]["ema/decay"] > history[0]["ema/decay"] >= 0.999
 

@@ -403,6 +403,10 @@ class Backbone(nn.Module):
         super().__init__()
         c = self.config = config
         self.feature_extractor = FeatureExtractor(c.conv_layers, c.extractor_norm, c.conv_bias)
+        if c.feature_grad_mult == 0:
+            # fairseq runs the CNN under no_grad then; frozen parameters also keep it out of the
+            # optimizer (no weight decay) and out of DDP's gradient reduction.
+            self.feature_extractor.requires_grad_(False)
         channels = c.conv_layers[-1][0]
         self.feature_projection = FeatureProjection(channels, c.dim, c.input_dropout, c.layer_norm_eps)
         self.mask_embedding = nn.Parameter(torch.rand(c.dim))  # fairseq mask_emb: U[0, 1)
@@ -427,7 +431,7 @@ class Backbone(nn.Module):
         lengths = self._check_inputs(wav, lengths)
         padded = bool((lengths < wav.shape[1]).any())
         cnn = self.feature_extractor(wav, lengths if padded and self.config.isolate_padding else None)
-        if self.config.feature_grad_mult != 1.0 and self.training:
+        if self.config.feature_grad_mult not in (0.0, 1.0) and self.training:
             cnn = _ScaleGradient.apply(cnn, self.config.feature_grad_mult)
         cnn = cnn.transpose(1, 2)  # (B, T, C)
         out_lengths = self.frame_lengths(lengths)
