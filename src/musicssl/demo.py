@@ -34,7 +34,7 @@ class DemoConfig:
     # steps learned more (see README). The `tiny` recipe's lr 1e-3 and full CNN gradient matter
     # more: with lr 2e-3 MusicHuBERT never left the label prior (masked CE = prior entropy).
     hubert_steps: int = 600
-    music2vec_steps: int = 400  # keeps the whole demo under 15 min on 2 cores (500 took 15.0)
+    music2vec_steps: int = 400  # 87 s with the frozen CNN; 1,000 updates probed no better (README)
     hubert_overrides: tuple[str, ...] = ("data.batch_seconds=20",)
     # The teacher's EMA horizon 1/(1 - decay) must be shorter than the run: data2vec's
     # 0.999 -> 0.9999 (1k-10k updates) suits 400k updates, not 400.
@@ -82,6 +82,7 @@ def run_demo(out: str | Path = "runs/demo", preset: str = "demo", device: str | 
     from musicssl.targets.kmeans import KMeansConfig
     from musicssl.targets.labels import MfccFeatures, make_labels
     from musicssl.train.launch import pretrain
+    from musicssl.train.trainer import INITIAL
 
     if preset not in DEMO_PRESETS:
         raise ValueError(f"unknown demo preset {preset!r}; known: {', '.join(DEMO_PRESETS)}")
@@ -121,8 +122,11 @@ def run_demo(out: str | Path = "runs/demo", preset: str = "demo", device: str | 
 
     _stage("5/5 probing every generated task")
     hubert, music2vec = _final_checkpoint(out / "musichubert"), _final_checkpoint(out / "music2vec")
-    models = [f"MusicHuBERT={hubert}", f"Music2Vec={music2vec}", "random-init HuBERT=random:hubert_tiny",
-              "random-init data2vec=random:data2vec_tiny", "MFCC stats=mfcc"]
+    # Each random-init row is its pre-training run's own starting point (RUN/initial), so a row
+    # pair differs only by the updates, not by the random draw as well.
+    models = [f"MusicHuBERT={hubert}", f"Music2Vec={music2vec}",
+              f"random-init HuBERT={out / 'musichubert' / INITIAL}",
+              f"random-init data2vec={out / 'music2vec' / INITIAL}", "MFCC stats=mfcc"]
     probe = dataclasses.replace(config.probe, beat_decoder=config.beat_decoder)
     options: dict[str, dict[str, str]] = {}
     for task, key, value in config.task_options:

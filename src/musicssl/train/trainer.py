@@ -19,7 +19,8 @@ frames); gradients are divided by the global sample size after all micro-batches
 A checkpoint is a directory that transformers loads (the backbone) plus `training_state/`
 (heads, EMA teacher, optimizer, scheduler, RNG, data position, resolved run config). It is
 written to a temporary directory and renamed, so a killed run never leaves half a checkpoint;
-a run directory that holds checkpoints resumes from the newest one.
+a run directory that holds checkpoints resumes from the newest one. `RUN/initial/` holds the
+backbone before the first update, in the same format: the run's own random-init control.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from musicssl.models.backbone import Backbone
 from musicssl.train.schedules import ScheduleConfig, learning_rate, make_scheduler
 
 CHECKPOINTS = "checkpoints"
+INITIAL = "initial"  # the backbone before the first update: a run's own random-init control
 STATE = "training_state"
 
 
@@ -125,6 +127,20 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
         return []
     return sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_")),
                   key=lambda p: int(p.name.split("_")[1]))
+
+
+def save_initial(run_dir: Path, backbone: Backbone) -> Path:
+    """Export the backbone as initialised, before any update, to `run_dir/initial` (written
+    once; atomically). Probing it next to the trained checkpoints isolates what pre-training
+    added: the two differ only by the updates, not by the random draw."""
+    final = run_dir / INITIAL
+    if final.is_dir():
+        return final
+    partial = final.with_name("." + final.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    export_pretrained(backbone, partial)
+    partial.replace(final)
+    return final
 
 
 def save_checkpoint(run_dir: Path, task: PretrainTask, optimizer, scheduler, scaler, state: dict,
@@ -250,6 +266,8 @@ def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_d
         state = load_checkpoint(resume_from, task, optimizer, scheduler, scaler)
         if env.is_main:
             print(f"resumed from {resume_from} at step {state['step']}", file=sys.stderr)
+    elif env.is_main:
+        save_initial(run_dir, task.backbone())
     logger = Logger(run_dir, env.is_main, config.max_steps, state["step"], progress)
     nonfinite_in_row, window, started = 0, defaultdict(float), time.perf_counter()
     try:
