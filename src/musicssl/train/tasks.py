@@ -55,10 +55,10 @@ class Music2VecRun:
 def music2vec_run(preset: str, variant: str = "vanilla") -> tuple[Music2VecRun, list[str]]:
     """data2vec 1.0 audio base recipe on music (method-spec §4.5): tri-stage schedule (3/90/7 %),
     peak 5e-4, no clipping, 400k steps, 5 s crops; 3840 s of audio per update (data2vec's
-    3.8M samples x 16 GPUs, rounded to whole crops [inf]). `tiny`: ~1.9M parameters, 40 s per
-    update, 300 steps, peak lr 1e-3, a zero-initialised prediction head and a frozen CNN (see
-    below). Returns the run and the variant's overrides (the paper's ablations, applied like
-    `--set`)."""
+    3.8M samples x 16 GPUs, rounded to whole crops [inf]). `tiny`: the ~1M-parameter backbone,
+    40 s per update, 300 steps, peak lr 1e-3, a zero-initialised prediction head and a frozen
+    CNN (see below). Returns the run and the variant's overrides (the paper's ablations, applied
+    like `--set`)."""
     if variant not in MUSIC2VEC_VARIANTS:
         raise KeyError(f"unknown Music2Vec variant {variant!r}; known: {sorted(MUSIC2VEC_VARIANTS)}")
     model = music2vec_config(preset)
