@@ -4,6 +4,7 @@ transformers export of the student."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,20 @@ def test_exported_student_loads_as_data2vec_audio(manifest, tmp_path):
     features = ours.extract(wav[0].numpy(), 16000)
     for layer, want in enumerate(hidden):
         assert (features[layer] - want[0]).abs().max() < 1e-4
+
+
+def test_a_moved_corpus_stops_with_a_message_instead_of_training_on_nothing(manifest, tmp_path):
+    moved = tmp_path / "manifest"
+    moved.mkdir()
+    for name in ("train.tsv", "valid.tsv"):
+        lines = (manifest / name).read_text().splitlines()
+        (moved / name).write_text("\n".join([str(tmp_path / "gone"), *lines[1:]]) + "\n")
+    result = subprocess.run(
+        [MUSICSSL, "pretrain", "music2vec", "--preset", "tiny", "--data", str(moved), "--out", str(tmp_path / "run"),
+         *sum([["--set", o] for o in [*MICRO, "data.batch_seconds=4", "data.micro_batch_seconds=4",
+                                      "trainer.max_steps=20", "trainer.max_nonfinite_in_row=3"]], [])],
+        capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "3 updates in a row had no readable audio" in result.stderr
+    assert "file not found" in result.stderr  # each skipped file was named with its reason
+    assert not (tmp_path / "run" / "checkpoints").exists()

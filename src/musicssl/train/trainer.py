@@ -234,6 +234,10 @@ class NonFiniteLoss(ValueError):
     """Training diverged; a ValueError so the CLI reports it as a message, not a traceback."""
 
 
+class NoAudio(ValueError):
+    """Updates in a row found no readable item: the data is gone, not a few files corrupt."""
+
+
 def _all_reduce(values: Tensor, env: Distributed) -> Tensor:
     if env.world_size > 1:
         dist.all_reduce(values)
@@ -269,7 +273,7 @@ def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_d
     elif env.is_main:
         save_initial(run_dir, task.backbone())
     logger = Logger(run_dir, env.is_main, config.max_steps, state["step"], progress)
-    nonfinite_in_row, window, started = 0, defaultdict(float), time.perf_counter()
+    nonfinite_in_row, empty_in_row, window, started = 0, 0, defaultdict(float), time.perf_counter()
     try:
         for update, micro_batches in loader.iterate(state["updates_consumed"]):
             if state["step"] >= config.max_steps:
@@ -278,6 +282,14 @@ def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_d
             state["updates_consumed"] = update + 1
             totals = dict(zip(totals, _all_reduce(torch.stack(list(totals.values())), env).tolist()))
             state["skipped_items"] += int(totals.pop("skipped", 0))
+            if totals["audio_seconds"] == 0:  # every item of the update was unreadable: not a step
+                empty_in_row += 1
+                if empty_in_row >= config.max_nonfinite_in_row:
+                    raise NoAudio(f"stopping: {empty_in_row} updates in a row had no readable audio "
+                                  f"({state['skipped_items']} items skipped so far, see the messages above); "
+                                  f"has the manifest's root folder moved?")
+                continue
+            empty_in_row = 0
             stepped = finite and _apply_update(model, optimizer, scaler, config, env, totals)
             grad_norm = totals.pop("grad_norm", float("nan"))
             if not stepped:
@@ -333,7 +345,8 @@ def _run_update(task, ddp, micro_batches, config, device, scaler, update) -> tup
             (scaler.scale(loss) if scaler is not None else loss).backward()
         _accumulate(totals, result)
         totals["audio_seconds"] = totals["audio_seconds"] + batch.lengths.sum().float() / task.sample_rate
-    totals.setdefault("sample_size", torch.zeros((), device=device))
+    for key in ("sample_size", "audio_seconds"):  # present on every rank, for the all-reduce
+        totals.setdefault(key, torch.zeros((), device=device))
     return dict(totals), finite
 
 
