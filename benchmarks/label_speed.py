@@ -2,7 +2,7 @@
 and our k-means fit vs scikit-learn MiniBatchKMeans with fairseq's settings, in one run.
 
     .venv/bin/pip install librosa        # baseline only
-    .venv/bin/python benchmarks/label_speed.py [--minutes 20] [--k 500] [--fit-frames 200000]
+    .venv/bin/python benchmarks/label_speed.py [--minutes 20] [--k 500] [--fit-frames 200000] [--device cuda]
 
 Both labelling pipelines decode the same generated FLAC files with `audio.load_audio` and
 produce 39-dim MFCC + deltas at 100 Hz, then nearest-centroid ids:
@@ -72,6 +72,7 @@ def hours_per_minute(audio_hours: float, seconds: float) -> float:
 
 
 def labelling(paths: list[Path], k: int, audio_hours: float, features: MfccFeatures) -> None:
+    """Our side runs on `features.device` (MFCC and assignment alike); the baseline on the CPU."""
     from sklearn.cluster import MiniBatchKMeans
 
     sample = np.concatenate([features(audio.load_audio(p, 16_000))[::7] for p in paths])
@@ -80,7 +81,7 @@ def labelling(paths: list[Path], k: int, audio_hours: float, features: MfccFeatu
     baseline.fit(np.concatenate([librosa_mfcc(audio.load_audio(p, 16_000))[::7] for p in paths[:3]]))
     librosa_mfcc(audio.load_audio(paths[0], 16_000))  # numba compiles on first use: not timed
 
-    ours_total, ours_decode = timed_pass(paths, lambda wav: ours.assign(features(wav)))
+    ours_total, ours_decode = timed_pass(paths, lambda wav: ours.assign(features(wav), device=features.device))
     base_total, base_decode = timed_pass(paths, lambda wav: baseline.predict(librosa_mfcc(wav).astype(np.float32)))
     print(f"\nlabelling {audio_hours:.2f} h of audio, k = {k} (audio-hours per minute, higher is better)")
     print(f"  {'':34s} {'with decoding':>14s} {'compute only':>14s}")
@@ -117,13 +118,14 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=500)
     parser.add_argument("--fit-frames", type=int, default=200_000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="where our MFCC and assignment run (cpu, cuda)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    features = MfccFeatures("mfcc39", device="cpu")
+    features = MfccFeatures("mfcc39", device=args.device)
     with tempfile.TemporaryDirectory() as directory:
         paths = make_corpus(Path(directory), args.minutes)
         hours = sum(audio.audio_info(p).num_frames for p in paths) / 16_000 / 3600
-        print(f"torch {torch.__version__}, {args.threads} threads, {len(paths)} files")
+        print(f"torch {torch.__version__}, {args.threads} threads, ours on {args.device}, {len(paths)} files")
         labelling(paths, args.k, hours, features)
         fitting(paths, args.k, args.fit_frames, features)
 
