@@ -109,6 +109,11 @@ BACKBONE_PRESETS: dict[str, BackboneConfig] = {
 }
 
 
+def replace_backbone_config(config, **changes):
+    """A model config (any frozen dataclass with a `backbone` field) with those backbone fields changed."""
+    return replace(config, backbone=replace(config.backbone, **changes))
+
+
 def backbone_preset(name: str, variant: str | None = None) -> BackboneConfig:
     """``hubert_base``, ``data2vec_base``, ``hubert_tiny``, ``data2vec_tiny``; or ``base``/``tiny``
     with ``variant`` given (how the training recipes ask for theirs)."""

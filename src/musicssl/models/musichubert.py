@@ -12,7 +12,6 @@ rows in the softmax.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -108,7 +107,3 @@ class MusicHubert(nn.Module):
         correct = (logits.argmax(-1) == chosen).sum() if chosen.numel() else torch.zeros((), device=hidden.device)
         count = torch.tensor(float(chosen.numel()), device=hidden.device)
         return {f"{name}_loss_sum": loss_sum, f"{name}_correct": correct.float(), f"{name}_count": count}
-
-
-def replace_backbone_config(config: MusicHubertConfig, **changes) -> MusicHubertConfig:
-    return dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, **changes))

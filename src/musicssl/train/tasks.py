@@ -11,9 +11,9 @@ import torch
 from torch import Tensor, nn
 
 from musicssl.data.pretrain import Batch, DataConfig
-from musicssl.models.backbone import Backbone
+from musicssl.models.backbone import Backbone, replace_backbone_config
 from musicssl.models.music2vec import MUSIC2VEC_VARIANTS, Music2Vec, Music2VecConfig, music2vec_config
-from musicssl.models.musichubert import MusicHubert, MusicHubertConfig, musichubert_config, replace_backbone_config
+from musicssl.models.musichubert import MusicHubert, MusicHubertConfig, musichubert_config
 from musicssl.train.schedules import ScheduleConfig
 from musicssl.train.trainer import TrainerConfig
 
@@ -78,9 +78,8 @@ def music2vec_run(preset: str, variant: str = "vanilla") -> tuple[Music2VecRun, 
         #   instance-normed targets carry nothing constant over a crop, and a few hundred Adam
         #   updates then rewrote the 64-channel CNN into one that had lost timbre (NSynth
         #   instrument 17 vs 44 at random init).
-        model = dataclasses.replace(model, ema_anneal_end_step=300, collapse_check_after=100,
-                                    zero_init_final_proj=True,
-                                    backbone=dataclasses.replace(model.backbone, feature_grad_mult=0.0))
+        model = dataclasses.replace(replace_backbone_config(model, feature_grad_mult=0.0), ema_anneal_end_step=300,
+                                    collapse_check_after=100, zero_init_final_proj=True)
         return Music2VecRun(model, DataConfig(crop_seconds=5.0, batch_seconds=40.0, micro_batch_seconds=20.0),
                             trainer), overrides
     raise KeyError(f"unknown preset {preset!r}; known: base, tiny")

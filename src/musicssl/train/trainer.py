@@ -129,25 +129,35 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
                   key=lambda p: int(p.name.split("_")[1]))
 
 
-def save_initial(run_dir: Path, backbone: Backbone) -> Path:
-    """Export the backbone as initialised, before any update, to `run_dir/initial` (written
-    once; atomically). Probing it next to the trained checkpoints isolates what pre-training
-    added: the two differ only by the updates, not by the random draw."""
-    final = run_dir / INITIAL
-    if final.is_dir():
-        return final
+def _write_directory(final: Path, fill) -> Path:
+    """`fill(partial)` writes a hidden sibling directory, which then replaces `final` in one
+    rename: a killed process never leaves a half-written `final`."""
     partial = final.with_name("." + final.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    export_pretrained(backbone, partial)
+    fill(partial)
+    shutil.rmtree(final, ignore_errors=True)
     partial.replace(final)
     return final
 
 
+def save_initial(run_dir: Path, backbone: Backbone) -> Path:
+    """Export the backbone as initialised, before any update, to `run_dir/initial` (written
+    once). Probing it next to the trained checkpoints isolates what pre-training added: the two
+    differ only by the updates, not by the random draw."""
+    final = run_dir / INITIAL
+    return final if final.is_dir() else _write_directory(final, lambda partial: export_pretrained(backbone, partial))
+
+
 def save_checkpoint(run_dir: Path, task: PretrainTask, optimizer, scheduler, scaler, state: dict,
                     keep: int) -> Path:
-    final = run_dir / CHECKPOINTS / f"step_{state['step']:08d}"
-    partial = final.with_name("." + final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    final = _write_directory(run_dir / CHECKPOINTS / f"step_{state['step']:08d}",
+                             lambda partial: _fill_checkpoint(partial, task, optimizer, scheduler, scaler, state))
+    for old in checkpoint_dirs(run_dir)[:-keep] if keep else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _fill_checkpoint(partial: Path, task: PretrainTask, optimizer, scheduler, scaler, state: dict) -> None:
     export_pretrained(task.backbone(), partial)
     (partial / STATE).mkdir()
     save_file({k: v.detach().contiguous() for k, v in task.head_state().items()},
@@ -158,11 +168,6 @@ def save_checkpoint(run_dir: Path, task: PretrainTask, optimizer, scheduler, sca
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                partial / STATE / "optimizer.pt")
     (partial / STATE / "trainer.json").write_text(json.dumps(state, indent=2) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    partial.replace(final)
-    for old in checkpoint_dirs(run_dir)[:-keep] if keep else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def load_checkpoint(path: Path, task: PretrainTask, optimizer, scheduler, scaler) -> dict:
