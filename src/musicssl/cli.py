@@ -83,17 +83,21 @@ def run_manifest(args) -> int:
 
 
 def add_labels(commands) -> None:
-    parser = commands.add_parser("labels", help="k-means pre-training labels (MFCC or a model layer)",
+    parser = commands.add_parser("labels", help="k-means pre-training labels (MFCC, pitch or a model layer)",
                                  description="Fit k-means on frame features and write one line of "
                                              "cluster ids per manifest row.")
     kinds = parser.add_subparsers(dest="kind", required=True)
     mfcc = kinds.add_parser("mfcc", help="MFCC (39 or 60 dims, 100 Hz) clusters: the first iteration")
     mfcc.add_argument("--dims", type=int, choices=(39, 60), default=39,
                       help="39 = 13 cepstra + deltas (fairseq); 60 = 20 cepstra + deltas (the paper)")
+    pitch = kinds.add_parser("pitch", help="semitone-spectrum (or chroma) clusters at 100 Hz: a harmonic codebook "
+                                          "to train beside MFCC labels")
+    pitch.add_argument("--bins", type=int, choices=(84, 12), default=84,
+                       help="84 = semitones C1..B7; 12 = chroma (pitch classes)")
     layer = kinds.add_parser("layer", help="clusters of a model's hidden state: a later iteration")
     layer.add_argument("--model", required=True, help="model directory")
     layer.add_argument("--layer", type=int, required=True, help="hidden state index (6 = block 6)")
-    for sub in (mfcc, layer):
+    for sub in (mfcc, pitch, layer):
         sub.add_argument("--data", required=True, help="manifest directory (train.tsv, valid.tsv)")
         sub.add_argument("--out", required=True, help="label directory")
         sub.add_argument("--k", type=int, default=500, help="clusters (paper: 500 or 2000)")
@@ -117,10 +121,12 @@ def add_labels(commands) -> None:
 
 def run_labels(args) -> int:
     from musicssl.targets.kmeans import KMeansConfig
-    from musicssl.targets.labels import LayerFeatures, MfccFeatures, make_labels
+    from musicssl.targets.labels import LayerFeatures, MfccFeatures, PitchFeatures, make_labels
 
     if args.kind == "mfcc":
         features = MfccFeatures(f"mfcc{args.dims}", device=args.device)
+    elif args.kind == "pitch":
+        features = PitchFeatures("semitone84" if args.bins == 84 else "chroma12", device=args.device)
     else:
         features = LayerFeatures(args.model, args.layer, device=args.device)
     config = KMeansConfig(k=args.k, seed=args.seed, max_frames=args.max_frames, sample_fraction=None)
@@ -141,7 +147,9 @@ def add_pretrain(commands) -> None:
                                  description="Pre-train a model; the same command runs under torchrun.")
     methods = parser.add_subparsers(dest="method", required=True)
     hubert = methods.add_parser("musichubert", help="HuBERT masked prediction of k-means labels")
-    hubert.add_argument("--labels", required=True, help="label directory from `musicssl labels`")
+    hubert.add_argument("--labels", required=True, nargs="+", metavar="DIR",
+                        help="label directory from `musicssl labels`; several (same grid, e.g. MFCC then pitch) "
+                             "train one codebook each")
     music2vec = methods.add_parser("music2vec", help="data2vec regression of EMA-teacher layer averages")
     music2vec.add_argument("--variant", default="vanilla",
                            help="the paper's ablations: vanilla, span5, span15, prob50, prob80, target12, "

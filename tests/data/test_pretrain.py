@@ -280,3 +280,22 @@ def test_build_checks_labels_before_training(corpus, tmp_path, capsys):
     write_label_set(tmp_path / "bad", manifest, shift=30)
     with pytest.raises(LabelError, match="row 1"):
         build_pretrain_data(corpus.parent, "train", tmp_path / "bad", SR, config)
+
+
+def test_two_label_sets_stack_one_column_each_and_must_share_a_grid(corpus, tmp_path):
+    manifest = read_manifest(corpus)
+    write_label_set(tmp_path / "mfcc", manifest)
+    write_label_set(tmp_path / "pitch", manifest, shift=1)  # one label more per row: cut to the shortest
+    config = DataConfig(crop_seconds=1.0, min_seconds=1.0, batch_seconds=2.0, micro_batch_seconds=1.0)
+    single, _ = build_pretrain_data(corpus.parent, "train", tmp_path / "mfcc", SR, config)
+    both, _ = build_pretrain_data(corpus.parent, "train", [tmp_path / "mfcc", tmp_path / "pitch"], SR, config)
+    item, stacked = single[(0, 3)], both[(0, 3)]
+    assert stacked["labels"].shape == (100, 2) and stacked["offset"] == item["offset"]
+    assert stacked["labels"][:, 0].tolist() == item["labels"].tolist() == stacked["labels"][:, 1].tolist()
+    batch = collate([both[(0, 0)], both[(0, 3)]])
+    assert batch.labels.shape == (2, 100, 2)
+    info = json.loads((tmp_path / "pitch" / "labels.json").read_text())
+    info["grid"]["hop"] = 320
+    (tmp_path / "pitch" / "labels.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="share one frame grid"):
+        build_pretrain_data(corpus.parent, "train", [tmp_path / "mfcc", tmp_path / "pitch"], SR, config)

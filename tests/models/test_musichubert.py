@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
 from musicssl.models.musichubert import MusicHubert, MusicHubertConfig, align_labels
@@ -76,3 +77,49 @@ def test_span_masking_is_seeded_and_hubert_sized():
     # 0.8 / 10 / min 2 masks about half of 249 frames (method-spec §2).
     assert 0.35 < float(first["sample_size"]) / (4 * 249) < 0.65
     assert dataclasses.asdict(model.config.mask)["mask_prob"] == 0.8
+
+
+def test_two_codebooks_sum_two_cross_entropies_with_their_own_projection_and_embeddings():
+    model = micro_model(num_classes=7, extra_codebooks=(5,), extra_classes=4).eval()
+    assert model.final_proj.out_features == 2 * model.config.final_dim
+    assert model.label_embeddings.shape[0] == (7 + 4) + (5 + 4)
+    wav = torch.randn(2, 8000, generator=torch.Generator().manual_seed(1))
+    frames, dim = 24, model.config.final_dim
+    generator = torch.Generator().manual_seed(2)
+    labels = torch.stack([torch.randint(0, 7, (2, 2 * frames), generator=generator),
+                          torch.randint(0, 5, (2, 2 * frames), generator=generator)], dim=-1)  # (B, T, 2)
+    labels[1, 10, 1] = -1  # a frame with no pitch label is left out of both codebooks
+    mask = torch.zeros(2, frames, dtype=torch.bool)
+    mask[0, 2:12] = mask[1, 3:13] = True
+    result = model(wav, None, labels, mask=mask)
+
+    hidden = model.backbone(wav, mask=mask).last_hidden_state
+    ce, correct = [0.0, 0.0], [0, 0]
+    rows = [model.label_embeddings[:11], model.label_embeddings[11:]]
+    for b in range(2):
+        for t in range(frames):
+            if not mask[b, t] or (b, t) == (1, 5):
+                continue
+            projected = model.final_proj(hidden[b, t])
+            for codebook in range(2):
+                o = projected[codebook * dim:(codebook + 1) * dim]
+                logits = torch.stack([torch.cosine_similarity(o, e, dim=0) for e in rows[codebook]]) / 0.1
+                target = int(labels[b, 2 * t, codebook])
+                ce[codebook] = ce[codebook] - torch.log_softmax(logits, dim=0)[target]
+                correct[codebook] += int(logits.argmax() == target)
+    assert int(result["sample_size"]) == 19 and int(result["masked_count_1"]) == 19
+    torch.testing.assert_close(result["masked_ce_sum"], ce[0], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(result["masked_ce_sum_1"], ce[1], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(result["masked_loss_sum"], ce[0] + ce[1], rtol=1e-5, atol=1e-4)
+    assert [int(result["masked_correct"]), int(result["masked_correct_1"])] == correct
+    with pytest.raises(ValueError, match=r"got 1 label set\(s\).*k = \(7, 5\)"):
+        model(wav, None, labels[..., 0], mask=mask)
+
+
+def test_one_codebook_keeps_hubert_shapes_and_names():
+    model = micro_model(num_classes=7)
+    assert model.config.codebooks == (7,) and model.final_proj.out_features == model.config.final_dim
+    labels = torch.randint(0, 7, (2, 48))
+    single = model.eval()(torch.randn(2, 8000), None, labels, mask=torch.ones(2, 24, dtype=torch.bool))
+    assert not any(key.endswith("_1") for key in single)
+    torch.testing.assert_close(single["masked_loss_sum"], single["masked_ce_sum"])

@@ -85,6 +85,29 @@ def test_tiny_run_learns_to_predict_masked_labels(prepared, tmp_path):
     assert config["model"]["num_classes"] == 8 and config["model"]["label_rate_hz"] == 100.0
 
 
+def test_a_pitch_codebook_trains_beside_mfcc_labels_and_resume_checks_the_label_sets(prepared, tmp_path):
+    run("labels", "pitch", "--data", str(prepared / "manifest"), "--out", str(tmp_path / "pitch"), "--k", "6",
+        "--fit-fraction", "1.0", "--splits", "train")
+    assert json.loads((tmp_path / "pitch" / "labels.json").read_text())["feature"]["kind"] == "pitch"
+    out, both = tmp_path / "run", [str(prepared / "labels"), str(tmp_path / "pitch")]
+    run("pretrain", "musichubert", "--preset", "tiny", "--data", str(prepared / "manifest"), "--labels", *both,
+        "--out", str(out), *sum([["--set", o] for o in [*MICRO, "trainer.max_steps=60", "trainer.log_every=10",
+        "data.batch_seconds=16", "data.micro_batch_seconds=16", "trainer.schedule.peak_lr=0.003",
+        "trainer.schedule.warmup_steps=10", "trainer.checkpoint_every=30"]], []))
+    first, last = log(out)[0], log(out)[-1]
+    assert json.loads((out / "config.json").read_text())["model"]["extra_codebooks"] == [6]
+    # The notes change pitch every 0.5 s: the pitch codebook is learnable, and learnt.
+    assert last["loss/masked_ce_1"] < 0.8 * first["loss/masked_ce_1"]
+    assert last["accuracy/masked_1"] > 2 * last["chance/masked_1"]
+    assert last["loss"] > last["loss/masked_ce"] + last["loss/masked_ce_1"]  # + the feature penalty
+    heads = final_state(out)
+    assert heads["final_proj.weight"].shape[0] == 2 * 32 and heads["label_embeddings"].shape[0] == 8 + 6
+    refused = subprocess.run([MUSICSSL, "pretrain", "musichubert", "--preset", "tiny", "--data",
+                              str(prepared / "manifest"), "--labels", str(prepared / "labels"), "--out", str(out)],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "codebooks of k = (8, 6), --labels gives k = (8,)" in refused.stderr
+
+
 def test_resumed_run_equals_uninterrupted_run_exactly(prepared, tmp_path):
     common = [*MICRO, "data.batch_seconds=8", "data.micro_batch_seconds=4", "trainer.checkpoint_every=3",
               "trainer.schedule.warmup_steps=2", "trainer.schedule.total_steps=6"]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
@@ -118,6 +118,29 @@ class LabelRows:
         return self.__dict__ | {"_handle": None, "_pid": None}
 
 
+class StackedLabelRows:
+    """Several label sets on one grid (codebooks, fairseq's multiple label files): row ``i`` is
+    (T, S) int64, one column per set, cut to the shortest set's row (sets made on the same grid
+    have equal counts; `check_labels` allows a frame of slack)."""
+
+    def __init__(self, sets: list[LabelRows]):
+        if len(sets) < 2:
+            raise ValueError("StackedLabelRows needs at least two label sets; use LabelRows for one")
+        rows = {len(labels) for labels in sets}
+        if len(rows) > 1:
+            raise ValueError(f"label sets differ in row count: {[(str(s.path), len(s)) for s in sets]}")
+        self.sets = sets
+        self.path = sets[0].path
+
+    def __len__(self) -> int:
+        return len(self.sets[0])
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        rows = [labels[index] for labels in self.sets]
+        length = min(len(row) for row in rows)
+        return np.stack([row[:length] for row in rows], axis=1)  # (T, S)
+
+
 def _line_offsets(path: Path, block_bytes: int = 1 << 24) -> np.ndarray:
     """Start of every line and the end of the last one; a missing final newline is tolerated."""
     if not path.exists():
@@ -141,14 +164,15 @@ class PretrainDataset(Dataset):
 
     The dict holds ``index`` (the row), ``offset`` (crop start in samples), ``wav`` float32 (n,)
     with ``n = min(crop_samples, file length)``, and with labels ``labels`` int64 (t,) and
-    ``labels_per_sample`` (label rate / sample rate, which ``collate`` needs to cut labels).
+    ``labels_per_sample`` (label rate / sample rate, which ``collate`` needs to cut labels);
+    (t, S) with S label sets (StackedLabelRows).
     Labels are cropped as fairseq's ``collater_frm_label``: first label ``round(offset * ratio)``,
     count ``min(round(n * ratio), labels left in the row)``.
     ``normalize`` standardises each crop after cropping (data2vec's ``normalize``).
     """
 
     def __init__(self, manifest: Manifest, sample_rate: int, crop_samples: int, min_samples: int, seed: int,
-                 labels: LabelRows | None = None, label_grid: LabelGrid | None = None,
+                 labels: LabelRows | StackedLabelRows | None = None, label_grid: LabelGrid | None = None,
                  normalize: bool = False):
         if crop_samples <= 0 or min_samples < 0:
             raise ValueError(f"crop_samples must be > 0 and min_samples >= 0, got {crop_samples}, {min_samples}")
@@ -207,10 +231,10 @@ class PretrainDataset(Dataset):
         return None
 
     def _crop_labels(self, index: int, offset: int, num_samples: int, ratio: float) -> np.ndarray:
-        row = self.labels[index]  # (T,)
+        row = self.labels[index]  # (T,) or (T, S)
         start = round(offset * ratio)
         length = max(0, min(round(num_samples * ratio), len(row) - start))
-        return row[start:start + length]  # (t,)
+        return row[start:start + length]  # (t,) or (t, S)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,7 +245,7 @@ class PretrainDataset(Dataset):
 class Batch:
     wav: Tensor  # (B, n) float32, every crop cut to the shortest
     lengths: Tensor  # (B,) long, all n (kept so the model API takes padded batches too)
-    labels: Tensor | None  # (B, t) long
+    labels: Tensor | None  # (B, t) long, or (B, t, S) with S label sets
     indices: Tensor  # (B,) long, manifest rows
     skipped: int  # items of this micro-batch that were None
 
@@ -263,7 +287,7 @@ def _collate_labels(items: list[dict], num_samples: int) -> Tensor | None:
         raise ValueError("some items have labels and others do not; they come from different datasets")
     lengths = [min(len(item["labels"]), round(num_samples * item["labels_per_sample"])) for item in items]
     t = min(lengths)
-    return torch.stack([item["labels"][:t] for item in items])  # (B, t)
+    return torch.stack([item["labels"][:t] for item in items])  # (B, t) or (B, t, S)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,20 +408,31 @@ class UpdateLoader:
 # from files
 
 
-def build_pretrain_data(manifest_dir: str | Path, split: str = "train", label_dir: str | Path | None = None,
+def build_pretrain_data(manifest_dir: str | Path, split: str = "train",
+                        label_dir: str | Path | Sequence[str | Path] | None = None,
                         sample_rate: int = 16_000, config: DataConfig = DataConfig(), normalize: bool = False,
                         world_size: int = 1, rank: int = 0) -> tuple[PretrainDataset, UpdatePlan]:
-    """Dataset and plan for ``{manifest_dir}/{split}.tsv``; with ``label_dir``, its ``{split}.km`` is
-    checked against the manifest first (every rank checks; rank 0 prints the summary line)."""
+    """Dataset and plan for ``{manifest_dir}/{split}.tsv``; with ``label_dir`` (one directory, or
+    several on one grid), each ``{split}.km`` is checked against the manifest first (every rank
+    checks; rank 0 prints the summary lines)."""
     manifest = read_manifest(Path(manifest_dir) / f"{split}.tsv")
     labels, grid = None, None
     if label_dir is not None:
-        label_set = read_label_set(label_dir)
-        path = label_file(label_set.directory, split)
-        summary = check_labels(path, manifest, label_set.grid, label_set.k)
-        if rank == 0:
-            print(summary.line(split), file=sys.stderr)
-        labels, grid = LabelRows(path), label_set.grid
+        directories = [label_dir] if isinstance(label_dir, (str, Path)) else list(label_dir)
+        label_sets = [read_label_set(directory) for directory in directories]
+        grid = label_sets[0].grid
+        rows = []
+        for label_set in label_sets:
+            if label_set.grid != grid:
+                raise ValueError(f"{label_set.directory}: labels on grid {label_set.grid}, but "
+                                 f"{label_sets[0].directory} is on {grid}; label sets trained together must "
+                                 "share one frame grid")
+            path = label_file(label_set.directory, split)
+            summary = check_labels(path, manifest, label_set.grid, label_set.k)
+            if rank == 0:
+                print(summary.line(split), file=sys.stderr)
+            rows.append(LabelRows(path))
+        labels = rows[0] if len(rows) == 1 else StackedLabelRows(rows)
     crop_samples, min_samples = round(config.crop_seconds * sample_rate), round(config.min_seconds * sample_rate)
     short = sum(n < min_samples for _, n in manifest.items)
     if short and rank == 0:

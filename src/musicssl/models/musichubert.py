@@ -8,6 +8,11 @@ fairseq computes the logits as "positive first, then all K+4 classes with the du
 to -inf"; that is exactly a softmax over the classes, which we compute as one matmul. Labels
 are cluster ids 0..k-1 (no dictionary): `extra_classes=4` reproduces fairseq's 4 never-target
 rows in the softmax.
+
+Several codebooks (fairseq's multiple label files, with `untie_final_proj`): `extra_codebooks`
+adds label sets on the same grid, e.g. pitch clusters beside MFCC clusters (the paper's
+suggestion for pitch). final_proj then maps D -> 256 per set, each set has its own embeddings,
+and the loss is the sum of the sets' cross-entropies over the same masked frames.
 """
 
 from __future__ import annotations
@@ -35,16 +40,31 @@ class MusicHubertConfig:
     feature_penalty_weight: float = 10.0  # loss_weights [10]
     extra_classes: int = 0  # 4 = fairseq's dictionary specials (<s>, <pad>, </s>, <unk>)
     mask: MaskConfig = MaskConfig(mask_prob=0.8, mask_length=10, min_masks=2)  # HuBERT base
+    # k of each further label set (codebook) predicted beside the first, e.g. (100,) for a
+    # pitch codebook; () = HuBERT's single label set.
+    extra_codebooks: tuple[int, ...] = ()
+
+    @property
+    def codebooks(self) -> tuple[int, ...]:
+        return (self.num_classes, *self.extra_codebooks)
 
 
-def musichubert_config(preset: str, num_classes: int, label_rate_hz: float, **changes) -> MusicHubertConfig:
-    """`base` (the paper's 95M model) or `tiny` (CPU tests and demos), for a given label set."""
-    return MusicHubertConfig(backbone=backbone_preset(preset, "hubert"), num_classes=num_classes,
-                             label_rate_hz=label_rate_hz, **changes)
+def musichubert_config(preset: str, num_classes: int | tuple[int, ...], label_rate_hz: float,
+                       **changes) -> MusicHubertConfig:
+    """`base` (the paper's 95M model) or `tiny` (CPU tests and demos), for a given label set
+    (`num_classes` = k), or several (a tuple of k, one per codebook)."""
+    first, *extra = (num_classes,) if isinstance(num_classes, int) else num_classes
+    return MusicHubertConfig(backbone=backbone_preset(preset, "hubert"), num_classes=first,
+                             label_rate_hz=label_rate_hz, extra_codebooks=tuple(extra), **changes)
+
+
+def codebook_suffixes(count: int) -> list[str]:
+    """Metric-name suffix of each codebook: "" for the first (HuBERT's names), then "_1", "_2"..."""
+    return ["", *(f"_{i}" for i in range(1, count))]
 
 
 def align_labels(labels: Tensor, num_frames: int, label_rate_hz: float, frame_rate_hz: float) -> Tensor:
-    """(B, T_label) -> (B, T') with T' = min(num_frames, floor(T_label / ratio)): frame t takes
+    """(B, T_label[, S]) -> (B, T'[, S]) with T' = min(num_frames, floor(T_label / ratio)): frame t takes
     label floor(t * ratio), ratio = label rate / frame rate (every 2nd label at 100 Hz)."""
     ratio = label_rate_hz / frame_rate_hz
     usable = min(num_frames, int(math.floor(labels.shape[1] / ratio + 1e-9)))
@@ -57,23 +77,30 @@ class MusicHubert(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = Backbone(config.backbone)
-        self.final_proj = nn.Linear(config.backbone.dim, config.final_dim)
-        # fairseq label_embs_concat: uniform [0, 1) init.
-        self.label_embeddings = nn.Parameter(torch.rand(config.num_classes + config.extra_classes, config.final_dim))
+        sets = config.codebooks
+        self.final_proj = nn.Linear(config.backbone.dim, config.final_dim * len(sets))
+        # fairseq label_embs_concat: uniform [0, 1) init, every set's rows one after another.
+        rows = [k + config.extra_classes for k in sets]
+        self.label_embeddings = nn.Parameter(torch.rand(sum(rows), config.final_dim))
+        self.codebook_rows = [sum(rows[:i]) for i in range(len(rows) + 1)]  # set i: rows [r[i], r[i+1])
 
     def head_state_dict(self) -> dict[str, Tensor]:
         """Pre-training head weights (not part of the transformers export)."""
         return {name: tensor for name, tensor in self.state_dict().items() if not name.startswith("backbone.")}
 
-    def logits(self, hidden: Tensor) -> Tensor:
-        """(M, D) hidden states -> (M, classes) cosine similarities / temperature, in fp32."""
-        projected = F.normalize(self.final_proj(hidden).float(), dim=-1)  # (M, F)
-        embeddings = F.normalize(self.label_embeddings.float(), dim=-1)  # (K, F)
+    def logits(self, hidden: Tensor, codebook: int = 0) -> Tensor:
+        """(M, D) hidden states -> (M, classes of `codebook`) cosine similarities / temperature, fp32."""
+        dim = self.config.final_dim
+        projected = self.final_proj(hidden)[:, codebook * dim:(codebook + 1) * dim]  # (M, F)
+        projected = F.normalize(projected.float(), dim=-1)
+        rows = self.label_embeddings[self.codebook_rows[codebook]:self.codebook_rows[codebook + 1]]
+        embeddings = F.normalize(rows.float(), dim=-1)  # (K, F)
         return projected @ embeddings.T / self.config.logit_temperature  # (M, K)
 
     def forward(self, wav: Tensor, lengths: Tensor | None, labels: Tensor,
                 mask: Tensor | None = None, generator=None) -> dict[str, Tensor]:
-        """wav (B, N), lengths (B,) samples, labels (B, T_label) cluster ids (-1 = none).
+        """wav (B, N), lengths (B,) samples, labels (B, T_label) cluster ids (-1 = none), or
+        (B, T_label, S) with one column per codebook.
         mask (B, T) bool overrides span masking (drawn with `generator` otherwise).
         Returns sums, not means: `loss` (summed over the batch), `sample_size` (masked frames)
         and metric counts, so the trainer can normalise by the global count across ranks
@@ -85,13 +112,24 @@ class MusicHubert(nn.Module):
         if mask is None:
             mask = mask_spans(wav.shape[0], frames, self.config.mask, padding, generator, device=wav.device)
         out = self.backbone(wav, lengths, mask=mask)
+        labels = labels[..., None] if labels.dim() == 2 else labels  # (B, T_label, S)
+        if labels.shape[-1] != len(self.config.codebooks):
+            raise ValueError(f"got {labels.shape[-1]} label set(s), the model predicts {len(self.config.codebooks)} "
+                             f"codebook(s) of k = {self.config.codebooks}")
         targets = align_labels(labels, frames, self.config.label_rate_hz, self.config.backbone.frame_rate_hz)
-        usable = targets.shape[1]
-        valid = ~padding[:, :usable] & (targets >= 0)  # (B, T')
-        masked, unmasked = valid & mask[:, :usable], valid & ~mask[:, :usable]
+        usable = targets.shape[1]  # targets (B, T', S)
         hidden = out.last_hidden_state[:, :usable]  # (B, T', D)
-        result = self._prediction_terms(hidden, targets, masked, "masked")
-        result.update(self._prediction_terms(hidden, targets, unmasked, "unmasked"))
+        # A frame counts where every set has a label, so all codebooks share one sample size.
+        valid = ~padding[:, :usable] & (targets >= 0).all(-1)  # (B, T')
+        masked, unmasked = valid & mask[:, :usable], valid & ~mask[:, :usable]
+        suffixes = codebook_suffixes(targets.shape[-1])  # codebook 0 keeps HuBERT's metric names
+        result: dict[str, Tensor] = {}
+        for codebook, suffix in enumerate(suffixes):
+            for name, select in (("masked", masked), ("unmasked", unmasked)):
+                terms = self._prediction_terms(hidden, targets[..., codebook], select, codebook)
+                result.update({f"{name}_{key}{suffix}": value for key, value in terms.items()})
+        for name in ("masked", "unmasked"):  # fairseq sums the codebooks' losses
+            result[f"{name}_loss_sum"] = sum(result[f"{name}_ce_sum{suffix}"] for suffix in suffixes)
         sample_size = result["masked_count"]
         penalty = out.cnn_features.float().pow(2).mean()
         loss = (self.config.masked_weight * result["masked_loss_sum"]
@@ -100,10 +138,11 @@ class MusicHubert(nn.Module):
         result.update(loss=loss, sample_size=sample_size, feature_penalty=penalty.detach())
         return result
 
-    def _prediction_terms(self, hidden: Tensor, targets: Tensor, select: Tensor, name: str) -> dict[str, Tensor]:
-        logits = self.logits(hidden[select])  # (M, K)
+    def _prediction_terms(self, hidden: Tensor, targets: Tensor, select: Tensor, codebook: int) -> dict[str, Tensor]:
+        """Sums over the selected frames for one codebook: cross-entropy, correct and count."""
+        logits = self.logits(hidden[select], codebook)  # (M, K)
         chosen = targets[select]  # (M,)
-        loss_sum = F.cross_entropy(logits, chosen, reduction="sum") if chosen.numel() else logits.sum() * 0
+        ce_sum = F.cross_entropy(logits, chosen, reduction="sum") if chosen.numel() else logits.sum() * 0
         correct = (logits.argmax(-1) == chosen).sum() if chosen.numel() else torch.zeros((), device=hidden.device)
-        count = torch.tensor(float(chosen.numel()), device=hidden.device)
-        return {f"{name}_loss_sum": loss_sum, f"{name}_correct": correct.float(), f"{name}_count": count}
+        return {"ce_sum": ce_sum, "correct": correct.float(), "count": torch.tensor(float(chosen.numel()),
+                                                                                  device=hidden.device)}

@@ -229,6 +229,115 @@ class MfccExtractor(torch.nn.Module):
         return features * valid[..., None], frame_lengths  # padding frames zeroed
 
 
+# ---------------------------------------------------------------------------------------------
+# pitch: a semitone spectrum (or chroma) for a second codebook
+
+
+@dataclass(frozen=True)
+class PitchConfig:
+    """A log-compressed semitone spectrum at the MFCC frame grid: the paper's suggestion of
+    harmonic targets for MusicHuBERT (MFCC clusters carry timbre, hardly pitch). OUR DESIGN,
+    not a published recipe: a 256-ms Hann window gives 3.9 Hz bins, enough to split semitones
+    from about MIDI 36 (65 Hz) up; lower filters widen to one FFT bin."""
+
+    sample_rate: int = 16000
+    hop: int = 160            # 100 Hz, the MFCC label rate, so both label sets share one grid
+    grid_window: int = 400    # frame t is centred on the MFCC frame t: samples 160 t + 200
+    window_samples: int = 4096
+    low_midi: int = 24        # C1 (32.7 Hz): the lowest NSynth-range bass and keyboard notes
+    num_semitones: int = 84   # 7 octaves, C1..B7 (3951 Hz), as an 84-bin CQT
+    fold_octaves: bool = False  # True: 12 chroma bins (pitch class only)
+    floor: float = 1e-3       # amplitude (re. a full-scale sine = 1) that log1p maps to log 2; -60 dB
+
+    def __post_init__(self) -> None:
+        top = 440.0 * 2 ** ((self.low_midi + self.num_semitones - 1 - 69) / 12)
+        if top >= self.sample_rate / 2:
+            raise ValueError(f"the top semitone ({top:.0f} Hz) must lie below Nyquist ({self.sample_rate / 2:g} Hz)")
+        if self.window_samples < self.grid_window or self.floor <= 0:
+            raise ValueError("need window_samples >= grid_window and floor > 0")
+
+    @property
+    def dim(self) -> int:
+        return 12 if self.fold_octaves else self.num_semitones
+
+    @property
+    def frame_rate_hz(self) -> float:
+        return self.sample_rate / self.hop
+
+
+PITCH_PRESETS: dict[str, PitchConfig] = {"semitone84": PitchConfig(), "chroma12": PitchConfig(fold_octaves=True)}
+
+
+def _semitone_banks(config: PitchConfig) -> Tensor:
+    """(window // 2 + 1, num_semitones) triangles in MIDI pitch: FFT bin j (pitch m_j) weighs
+    max(0, 1 - |m_j - s| / w_s) into semitone s, w_s = max(1, bin spacing at s in semitones)."""
+    n = config.window_samples
+    freqs = torch.arange(1, n // 2 + 1, dtype=torch.float64) * config.sample_rate / n  # (F,) without DC
+    pitch = 69 + 12 * torch.log2(freqs / 440.0)  # (F,)
+    centres = config.low_midi + torch.arange(config.num_semitones, dtype=torch.float64)  # (S,)
+    centre_hz = 440.0 * 2 ** ((centres - 69) / 12)
+    width = torch.clamp(12 * torch.log2(1 + (config.sample_rate / n) / centre_hz), min=1.0)  # (S,)
+    banks = (1 - (pitch[:, None] - centres[None]).abs() / width[None]).clamp(min=0.0)  # (F, S)
+    return torch.cat([banks.new_zeros(1, config.num_semitones), banks])  # DC row: zero
+
+
+class PitchExtractor(torch.nn.Module):
+    """Batched semitone spectra: wav (B, N) -> features (B, T, dim), frame_lengths (B,), with T
+    and the frame centres of MfccExtractor, so its labels line up with MFCC labels one to one.
+
+    Per frame: Hann-windowed |FFT|^2 summed into semitone triangles (optionally folded to 12
+    pitch classes) -> amplitude sqrt(E) relative to a full-scale sine -> log1p(a / floor) ->
+    divided by its L2 norm when that exceeds 1, so loudness does not pick the cluster but
+    near-silent frames stay near the origin."""
+
+    def __init__(self, config: PitchConfig = PitchConfig(), dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.config = config
+        banks = _semitone_banks(config)  # (F + 1, S)
+        if config.fold_octaves:
+            fold = torch.zeros(config.num_semitones, 12, dtype=torch.float64)
+            fold[torch.arange(config.num_semitones), (config.low_midi + torch.arange(config.num_semitones)) % 12] = 1
+            banks = banks @ fold  # (F + 1, 12)
+        window = torch.hann_window(config.window_samples, periodic=False, dtype=torch.float64)
+        # A full-scale sine's peak bin holds (sum(window) / 2)^2 of power: scale so its amplitude is 1.
+        self.register_buffer("window", (window / (window.sum() / 2)).to(dtype), persistent=False)
+        self.register_buffer("banks", banks.to(dtype), persistent=False)
+
+    def frame_lengths(self, lengths: Tensor) -> Tensor:
+        c = self.config
+        valid = 1 + (lengths - c.grid_window).clamp(min=0) // c.hop
+        return torch.where(lengths >= c.grid_window, valid, torch.zeros_like(valid))
+
+    def forward(self, wav: Tensor, lengths: Tensor | None = None, block_frames: int = 512) -> tuple[Tensor, Tensor]:
+        c = self.config
+        batch, samples = wav.shape
+        lengths = torch.full((batch,), samples, device=wav.device) if lengths is None else lengths.to(wav.device)
+        frame_lengths = self.frame_lengths(lengths)  # (B,)
+        frames = int(self.frame_lengths(torch.tensor([samples]))[0])
+        if frames == 0:
+            return wav.new_zeros(batch, 0, c.dim, dtype=self.window.dtype), frame_lengths
+        pad = c.window_samples // 2 - c.grid_window // 2  # centre frame t on sample hop * t + grid_window / 2
+        padded = F.pad(wav.to(self.window.dtype), (pad, pad))  # (B, N + 2 pad)
+        windows = padded.unfold(-1, c.window_samples, c.hop)[:, :frames]  # (B, T, W), a view
+        blocks = [self._block(windows[:, start:start + block_frames]) for start in range(0, frames, block_frames)]
+        features = torch.cat(blocks, dim=1)  # (B, T, dim)
+        valid = torch.arange(frames, device=wav.device)[None] < frame_lengths[:, None]  # (B, T)
+        return features * valid[..., None], frame_lengths
+
+    def _block(self, windows: Tensor) -> Tensor:
+        spectrum = torch.fft.rfft(windows * self.window)  # (B, t, F + 1)
+        power = spectrum.real.square() + spectrum.imag.square()
+        amplitude = (power @ self.banks).clamp(min=0.0).sqrt()  # (B, t, dim)
+        compressed = torch.log1p(amplitude / self.config.floor)  # (B, t, dim)
+        norm = compressed.norm(dim=-1, keepdim=True).clamp(min=1.0)  # (B, t, 1)
+        return compressed / norm
+
+
+def describe_pitch(config: PitchConfig) -> dict[str, Any]:
+    """JSON-able record of the pitch feature recipe, for k-means / label metadata."""
+    return {"kind": "pitch", **dataclasses.asdict(config), "dim": config.dim, "frame_rate_hz": config.frame_rate_hz}
+
+
 @functools.lru_cache(maxsize=8)
 def _extractor(config: MfccConfig) -> MfccExtractor:
     return MfccExtractor(config)

@@ -28,7 +28,8 @@ import torch
 
 from musicssl import audio
 from musicssl.data.manifest import Manifest, read_manifest
-from musicssl.targets.features import MFCC_PRESETS, MfccExtractor, describe, layer_features
+from musicssl.targets.features import (MFCC_PRESETS, PITCH_PRESETS, MfccExtractor, PitchExtractor, describe,
+                                        describe_pitch, layer_features)
 from musicssl.targets.kmeans import FrameSampler, KMeansConfig, KMeansModel, fit_kmeans
 
 LABELS_JSON = "labels.json"
@@ -65,14 +66,13 @@ class FrameFeatures(Protocol):
     def describe(self) -> dict: ...
 
 
-class MfccFeatures:
-    def __init__(self, preset: str = "mfcc39", device: str | None = None):
-        if preset not in MFCC_PRESETS:
-            raise ValueError(f"unknown MFCC preset {preset!r}; known: {sorted(MFCC_PRESETS)}")
-        self.config = MFCC_PRESETS[preset]
-        self.grid = LabelGrid(self.config.sample_rate, self.config.hop, self.config.window_samples)
+class _SignalFeatures:
+    """A batched torch extractor (wav (B, N) -> (B, T, D), lengths) run on one file at a time."""
+
+    def __init__(self, extractor: torch.nn.Module, grid: LabelGrid, record: dict, device: str | None):
+        self.grid, self.record = grid, record
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.extractor = MfccExtractor(self.config).to(self.device)
+        self.extractor = extractor.to(self.device)
 
     def __call__(self, wav: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -80,7 +80,27 @@ class MfccFeatures:
         return features[0].float().cpu().numpy()  # (T, D)
 
     def describe(self) -> dict:
-        return describe(self.config)
+        return self.record
+
+
+class MfccFeatures(_SignalFeatures):
+    def __init__(self, preset: str = "mfcc39", device: str | None = None):
+        if preset not in MFCC_PRESETS:
+            raise ValueError(f"unknown MFCC preset {preset!r}; known: {sorted(MFCC_PRESETS)}")
+        self.config = MFCC_PRESETS[preset]
+        grid = LabelGrid(self.config.sample_rate, self.config.hop, self.config.window_samples)
+        super().__init__(MfccExtractor(self.config), grid, describe(self.config), device)
+
+
+class PitchFeatures(_SignalFeatures):
+    """Semitone spectra (or chroma) on the MFCC grid: labels for a second, harmonic codebook."""
+
+    def __init__(self, preset: str = "semitone84", device: str | None = None):
+        if preset not in PITCH_PRESETS:
+            raise ValueError(f"unknown pitch preset {preset!r}; known: {sorted(PITCH_PRESETS)}")
+        self.config = PITCH_PRESETS[preset]
+        grid = LabelGrid(self.config.sample_rate, self.config.hop, self.config.grid_window)
+        super().__init__(PitchExtractor(self.config), grid, describe_pitch(self.config), device)
 
 
 class LayerFeatures:

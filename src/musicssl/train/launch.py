@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ RESUMABLE_OVERRIDES = ("trainer.max_steps", "trainer.checkpoint_every", "trainer
                        "trainer.keep_checkpoints", "data.num_workers")
 
 
-def resolve(method: str, preset: str, labels: str | None, overrides: list[str], resume_from: Path | None,
+def resolve(method: str, preset: str, labels: str | Sequence[str] | None, overrides: list[str], resume_from: Path | None,
             variant: str = "vanilla"):
     """A new run: preset + overrides. A resumed run: the checkpoint's config (the architecture
     never comes from the command line), with only bookkeeping overrides allowed."""
@@ -35,15 +36,29 @@ def resolve(method: str, preset: str, labels: str | None, overrides: list[str], 
         if bad:
             raise ValueError(f"cannot change {bad} when resuming; allowed: {', '.join(RESUMABLE_OVERRIDES)} "
                              "(other settings only with the values the run was started with)")
+        if method == "musichubert" and labels:
+            ks = tuple(read_label_set(directory).k for directory in _label_dirs(labels))
+            if ks != run.model.codebooks:
+                raise ValueError(f"{resume_from}: the run predicts codebooks of k = {run.model.codebooks}, "
+                                 f"--labels gives k = {ks}; resume with the label directories it started with")
         return apply_overrides(run, overrides)
     if method == "music2vec":
         run, variant_overrides = music2vec_run(preset, variant)
         return resolve_run(run, variant_overrides + overrides)
-    label_set = read_label_set(labels)
-    return resolve_run(musichubert_run(preset, label_set.k, label_set.grid.rate_hz), overrides)
+    if not labels:
+        raise ValueError("musichubert needs --labels: a label directory from `musicssl labels`")
+    label_sets = [read_label_set(directory) for directory in _label_dirs(labels)]
+    rates = {label_set.grid.rate_hz for label_set in label_sets}
+    if len(rates) > 1:
+        raise ValueError(f"label sets at different rates {sorted(rates)} Hz cannot be trained together")
+    return resolve_run(musichubert_run(preset, tuple(s.k for s in label_sets), rates.pop()), overrides)
 
 
-def pretrain(method: str, preset: str, data: str, labels: str | None, out: str, overrides: list[str],
+def _label_dirs(labels: str | Sequence[str]) -> list[str]:
+    return [labels] if isinstance(labels, str) else list(labels)
+
+
+def pretrain(method: str, preset: str, data: str, labels: str | Sequence[str] | None, out: str, overrides: list[str],
              resume: str | None = None, variant: str = "vanilla", progress: bool = True) -> Path | None:
     env, device = setup_distributed()
     run_dir = Path(out)

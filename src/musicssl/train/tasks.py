@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from musicssl.data.pretrain import Batch, DataConfig
 from musicssl.models.backbone import Backbone, replace_backbone_config
 from musicssl.models.music2vec import MUSIC2VEC_VARIANTS, Music2Vec, Music2VecConfig, music2vec_config
-from musicssl.models.musichubert import MusicHubert, MusicHubertConfig, musichubert_config
+from musicssl.models.musichubert import MusicHubert, MusicHubertConfig, codebook_suffixes, musichubert_config
 from musicssl.train.schedules import ScheduleConfig
 from musicssl.train.trainer import TrainerConfig
 
@@ -25,7 +25,7 @@ class MusicHubertRun:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
-def musichubert_run(preset: str, num_classes: int, label_rate_hz: float) -> MusicHubertRun:
+def musichubert_run(preset: str, num_classes: int | tuple[int, ...], label_rate_hz: float) -> MusicHubertRun:
     """`base`: 95M model, 5 s crops, 720 s of audio per update (HuBERT's 87.5 s per GPU on the
     paper's 8 GPUs, rounded to whole 5 s crops [inf]), 250k steps, peak lr 5e-4, 32k warm-up.
     `tiny`: the same recipe on a ~1M-parameter model, 40 s per update, 300 steps, with two
@@ -135,17 +135,22 @@ class MusicHubertTask(_Task):
         return {}
 
     def metrics(self, totals: dict[str, float]) -> dict[str, float]:
+        """Loss per masked frame, then per codebook (suffix "" for the first, "_1"... after) its
+        cross-entropy and accuracy on masked and unmasked frames, and the uniform chance level."""
         size = max(totals.get("sample_size", 0.0), 1.0)
         masked, unmasked = max(totals.get("masked_count", 0.0), 1.0), max(totals.get("unmasked_count", 0.0), 1.0)
-        return {
-            "loss": totals.get("loss_value", 0.0) / size,
-            "loss/masked_ce": totals.get("masked_loss_sum", 0.0) / masked,
-            "loss/unmasked_ce": totals.get("unmasked_loss_sum", 0.0) / unmasked,
-            "accuracy/masked": totals.get("masked_correct", 0.0) / masked,
-            "accuracy/unmasked": totals.get("unmasked_correct", 0.0) / unmasked,
-            "chance/masked": 1.0 / self.model.config.num_classes,
-            "feature_penalty": totals.get("feature_penalty", 0.0) / max(totals.get("micro_batches", 1.0), 1.0),
-        }
+        values = {"loss": totals.get("loss_value", 0.0) / size}
+        codebooks = self.model.config.codebooks
+        for k, suffix in zip(codebooks, codebook_suffixes(len(codebooks))):
+            values.update({
+                f"loss/masked_ce{suffix}": totals.get(f"masked_ce_sum{suffix}", 0.0) / masked,
+                f"loss/unmasked_ce{suffix}": totals.get(f"unmasked_ce_sum{suffix}", 0.0) / unmasked,
+                f"accuracy/masked{suffix}": totals.get(f"masked_correct{suffix}", 0.0) / masked,
+                f"accuracy/unmasked{suffix}": totals.get(f"unmasked_correct{suffix}", 0.0) / unmasked,
+                f"chance/masked{suffix}": 1.0 / k,
+            })
+        values["feature_penalty"] = totals.get("feature_penalty", 0.0) / max(totals.get("micro_batches", 1.0), 1.0)
+        return values
 
 
 class Music2VecTask(_Task):
