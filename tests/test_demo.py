@@ -25,6 +25,9 @@ def test_demo_writes_every_stage(demo_dir):
     data = demo_dir / "data"
     assert sorted(p.name for p in data.iterdir()) == ["EMO", "GS", "GTZAN", "MTT", "NSynth", "corpus", "synth.json"]
     assert (demo_dir / "manifest" / "train.tsv").exists() and (demo_dir / "labels" / "train.km").exists()
+    assert json.loads((demo_dir / "labels_pitch" / "labels.json").read_text())["feature"]["kind"] == "pitch"
+    hubert = json.loads((demo_dir / "musichubert" / "config.json").read_text())["model"]
+    assert hubert["extra_codebooks"] == [DEMO_PRESETS["smoke"].k]  # MFCC and pitch codebooks, one k each
     steps = DEMO_PRESETS["smoke"].hubert_steps
     assert (demo_dir / "musichubert" / "checkpoints" / f"step_{steps:08d}" / "model.safetensors").exists()
     assert (demo_dir / "music2vec" / "checkpoints" / f"step_{steps:08d}" / "model.safetensors").exists()
