@@ -179,3 +179,30 @@ def test_config_validation() -> None:
     with pytest.raises(ValueError):
         polynomial_decay(-1, PEAK, 10, 100)
     assert tri_stage(0, PEAK, 100, init_lr_scale=0.0) == 0.0
+
+
+def test_cnn_lr_scale_gives_the_cnn_its_own_group_on_the_same_schedule():
+    from musicssl.models.musichubert import MusicHubertConfig
+    from musicssl.train.tasks import MusicHubertTask
+    from musicssl.train.trainer import TrainerConfig, _parameter_groups
+    from tests.conftest import micro_config
+
+    task = MusicHubertTask(MusicHubertConfig(backbone=micro_config("hubert"), num_classes=5), 16_000, 0)
+    schedule = ScheduleConfig(peak_lr=1e-3, warmup_steps=10, total_steps=100)
+    assert len(_parameter_groups(task, TrainerConfig(schedule=schedule))) == 1
+    groups = _parameter_groups(task, TrainerConfig(schedule=schedule, cnn_lr_scale=0.1))
+    cnn = {id(p) for p in task.model.backbone.feature_extractor.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == cnn
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(task.model.parameters()))
+    optimizer = torch.optim.AdamW(groups, lr=schedule.peak_lr)
+    scheduler = make_scheduler(optimizer, schedule)
+    for _ in range(10):
+        optimizer.step()
+        scheduler.step()
+    main, scaled = (group["lr"] for group in optimizer.param_groups)
+    assert main == pytest.approx(learning_rate(schedule, 10)) and scaled == pytest.approx(0.1 * main)
+    with pytest.raises(ValueError, match="cnn_lr_scale must be > 0"):
+        _parameter_groups(task, TrainerConfig(schedule=schedule, cnn_lr_scale=0.0))
+    frozen = MusicHubertTask(MusicHubertConfig(backbone=micro_config("hubert", feature_grad_mult=0.0),
+                                               num_classes=5), 16_000, 0)
+    assert len(_parameter_groups(frozen, TrainerConfig(schedule=schedule, cnn_lr_scale=0.1))) == 1

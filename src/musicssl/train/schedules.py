@@ -134,15 +134,17 @@ def learning_rate(config: ScheduleConfig, step: int) -> float:
 def make_scheduler(optimizer: torch.optim.Optimizer, config: ScheduleConfig) -> LambdaLR:
     """A ``LambdaLR`` giving ``learning_rate(config, step)``; call ``step()`` after each update.
 
-    The optimizer's (initial) lr must be ``config.peak_lr``: the lambda is a multiplier of it.
+    Each group's (initial) lr must be ``config.peak_lr`` times its ``lr_scale`` (default 1): the
+    lambda is a multiplier of it.
     The lambda is a plain function, so ``state_dict()`` holds only numbers (LambdaLR stores
     ``None`` for functions): it loads with ``torch.load(weights_only=True)``, and a scheduler
     rebuilt from the same config resumes exactly.
     """
     for group in optimizer.param_groups:
         base = group.get("initial_lr", group["lr"])  # LambdaLR's base_lr (initial_lr when resuming)
-        if not math.isclose(float(base), config.peak_lr, rel_tol=1e-12):
-            raise ValueError(f"optimizer lr {base} != peak_lr {config.peak_lr}")
+        expected = config.peak_lr * group.get("lr_scale", 1.0)
+        if not math.isclose(float(base), expected, rel_tol=1e-12):
+            raise ValueError(f"optimizer lr {base} != peak_lr {config.peak_lr} x lr_scale {group.get('lr_scale', 1.0)}")
 
     def multiplier(step: int) -> float:
         return learning_rate(config, step) / config.peak_lr

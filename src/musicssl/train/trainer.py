@@ -68,6 +68,10 @@ class TrainerConfig:
     log_every: int = 10
     max_nonfinite_in_row: int = 10
     seed: int = 1337  # HuBERT recipe
+    # Ours: the CNN feature extractor's learning rate as a fraction of the schedule's (1.0 = the
+    # recipes). Under Adam, feature_grad_mult does not slow the CNN (its update ignores the
+    # gradient's scale); a smaller lr does.
+    cnn_lr_scale: float = 1.0
 
 
 class PretrainTask(Protocol):
@@ -257,6 +261,23 @@ def _accumulate(totals: dict[str, Tensor], result: dict[str, Tensor]) -> None:
     totals["micro_batches"] = totals["micro_batches"] + 1
 
 
+def _parameter_groups(task: PretrainTask, config: TrainerConfig) -> list[dict]:
+    """The trained parameters (not an EMA teacher, not a frozen CNN): one group, or the CNN's
+    apart with its lr scaled by `cnn_lr_scale`."""
+    trained = [p for p in task.model.parameters() if p.requires_grad]
+    if config.cnn_lr_scale == 1.0:
+        return [{"params": trained}]
+    if config.cnn_lr_scale <= 0:
+        raise ValueError(f"trainer.cnn_lr_scale must be > 0, got {config.cnn_lr_scale} "
+                         "(freeze the CNN with model.backbone.feature_grad_mult=0)")
+    cnn = {id(p) for p in task.backbone().feature_extractor.parameters() if p.requires_grad}
+    groups = [{"params": [p for p in trained if id(p) not in cnn]}]
+    if cnn:
+        groups.append({"params": [p for p in trained if id(p) in cnn], "lr_scale": config.cnn_lr_scale,
+                       "lr": config.schedule.peak_lr * config.cnn_lr_scale})
+    return groups
+
+
 def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_dir: Path, run_config: Any,
           env: Distributed, device: torch.device, resume_from: Path | None = None, progress: bool = True) -> dict:
     """Run until `config.max_steps`; returns the final trainer state."""
@@ -264,9 +285,8 @@ def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_d
     ddp = model if env.world_size == 1 else nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None,
         find_unused_parameters=task.backbone().config.layerdrop > 0)  # LayerDrop leaves blocks unused
-    trained = [p for p in model.parameters() if p.requires_grad]  # not an EMA teacher
-    optimizer = torch.optim.AdamW(trained, lr=config.schedule.peak_lr, betas=config.betas,
-                                  eps=config.eps, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(_parameter_groups(task, config), lr=config.schedule.peak_lr,
+                                  betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
     scheduler = make_scheduler(optimizer, config.schedule)
     scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
     state = {"step": 0, "updates_consumed": 0, "skipped_items": 0, "nonfinite_steps": 0,
