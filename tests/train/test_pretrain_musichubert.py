@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -141,6 +142,34 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(prepared,
     single, ddp = final_state(tmp_path / "single"), final_state(tmp_path / "ddp")
     for name in single:
         torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_ddp_rank_that_reads_nothing_in_an_update_still_syncs_and_equals_one_process(prepared, tmp_path):
+    """Rank 1's only crop of updates 0 and 1 is unreadable: it forwards a stand-in with weight 0,
+    so rank 0 is not left waiting in the gradient all-reduce, and the steps equal one process's."""
+    from musicssl.data.manifest import read_manifest, write_manifest
+    from musicssl.data.pretrain import DataConfig, UpdatePlan
+
+    manifest = read_manifest(prepared / "manifest" / "train.tsv")
+    corpus = tmp_path / "corpus"
+    shutil.copytree(prepared / "corpus", corpus)
+    (tmp_path / "manifest").mkdir()
+    write_manifest(tmp_path / "manifest" / "train.tsv", corpus, manifest.items)
+    plan = UpdatePlan(len(manifest), DataConfig(crop_seconds=2.0, batch_seconds=4.0, micro_batch_seconds=2.0), 2, 1)
+    unreadable = [row for update in (0, 1) for (_, row), in plan.micro_batches(0, update)]
+    for row in unreadable:
+        (corpus / manifest.items[row][0]).write_bytes(b"not audio any more")
+    common = ["pretrain", "musichubert", "--preset", "tiny", "--data", str(tmp_path / "manifest"), "--labels",
+              str(prepared / "labels"), *sum([["--set", o] for o in [*MICRO, *DETERMINISTIC, "trainer.max_steps=3",
+              "trainer.log_every=1", "data.batch_seconds=4", "data.micro_batch_seconds=2"]], [])]
+    run(*common, "--out", str(tmp_path / "single"))
+    ddp = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "musicssl.cli", *common,
+                          "--out", str(tmp_path / "ddp")], capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.stderr.count("(undecodable)") == 2 and log(tmp_path / "ddp")[-1]["skipped_items"] == 2
+    single, ddp_state = final_state(tmp_path / "single"), final_state(tmp_path / "ddp")
+    for name in single:
+        torch.testing.assert_close(ddp_state[name], single[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_checkpoint_backbone_loads_in_transformers(prepared, tmp_path):

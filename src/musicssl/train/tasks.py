@@ -4,6 +4,7 @@ drives. Presets: `base` = the paper's settings, `tiny` = a CPU-sized run for tes
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -114,6 +115,13 @@ class _Task:
     def mask_generator(self, batch: Batch, update: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, update, int(batch.indices[0])])
 
+    def stand_in_batch(self) -> Batch:
+        """One second of silence without labels, for a rank whose every item of an update was
+        unreadable: it forwards this with its loss times 0, so under DDP it still joins the
+        gradient all-reduce (instead of leaving the other ranks waiting) with the same result keys."""
+        return Batch(wav=torch.zeros(1, self.sample_rate), lengths=torch.tensor([self.sample_rate]), labels=None,
+                     indices=torch.zeros(1, dtype=torch.long), skipped=0)
+
     def head_state(self) -> dict[str, Tensor]:
         return self.model.head_state_dict()
 
@@ -130,6 +138,12 @@ class MusicHubertTask(_Task):
 
     def step(self, model: nn.Module, batch: Batch, update: int) -> dict[str, Tensor]:
         return model(batch.wav, batch.lengths, batch.labels, generator=self.mask_generator(batch, update))
+
+    def stand_in_batch(self) -> Batch:
+        """As the base class, with every label -1 (none) for each codebook."""
+        config = self.model.config
+        labels = torch.full((1, math.ceil(config.label_rate_hz), len(config.codebooks)), -1, dtype=torch.long)
+        return dataclasses.replace(super().stand_in_batch(), labels=labels)
 
     def after_update(self, update: int, totals: dict[str, float]) -> dict[str, float]:
         return {}

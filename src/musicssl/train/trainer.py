@@ -81,6 +81,7 @@ class PretrainTask(Protocol):
     sample_rate: int
 
     def backbone(self) -> Backbone: ...
+    def stand_in_batch(self) -> Batch: ...  # forwarded with loss x 0 when a rank read nothing
     def step(self, model: nn.Module, batch: Batch, update: int) -> dict[str, Tensor]: ...  # sums + sample_size
     def after_update(self, update: int, totals: dict[str, float]) -> dict[str, float]: ...  # EMA step, guards
     def head_state(self) -> dict[str, Tensor]: ...
@@ -253,12 +254,12 @@ def _all_reduce(values: Tensor, env: Distributed) -> Tensor:
     return values
 
 
-def _accumulate(totals: dict[str, Tensor], result: dict[str, Tensor]) -> None:
+def _accumulate(totals: dict[str, Tensor], result: dict[str, Tensor], weight: float = 1.0) -> None:
     for key, value in result.items():
         if value.dim() == 0:
             name = "loss_value" if key == "loss" else key
-            totals[name] = totals[name] + value.detach().float()
-    totals["micro_batches"] = totals["micro_batches"] + 1
+            totals[name] = totals[name] + weight * value.detach().float()
+    totals["micro_batches"] = totals["micro_batches"] + weight
 
 
 def _parameter_groups(task: PretrainTask, config: TrainerConfig) -> list[dict]:
@@ -359,19 +360,20 @@ def _run_update(task, ddp, micro_batches, config, device, scaler, update) -> tup
     usable = [b for b in micro_batches if b is not None]
     totals["skipped"] = torch.tensor(float(sum(b.skipped if b is not None else 0 for b in micro_batches)
                                            + sum(b is None for b in micro_batches)), device=device)
-    for index, batch in enumerate(usable):
-        last = index == len(usable) - 1
+    # Nothing readable: forward a stand-in with weight 0, so the backward still meets the other
+    # ranks in DDP's gradient all-reduce and the totals have the same keys, in the same order.
+    weight = 1.0 if usable else 0.0
+    for index, batch in enumerate(usable or [task.stand_in_batch()]):
+        last = index == len(usable) - 1 or not usable
         sync = contextlib.nullcontext() if last or not hasattr(ddp, "no_sync") else ddp.no_sync()
         with sync:
             with autocast_context(config.precision, device):
                 result = task.step(ddp, _to_device(batch, device), update)
-            loss = result["loss"].float()
+            loss = result["loss"].float() * weight
             finite = finite and bool(torch.isfinite(loss))
             (scaler.scale(loss) if scaler is not None else loss).backward()
-        _accumulate(totals, result)
-        totals["audio_seconds"] = totals["audio_seconds"] + batch.lengths.sum().float() / task.sample_rate
-    for key in ("sample_size", "audio_seconds"):  # present on every rank, for the all-reduce
-        totals.setdefault(key, torch.zeros((), device=device))
+        _accumulate(totals, result, weight)
+        totals["audio_seconds"] = totals["audio_seconds"] + weight * batch.lengths.sum().float() / task.sample_rate
     return dict(totals), finite
 
 
