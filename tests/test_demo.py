@@ -33,6 +33,11 @@ def test_demo_writes_every_stage(demo_dir):
     assert (demo_dir / "music2vec" / "checkpoints" / f"step_{steps:08d}" / "model.safetensors").exists()
     timings = json.loads((demo_dir / "timings.json").read_text())
     assert set(timings) == {"generate", "labels", "musichubert", "music2vec", "probe", "total"}
+    verdict = json.loads((demo_dir / "verdict.json").read_text())
+    assert [(v["model"], v["control"]) for v in verdict] == [("MusicHuBERT", "random-init HuBERT"),
+                                                             ("Music2Vec", "random-init data2vec")]
+    assert all(len(v["wins"]) + len(v["ties"]) + len(v["losses"]) == len(DEMO_TASKS) for v in verdict)
+    assert "## Pre-training vs its own random init" in (demo_dir / "results.md").read_text()
 
 
 def test_demo_table_has_every_model_and_task(demo_dir):

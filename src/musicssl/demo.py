@@ -77,12 +77,24 @@ def _final_checkpoint(run_dir: Path) -> Path:
     return checkpoints[-1]
 
 
+def _write_verdict(out: Path, comparisons: list) -> None:
+    """Each pre-trained model against its own initial weights, appended to results.md and saved
+    as verdict.json (one run: see README for how far seeds move these)."""
+    lines = ["", "## Pre-training vs its own random init", "",
+             *(f"- {comparison.line()}" for comparison in comparisons), "",
+             "One pre-training seed; test sets of 37-82 items. README shows how other seeds move this."]
+    with (out / "results.md").open("a") as handle:
+        handle.write("\n".join(lines) + "\n")
+    (out / "verdict.json").write_text(json.dumps([dataclasses.asdict(c) for c in comparisons], indent=1) + "\n")
+
+
 def run_demo(out: str | Path = "runs/demo", preset: str = "demo", device: str | None = None,
              progress: bool = True) -> Path:
     """Run every stage; returns the results folder (`out`)."""
     from musicssl.data.manifest import build_manifest
     from musicssl.data.synth import synthesize
     from musicssl.evaluate.benchmark import run_benchmark
+    from musicssl.evaluate.report import compare
     from musicssl.targets.kmeans import KMeansConfig
     from musicssl.targets.labels import MfccFeatures, PitchFeatures, make_labels
     from musicssl.train.launch import pretrain
@@ -140,8 +152,11 @@ def run_demo(out: str | Path = "runs/demo", preset: str = "demo", device: str | 
     options: dict[str, dict[str, str]] = {}
     for task, key, value in config.task_options:
         options.setdefault(task, {})[key] = value
-    run_benchmark(models, {task: data / folder for task, folder in DEMO_TASKS.items()}, out, probe,
-                  options=options, device=device, progress=progress, command=f"musicssl demo --preset {preset} --out {out}")
+    results = run_benchmark(models, {task: data / folder for task, folder in DEMO_TASKS.items()}, out, probe,
+                            options=options, device=device, progress=progress,
+                            command=f"musicssl demo --preset {preset} --out {out}")
+    _write_verdict(out, [compare(results, "MusicHuBERT", "random-init HuBERT"),
+                         compare(results, "Music2Vec", "random-init data2vec")])
     lap("probe", clock)
     timings["total"] = round(time.perf_counter() - started, 1)
     (out / "timings.json").write_text(json.dumps(timings, indent=1))

@@ -8,6 +8,7 @@ import importlib.metadata
 import json
 import platform
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,41 @@ def primary_average(results: Sequence[TaskResult], model: str) -> float:
     """Mean over tasks of each task's first displayed metric (x100): the demo's headline."""
     scores = [result.test[display_metrics(result.task)[0]] for result in results if result.model == model]
     return 100 * float(np.mean(scores)) if scores else float("nan")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """`model` against `control` on the tasks both have, by each task's first displayed metric."""
+
+    model: str
+    control: str
+    wins: list[str]
+    ties: list[str]
+    losses: list[str]
+    average_gain: float  # x100, mean over those tasks of model - control
+
+    def line(self) -> str:
+        tasks = len(self.wins) + len(self.ties) + len(self.losses)
+        ties = f", {len(self.ties)} tied" if self.ties else ""
+        lost = f"; lower on {', '.join(self.losses)}" if self.losses else ""
+        return (f"{self.model} vs {self.control}: higher on {len(self.wins)} of {tasks} tasks{ties}, "
+                f"average {self.average_gain:+.2f}{lost}")
+
+
+def compare(results: Sequence[TaskResult], model: str, control: str) -> Comparison:
+    """Task by task; equal cells at the table's rounding (x100, 0.1) are a tie. The average gain is
+    the difference of the two rows' Avg."""
+    by_key = {(result.model, result.task): result for result in results}
+    wins, ties, losses, gains = [], [], [], []
+    for task in ordered_tasks(results):
+        if (model, task) not in by_key or (control, task) not in by_key:
+            continue
+        metric = display_metrics(task)[0]
+        ours, theirs = (100 * by_key[(name, task)].test[metric] for name in (model, control))
+        shown = round(ours, 1) - round(theirs, 1)
+        (wins if shown > 0 else ties if shown == 0 else losses).append(task)
+        gains.append(ours - theirs)
+    return Comparison(model, control, wins, ties, losses, float(np.mean(gains)) if gains else float("nan"))
 
 
 def markdown_table(results: Sequence[TaskResult], models: Sequence[str]) -> str:
