@@ -1,4 +1,5 @@
-"""Frame features that k-means turns into HuBERT targets: MFCCs (iteration 1), deep layers (2+).
+"""Frame features that k-means turns into HuBERT targets: MFCCs (iteration 1), deep layers (2+),
+and semitone spectra or chroma (`PitchExtractor`: a second, harmonic codebook beside MFCC).
 
 MFCCs reproduce fairseq's HuBERT recipe (`examples/hubert/simple_kmeans/dump_mfcc_feature.py`):
 `torchaudio.compliance.kaldi.mfcc(wav, sample_frequency=16000, use_energy=False)` on float audio
