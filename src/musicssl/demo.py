@@ -38,7 +38,7 @@ class DemoConfig:
     # steps learned more (see README). The `tiny` recipe's lr 1e-3 and full CNN gradient matter
     # more: with lr 2e-3 MusicHuBERT never left the label prior (masked CE = prior entropy).
     hubert_steps: int = 600
-    music2vec_steps: int = 400  # 1,000 updates (then with a frozen CNN) probed no better (README)
+    music2vec_steps: int = 400  # 87-104 s with the frozen CNN; 1,000 updates probed no better (README)
     hubert_overrides: tuple[str, ...] = ("data.batch_seconds=20",)
     # The teacher's EMA horizon 1/(1 - decay) must be shorter than the run: data2vec's
     # 0.999 -> 0.9999 (1k-10k updates) suits 400k updates, not 400.

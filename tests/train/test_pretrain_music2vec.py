@@ -47,15 +47,12 @@ def test_tiny_run_loss_falls_and_targets_do_not_collapse(manifest, tmp_path):
         return 1 - entry["loss"] / (entry["target_std"] ** 2 * 64 ** 0.5)
 
     assert explained(history[0]) < 0.02 and explained(history[-1]) > 0.08  # measured: -0.015, 0.117
-    # RUN/initial is the backbone before the first update; the tiny recipe moves its CNN at a
-    # tenth of the lr: under Adam each step is about lr-sized, so its change is ~10x smaller.
+    # RUN/initial is the backbone before the first update; the tiny recipe never changes its CNN
     initial, final = load_file(str(out / "initial" / "model.safetensors")), final_state(out)
-
-    def moved(name: str) -> float:
-        return float((final[name] - initial[name]).abs().mean())
-
-    cnn, attention = "feature_extractor.conv_layers.1.conv.weight", "encoder.layers.0.attention.q_proj.weight"
-    assert 0 < moved(cnn) < 0.3 * moved(attention)
+    cnn = [name for name in initial if name.startswith("feature_extractor.")]
+    assert cnn and all(torch.equal(initial[name], final[name]) for name in cnn)
+    assert not torch.equal(initial["encoder.layers.0.attention.q_proj.weight"],
+                           final["encoder.layers.0.attention.q_proj.weight"])
     assert all(entry["target_std"] > 0.1 for entry in history)
     assert history[-1]["ema/decay"] > history[0]["ema/decay"] >= 0.999
 
