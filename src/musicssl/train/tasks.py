@@ -78,7 +78,8 @@ def music2vec_run(preset: str, variant: str = "vanilla") -> tuple[Music2VecRun, 
         # - the CNN is frozen at its random init (feature_grad_mult 0, as fairseq allows):
         #   instance-normed targets carry nothing constant over a crop, and a few hundred Adam
         #   updates then rewrote the 64-channel CNN into one that had lost timbre (NSynth
-        #   instrument 17 vs 44 at random init).
+        #   instrument 17 vs 44 at random init). Training it at a tenth of the lr instead
+        #   (trainer.cnn_lr_scale=0.1) was no better over 4 seeds, at twice the time per update.
         model = dataclasses.replace(replace_backbone_config(model, feature_grad_mult=0.0), ema_anneal_end_step=300,
                                     collapse_check_after=100, zero_init_final_proj=True)
         return Music2VecRun(model, DataConfig(crop_seconds=5.0, batch_seconds=40.0, micro_batch_seconds=20.0),
