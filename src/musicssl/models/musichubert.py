@@ -80,22 +80,20 @@ class MusicHubert(nn.Module):
         sets = config.codebooks
         self.final_proj = nn.Linear(config.backbone.dim, config.final_dim * len(sets))
         # fairseq label_embs_concat: uniform [0, 1) init, every set's rows one after another.
-        rows = [k + config.extra_classes for k in sets]
-        self.label_embeddings = nn.Parameter(torch.rand(sum(rows), config.final_dim))
-        self.codebook_rows = [sum(rows[:i]) for i in range(len(rows) + 1)]  # set i: rows [r[i], r[i+1])
+        self.codebook_rows = [k + config.extra_classes for k in sets]  # rows of each set, in order
+        self.label_embeddings = nn.Parameter(torch.rand(sum(self.codebook_rows), config.final_dim))
 
     def head_state_dict(self) -> dict[str, Tensor]:
         """Pre-training head weights (not part of the transformers export)."""
         return {name: tensor for name, tensor in self.state_dict().items() if not name.startswith("backbone.")}
 
-    def logits(self, hidden: Tensor, codebook: int = 0) -> Tensor:
-        """(M, D) hidden states -> (M, classes of `codebook`) cosine similarities / temperature, fp32."""
-        dim = self.config.final_dim
-        projected = self.final_proj(hidden)[:, codebook * dim:(codebook + 1) * dim]  # (M, F)
-        projected = F.normalize(projected.float(), dim=-1)
-        rows = self.label_embeddings[self.codebook_rows[codebook]:self.codebook_rows[codebook + 1]]
-        embeddings = F.normalize(rows.float(), dim=-1)  # (K, F)
-        return projected @ embeddings.T / self.config.logit_temperature  # (M, K)
+    def logits(self, hidden: Tensor) -> list[Tensor]:
+        """(M, D) hidden states -> one (M, K_i) tensor per codebook: cosine similarities /
+        temperature, in fp32. One projection serves every codebook (a final_dim slice each)."""
+        projected = self.final_proj(hidden).float().split(self.config.final_dim, dim=-1)  # S x (M, F)
+        embeddings = self.label_embeddings.float().split(self.codebook_rows)  # S x (K_i, F)
+        return [F.normalize(p, dim=-1) @ F.normalize(e, dim=-1).T / self.config.logit_temperature
+                for p, e in zip(projected, embeddings)]
 
     def forward(self, wav: Tensor, lengths: Tensor | None, labels: Tensor,
                 mask: Tensor | None = None, generator=None) -> dict[str, Tensor]:
@@ -124,11 +122,12 @@ class MusicHubert(nn.Module):
         masked, unmasked = valid & mask[:, :usable], valid & ~mask[:, :usable]
         suffixes = codebook_suffixes(targets.shape[-1])  # codebook 0 keeps HuBERT's metric names
         result: dict[str, Tensor] = {}
-        for codebook, suffix in enumerate(suffixes):
-            for name, select in (("masked", masked), ("unmasked", unmasked)):
-                terms = self._prediction_terms(hidden, targets[..., codebook], select, codebook)
+        for name, select in (("masked", masked), ("unmasked", unmasked)):
+            chosen = targets[select]  # (M, S)
+            for codebook, (logits, suffix) in enumerate(zip(self.logits(hidden[select]), suffixes)):
+                terms = _prediction_terms(logits, chosen[:, codebook])
                 result.update({f"{name}_{key}{suffix}": value for key, value in terms.items()})
-        for name in ("masked", "unmasked"):  # fairseq sums the codebooks' losses
+            # fairseq sums the codebooks' losses
             result[f"{name}_loss_sum"] = sum(result[f"{name}_ce_sum{suffix}"] for suffix in suffixes)
         sample_size = result["masked_count"]
         penalty = out.cnn_features.float().pow(2).mean()
@@ -138,11 +137,11 @@ class MusicHubert(nn.Module):
         result.update(loss=loss, sample_size=sample_size, feature_penalty=penalty.detach())
         return result
 
-    def _prediction_terms(self, hidden: Tensor, targets: Tensor, select: Tensor, codebook: int) -> dict[str, Tensor]:
-        """Sums over the selected frames for one codebook: cross-entropy, correct and count."""
-        logits = self.logits(hidden[select], codebook)  # (M, K)
-        chosen = targets[select]  # (M,)
-        ce_sum = F.cross_entropy(logits, chosen, reduction="sum") if chosen.numel() else logits.sum() * 0
-        correct = (logits.argmax(-1) == chosen).sum() if chosen.numel() else torch.zeros((), device=hidden.device)
-        return {"ce_sum": ce_sum, "correct": correct.float(), "count": torch.tensor(float(chosen.numel()),
-                                                                                  device=hidden.device)}
+
+def _prediction_terms(logits: Tensor, chosen: Tensor) -> dict[str, Tensor]:
+    """Sums over the selected frames of one codebook, logits (M, K) and targets (M,): cross-entropy,
+    correct and count."""
+    ce_sum = F.cross_entropy(logits, chosen, reduction="sum") if chosen.numel() else logits.sum() * 0
+    correct = (logits.argmax(-1) == chosen).sum() if chosen.numel() else torch.zeros((), device=logits.device)
+    return {"ce_sum": ce_sum, "correct": correct.float(), "count": torch.tensor(float(chosen.numel()),
+                                                                              device=logits.device)}

@@ -83,24 +83,24 @@ class _SignalFeatures:
         return self.record
 
 
+def _preset(presets: dict, name: str, what: str):
+    if name not in presets:
+        raise ValueError(f"unknown {what} preset {name!r}; known: {sorted(presets)}")
+    return presets[name]
+
+
 class MfccFeatures(_SignalFeatures):
     def __init__(self, preset: str = "mfcc39", device: str | None = None):
-        if preset not in MFCC_PRESETS:
-            raise ValueError(f"unknown MFCC preset {preset!r}; known: {sorted(MFCC_PRESETS)}")
-        self.config = MFCC_PRESETS[preset]
-        grid = LabelGrid(self.config.sample_rate, self.config.hop, self.config.window_samples)
-        super().__init__(MfccExtractor(self.config), grid, describe(self.config), device)
+        c = self.config = _preset(MFCC_PRESETS, preset, "MFCC")
+        super().__init__(MfccExtractor(c), LabelGrid(c.sample_rate, c.hop, c.window_samples), describe(c), device)
 
 
 class PitchFeatures(_SignalFeatures):
     """Semitone spectra (or chroma) on the MFCC grid: labels for a second, harmonic codebook."""
 
     def __init__(self, preset: str = "semitone84", device: str | None = None):
-        if preset not in PITCH_PRESETS:
-            raise ValueError(f"unknown pitch preset {preset!r}; known: {sorted(PITCH_PRESETS)}")
-        self.config = PITCH_PRESETS[preset]
-        grid = LabelGrid(self.config.sample_rate, self.config.hop, self.config.grid_window)
-        super().__init__(PitchExtractor(self.config), grid, describe_pitch(self.config), device)
+        c = self.config = _preset(PITCH_PRESETS, preset, "pitch")
+        super().__init__(PitchExtractor(c), LabelGrid(c.sample_rate, c.hop, c.grid_window), describe_pitch(c), device)
 
 
 class LayerFeatures:
