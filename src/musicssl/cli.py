@@ -215,6 +215,10 @@ def _probe_arguments(parser) -> None:
     parser.add_argument("--seeds", type=int, default=1, help="runs per configuration; reports mean and std")
     parser.add_argument("--max-epochs", type=int, default=None, help="cap on epochs (default: the task's)")
     parser.add_argument("--beat-decoder", choices=("dbn", "peaks"), default="dbn")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="probe batch (default 64, MARBLE's); a dataset of a few hundred items wants ~8")
+    parser.add_argument("--layer-weight-init", choices=("normal", "zeros"), default="normal",
+                        help="weighted-sum logits: N(0,1) as MARBLE (default), or zeros: the plain layer mean")
     parser.add_argument("--cache", default=None, help="feature cache folder (default: OUT/cache)")
     parser.add_argument("--device", default=None, help="cpu, cuda (default: cuda if present)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -225,7 +229,8 @@ def _probe_config(args):
 
     return ProbeConfig(layers=args.layers, learning_rates=args.lrs or LEARNING_RATES,
                        seeds=tuple(1234 + i for i in range(args.seeds)), max_epochs=args.max_epochs,
-                       beat_decoder=args.beat_decoder)
+                       beat_decoder=args.beat_decoder, batch_size=args.batch_size,
+                       layer_weight_init=args.layer_weight_init)
 
 
 def add_probe(commands) -> None:

@@ -74,9 +74,11 @@ def test_probe_cli_writes_results_and_reuses_the_cache(tmp_path, gtzan_root, mod
         raise AssertionError("features were extracted again")
 
     monkeypatch.setattr(EncoderSource, "frames", no_extraction)
-    assert main([*argv, "--seeds", "2"]) == 0
-    result = json.loads((out / "results.json").read_text())["results"][0]
+    assert main([*argv, "--seeds", "2", "--batch-size", "4", "--layer-weight-init", "zeros"]) == 0
+    payload = json.loads((out / "results.json").read_text())
+    result = payload["results"][0]
     assert len(result["runs"]) == 8 and set(result["test_std"]) >= {"accuracy"}
+    assert payload["probe_config"]["batch_size"] == 4 and payload["probe_config"]["layer_weight_init"] == "zeros"
 
 
 def test_benchmark_cli_table_has_one_row_per_model(tmp_path, gtzan_root, model_dir):

@@ -11,7 +11,7 @@ import torch
 
 from musicssl.evaluate.features import CachedFeatures
 from musicssl.evaluate.probe import (
-    ProbeConfig, RunResult, SplitData, frame_targets, item_outputs, layer_choices, select, song_ensembles,
+    MLPProbe, ProbeConfig, RunResult, SplitData, frame_targets, item_outputs, layer_choices, select, song_ensembles,
     split_data, standardiser, train_run,
 )
 from musicssl.evaluate.tasks.base import Item, Protocol, Task
@@ -98,6 +98,21 @@ def test_weighted_layers_probe_learns_from_the_informative_layer():
     assert len(weights) == 3 and abs(sum(weights) - 1) < 1e-5 and np.argmax(weights) == 1
 
 
+def test_zeros_layer_weight_init_starts_every_seed_from_the_layer_mean():
+    torch.manual_seed(0)
+    normal = MLPProbe(16, 4, 8, 0.0, weighted_layers=3)
+    zeros = MLPProbe(16, 4, 8, 0.0, weighted_layers=3, layer_weight_init="zeros")
+    assert normal.layer_weights.abs().sum() > 0
+    torch.testing.assert_close(zeros.layer_weights.detach(), torch.zeros(3))
+    x = torch.randn(5, 3, 16)
+    mean_first = zeros.mlp(x.mean(1))
+    torch.testing.assert_close(zeros(x), mean_first)
+    with pytest.raises(ValueError, match="layer_weight_init"):
+        ProbeConfig(layer_weight_init="uniform")
+    with pytest.raises(ValueError, match="batch_size"):
+        ProbeConfig(batch_size=0)
+
+
 def test_regression_and_multilabel_probes_learn():
     rng = np.random.default_rng(0)
 
@@ -140,6 +155,39 @@ def test_beat_frame_targets_are_widened_on_the_frame_grid():
     labels = frame_targets(item, 50, fps=50.0, widen=1)
     assert np.flatnonzero(labels).tolist() == [0, 1, 24, 25, 26, 47, 48, 49]
     assert np.flatnonzero(frame_targets(item, 50, fps=50.0, widen=0)).tolist() == [0, 25, 48]
+
+
+def beat_clips(n: int, seed: int, seconds: float = 8.0, fps: float = 50.0) -> CachedFeatures:
+    """Frames of clips at 100-140 BPM. Dimension 0 is +3 on the 7 frames around each beat and
+    says nothing about which of them is the beat: 3 of them are training positives (±1 frame),
+    so even a perfect probe's P(beat) stays near 3/7 < 0.5, though the beats are plain to see."""
+    rng = np.random.default_rng(seed)
+    frames, rows, spans, items = int(seconds * fps), [], [], []
+    for i in range(n):
+        period = 60.0 / rng.uniform(100, 140)
+        beats = np.arange(rng.uniform(0.1, period), seconds - 0.1, period)
+        x = rng.standard_normal((frames, 8)).astype(np.float32)
+        near = np.round(beats * fps).astype(int)[:, None] + np.arange(-3, 4)
+        x[near[(near >= 0) & (near < frames)], 0] += 3.0
+        spans.append((i * frames, frames))
+        rows.append(x)
+        items.append(Item(key=f"c{i}", path=Path(f"c{i}.wav"), target=np.round(beats * fps) / fps))
+    return CachedFeatures(rows=np.concatenate(rows), spans=spans, items=items)
+
+
+def test_beat_probe_is_monitored_with_its_decoder_and_trains_past_the_first_epoch():
+    # Before: the training monitor picked peaks >= 0.5, which a probe of sparse beats never
+    # reaches: F was 0 at every epoch and early stopping kept the first epoch's weights.
+    protocol = Protocol(name="toy_beats", title="Beats", kind="beats", outputs=("other", "beat"),
+                        metrics=("beat_f",), window_seconds=None)
+    task = ToyTask()
+    task.protocol = protocol
+    train, valid, test = prepare(task, [beat_clips(24, 0), beat_clips(8, 1), beat_clips(8, 2)])
+    assert 0.08 < train.y.float().mean() < 0.2
+    config = ProbeConfig(max_epochs=10, early_stop_patience=10, hidden_size=32, batch_size=1, beat_decoder="dbn")
+    run = train_run(task, train, valid, test, layer=0, learning_rate=1e-3, seed=0, config=config, fps=50.0)
+    assert run.best_epoch > 1
+    assert run.valid["beat_f"] > 0.75 and run.test["beat_f"] > 0.6  # the first epoch's weights: 0.39 valid
 
 
 def test_song_ensembles_decide_per_song():

@@ -11,7 +11,10 @@ within ±`beat_widen` frames of a beat are positive in training only (§2.9); ac
 decoded to beat times with the DBN for the reported scores.
 
 Layer "weighted" is a softmax-weighted sum of layers 1..L (layer 0 excluded), weights drawn
-from N(0, 1) and learnt with the probe (MARBLE's `layer: all`).
+from N(0, 1) and learnt with the probe (MARBLE's `layer: all`). `layer_weight_init="zeros"`
+starts every seed from the plain mean of the layers instead (SUPERB's choice): on small
+datasets the weights hardly move from their start, and N(0, 1) then gives each seed a different
+random mixture of layers.
 
 Deviation, on purpose: features are standardised with the training split's mean and std per
 dimension (per layer). It is affine, so an MLP could learn it, but it lets one learning-rate
@@ -56,17 +59,27 @@ class ProbeConfig:
     beat_widen: int = 1                # frames either side of a beat also positive in training
     beat_crop_seconds: float = 10.0    # MARBLE trains beats on 10-s crops: sets frames per batch
     beat_decoder: str = "dbn"          # "dbn" (madmom's DBN, MARBLE) or "peaks"
+    layer_weight_init: str = "normal"  # "weighted" layer logits: "normal" N(0, 1) (MARBLE) or "zeros"
     device: str = "cpu"
+
+    def __post_init__(self):
+        if self.layer_weight_init not in ("normal", "zeros"):
+            raise ValueError(f"layer_weight_init must be 'normal' or 'zeros', got {self.layer_weight_init!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
     def replace(self, **changes) -> "ProbeConfig":
         return dataclasses.replace(self, **changes)
 
 
 class MLPProbe(nn.Module):
-    def __init__(self, dim: int, num_outputs: int, hidden: int, dropout: float, weighted_layers: int = 0):
+    def __init__(self, dim: int, num_outputs: int, hidden: int, dropout: float, weighted_layers: int = 0,
+                 layer_weight_init: str = "normal"):
         super().__init__()
-        # N(0, 1) init of the layer weights, as MARBLE's normalized_weight_sum.
-        self.layer_weights = nn.Parameter(torch.randn(weighted_layers)) if weighted_layers else None
+        # "normal": N(0, 1), as MARBLE's normalized_weight_sum; "zeros": the plain mean of the
+        # layers, as SUPERB's weighted sum (s3prl), the same for every seed.
+        init = {"normal": torch.randn, "zeros": torch.zeros}[layer_weight_init]
+        self.layer_weights = nn.Parameter(init(weighted_layers)) if weighted_layers else None
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_outputs))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -232,7 +245,8 @@ def train_run(task: Task, train: SplitData, valid: SplitData, test: SplitData, l
     generator = torch.Generator().manual_seed(seed)
     weighted = train.x.shape[1] if train.x.ndim == 3 else 0
     outputs = 2 if protocol.kind == "beats" else protocol.num_outputs
-    model = MLPProbe(train.x.shape[-1], outputs, config.hidden_size, config.dropout, weighted)
+    model = MLPProbe(train.x.shape[-1], outputs, config.hidden_size, config.dropout, weighted,
+                     config.layer_weight_init)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=config.plateau_factor,
@@ -242,8 +256,10 @@ def train_run(task: Task, train: SplitData, valid: SplitData, test: SplitData, l
     batch = config.batch_size
     if protocol.kind == "beats":
         batch = int(config.batch_size * config.beat_crop_seconds * fps)
-    # During training, beats are monitored with fast peak picking; the DBN scores the best weights.
-    monitor_decoder = "peaks" if protocol.kind == "beats" else config.beat_decoder
+    # Beats are monitored with the decoder that scores them. Peak picking at 0.5 is no monitor:
+    # with ~11 % beat frames a probe's P(beat) stays under 0.5, F is 0 at every epoch, and early
+    # stopping kept the first epoch's weights.
+    monitor_decoder = config.beat_decoder
     monitor_name = protocol.metrics[0]
     loss_fn = loss_function(protocol.kind)
     best, best_epoch, best_state, epoch = -math.inf, 0, copy.deepcopy(model.state_dict()), 0
