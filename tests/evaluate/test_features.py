@@ -69,6 +69,17 @@ def test_second_run_extracts_nothing(tmp_path, source, items):
     assert again.extract(items + [extra], progress=False) == 1
 
 
+def test_tasks_of_one_feature_set_share_their_cache(tmp_path, source, items):
+    # NSynth instrument and pitch read the same notes: the audio goes through the model once.
+    first = FeatureCache(tmp_path / "cache", source, "first", CLIP.replace(feature_set="notes"))
+    assert first.extract(items, progress=False) == len(items)
+    second = FeatureCache(tmp_path / "cache", source, "second", CLIP.replace(name="second", feature_set="notes"))
+    assert second.directory == first.directory and second.extract(items, progress=False) == 0
+    np.testing.assert_array_equal(second.load(items).rows, first.load(items).rows)
+    alone = FeatureCache(tmp_path / "cache", source, "third", CLIP.replace(name="third"))
+    assert alone.directory != first.directory and alone.extract(items, progress=False) == len(items)
+
+
 def test_killed_run_resumes_from_its_index(tmp_path, source, items):
     reference = FeatureCache(tmp_path / "ref", source, "toy", CLIP)
     reference.extract(items, progress=False)

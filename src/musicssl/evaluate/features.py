@@ -80,11 +80,12 @@ class FeatureCache:
         settings = settings_of(source, protocol)
         digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
         safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", source.name).strip("_") or "model"
-        self.directory = Path(cache_root) / f"{safe_name}-{source.fingerprint}" / f"{task_name}-{digest}"
+        folder = protocol.feature_set or task_name
+        self.directory = Path(cache_root) / f"{safe_name}-{source.fingerprint}" / f"{folder}-{digest}"
         self.directory.mkdir(parents=True, exist_ok=True)
         self.rows_path = self.directory / "rows.f16"
         self.index_path = self.directory / "index.jsonl"
-        meta = {"source": source.describe(), "task": task_name, "settings": settings}
+        meta = {"source": source.describe(), "features_of": folder, "settings": settings}
         (self.directory / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
         self.row_shape = (source.num_layers, source.frame_dim if self.frame_level else source.pooled_dim)
         self.index = self._read_index()

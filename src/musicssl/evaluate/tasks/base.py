@@ -61,6 +61,9 @@ class Protocol:
     early_stop_patience: int = 10      # epochs without a better validation monitor
     max_epochs: int = 100
     song_ensemble: bool = False        # GiantSteps: song decision by an ensemble chosen on validation
+    # Tasks that read the same audio items (same keys, same files) under one name share one feature
+    # cache, so the audio goes through the model once (NSynth instrument and pitch). None: the task's.
+    feature_set: str | None = None
 
     @property
     def num_outputs(self) -> int:

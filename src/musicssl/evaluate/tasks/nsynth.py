@@ -121,6 +121,7 @@ class NSynthInstrument(_NSynthTask):
         name="nsynth_instrument", title="NSynthI", kind="multiclass", outputs=FAMILIES, metrics=("accuracy",),
         window_seconds=None,   # the whole 4-s note in one pass
         plateau_patience=3, early_stop_patience=10, max_epochs=50,   # eval-spec §2.5
+        feature_set="nsynth",
     )
     label_field = "instrument_family_str"
 
@@ -141,6 +142,7 @@ class NSynthPitch(_NSynthTask):
         name="nsynth_pitch", title="NSynthP", kind="multiclass",
         outputs=tuple(str(pitch) for pitch in range(MIDI_PITCHES)), metrics=("accuracy",),
         window_seconds=None, plateau_patience=3, early_stop_patience=10, max_epochs=50,   # eval-spec §2.6
+        feature_set="nsynth",
     )
     label_field = "pitch"
 
