@@ -32,7 +32,7 @@ class DemoConfig:
     k: int = 100                     # MFCC clusters (the paper: 500/2000 for 1k hours; 100 suits ~20 min)
     # MusicHuBERT's second codebook: k-means of semitone spectra (the paper's suggestion of
     # harmonic targets); None = MFCC labels only. On each of 4 seeds it added 0.3 to 8.1 points
-    # to the 7-task average over MFCC alone (README).
+    # to the 7-task average over MFCC alone (README; measured with the old batch-64 probe).
     pitch_preset: str | None = "semitone84"
     # Twice the updates of the `tiny` recipe at half its batch: at a fixed CPU budget more, smaller
     # steps learned more (see README). The `tiny` recipe's lr 1e-3 matters more: with lr 2e-3
@@ -41,7 +41,7 @@ class DemoConfig:
     music2vec_steps: int = 400  # ~100 s with the frozen CNN; 800 learnt more but cost 115 s more (README)
     # The CNN at a tenth of the lr: at the full lr it lost what the random CNN keeps of single
     # notes (demo seed: NSynth instrument 32.3, pitch 7.9; its init 47.6 and 31.1) and the model
-    # lost to its init by 4.4 on average; at a tenth 47.0 and 21.3, +0.6 on average (one seed).
+    # lost to its init by 4.4 on average; at a tenth 47.0 and 21.3, +0.3 on average (demo seed).
     hubert_overrides: tuple[str, ...] = ("data.batch_seconds=20", "trainer.cnn_lr_scale=0.1")
     # The teacher's EMA horizon 1/(1 - decay) must be shorter than the run: data2vec's
     # 0.999 -> 0.9999 (1k-10k updates) suits 400k updates, not 400. Twice the `tiny` lr: on 3
