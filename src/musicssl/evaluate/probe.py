@@ -42,6 +42,9 @@ from musicssl.evaluate.tasks.base import Item, Task
 LEARNING_RATES = (5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2)  # MARBLE paper, Appendix A
 WEIGHTED = "weighted"
 ENSEMBLES = ("vote", "max_logit", "mean_logit", "mean_softmax")  # GiantSteps song decisions (§2.2)
+# Start of the "weighted" layer logits: N(0, 1) as MARBLE's normalized_weight_sum, or zeros (the
+# plain mean of the layers, as SUPERB's weighted sum in s3prl: the same for every seed).
+LAYER_WEIGHT_INITS = {"normal": torch.randn, "zeros": torch.zeros}
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,9 @@ class ProbeConfig:
     device: str = "cpu"
 
     def __post_init__(self):
-        if self.layer_weight_init not in ("normal", "zeros"):
-            raise ValueError(f"layer_weight_init must be 'normal' or 'zeros', got {self.layer_weight_init!r}")
+        if self.layer_weight_init not in LAYER_WEIGHT_INITS:
+            raise ValueError(f"layer_weight_init must be one of {', '.join(LAYER_WEIGHT_INITS)}, "
+                             f"got {self.layer_weight_init!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
@@ -76,9 +80,7 @@ class MLPProbe(nn.Module):
     def __init__(self, dim: int, num_outputs: int, hidden: int, dropout: float, weighted_layers: int = 0,
                  layer_weight_init: str = "normal"):
         super().__init__()
-        # "normal": N(0, 1), as MARBLE's normalized_weight_sum; "zeros": the plain mean of the
-        # layers, as SUPERB's weighted sum (s3prl), the same for every seed.
-        init = {"normal": torch.randn, "zeros": torch.zeros}[layer_weight_init]
+        init = LAYER_WEIGHT_INITS[layer_weight_init]
         self.layer_weights = nn.Parameter(init(weighted_layers)) if weighted_layers else None
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_outputs))
 
@@ -259,7 +261,6 @@ def train_run(task: Task, train: SplitData, valid: SplitData, test: SplitData, l
     # Beats are monitored with the decoder that scores them. Peak picking at 0.5 is no monitor:
     # with ~11 % beat frames a probe's P(beat) stays under 0.5, F is 0 at every epoch, and early
     # stopping kept the first epoch's weights.
-    monitor_decoder = config.beat_decoder
     monitor_name = protocol.metrics[0]
     loss_fn = loss_function(protocol.kind)
     best, best_epoch, best_state, epoch = -math.inf, 0, copy.deepcopy(model.state_dict()), 0
@@ -274,7 +275,7 @@ def train_run(task: Task, train: SplitData, valid: SplitData, test: SplitData, l
             optimizer.step()
         with warnings.catch_warnings():  # metric caveats (e.g. constant tags) are reported once, below
             warnings.simplefilter("ignore")
-            monitor = score_split(task, model, valid, fps, monitor_decoder)[0][monitor_name]
+            monitor = score_split(task, model, valid, fps, config.beat_decoder)[0][monitor_name]
         scheduler.step(monitor)
         if monitor > best:
             best, best_epoch, best_state = monitor, epoch, copy.deepcopy(model.state_dict())
