@@ -229,3 +229,29 @@ def test_peak_picking_on_clean_activations_is_perfect():
     truth = _beat_times(120, 0.3, 20.0)
     estimate = beats.peak_pick_beats(_clean(truth, 20.0), FPS)
     assert metrics.beat_f_measure([truth], [estimate])["beat_f"] == 1.0
+
+
+def test_batched_decoding_equals_one_sequence_at_a_time():
+    # Equal lengths share one Viterbi pass, the others go alone; a float32 sequence must not be
+    # stacked with float64 ones (its logs are taken in float32, as madmom). Order is kept.
+    sequences = [SEQUENCES[name]() for name in ("clean_120", "noisy_90", "pure_noise", "tempo_change",
+                                                 "noisy_120", "clean_90")]
+    sequences += [sequences[1][:700], np.zeros(500), sequences[2].astype(np.float32)]
+    lengths = {len(sequence) for sequence in sequences}
+    assert len(lengths) < len(sequences) - 2  # most of them are batched with others
+    for options in (dict(), dict(threshold=0.3, correct=False)):
+        batched = beats.dbn_beats_batch(sequences, FPS, **options)
+        assert len(batched) == len(sequences)
+        for sequence, result in zip(sequences, batched):
+            np.testing.assert_array_equal(result, _madmom_beats(sequence, FPS, **options) if sequence.any()
+                                          else np.empty(0))
+
+
+def test_batched_viterbi_paths_equal_madmom_infer():
+    activations = np.stack([SEQUENCES[name]() for name in ("clean_120", "noisy_90", "noisy_120")])
+    _, _, hmm = _madmom_dbn(FPS)
+    results = beats.viterbi_paths(*beats._log_densities(activations, 16), beats.beat_state_space(FPS))
+    for row, (path, log_probability) in zip(activations, results):
+        expected_path, expected_log_probability = hmm.viterbi(row)
+        np.testing.assert_array_equal(path, expected_path)
+        assert log_probability == expected_log_probability

