@@ -123,3 +123,21 @@ def test_one_codebook_keeps_hubert_shapes_and_names():
     single = model.eval()(torch.randn(2, 8000), None, labels, mask=torch.ones(2, 24, dtype=torch.bool))
     assert not any(key.endswith("_1") for key in single)
     torch.testing.assert_close(single["masked_loss_sum"], single["masked_ce_sum"])
+
+
+def _mean_pairwise_cosine(rows: torch.Tensor) -> float:
+    unit = torch.nn.functional.normalize(rows, dim=-1)
+    similarity = unit @ unit.T
+    return float((similarity.sum() - similarity.diagonal().sum()) / (len(rows) * (len(rows) - 1)))
+
+
+def test_label_embedding_init_fairseq_uniform_or_spread_normal():
+    # fairseq's U[0, 1) rows all point into one orthant: every logit starts alike. "normal" rows
+    # are near-orthogonal, so the cosine logits tell classes apart from the first update.
+    fairseq = micro_model(num_classes=100).label_embeddings.detach()
+    spread = micro_model(num_classes=100, label_embedding_init="normal").label_embeddings.detach()
+    assert fairseq.min() >= 0 and fairseq.max() < 1
+    assert _mean_pairwise_cosine(fairseq) == pytest.approx(0.75, abs=0.03)  # E[u]^2 / E[u^2] = 3/4
+    assert abs(_mean_pairwise_cosine(spread)) < 0.02
+    with pytest.raises(ValueError, match="label_embedding_init must be one of uniform, normal"):
+        micro_model(label_embedding_init="xavier")
