@@ -41,8 +41,9 @@ class DemoConfig:
     music2vec_steps: int = 400  # ~100 s with the frozen CNN; 800 learnt more but cost 115 s more (README)
     # The CNN at a tenth of the lr: at the full lr it lost what the random CNN keeps of single
     # notes (demo seed: NSynth instrument 32.3, pitch 7.9; its init 47.6 and 31.1) and the model
-    # lost to its init by 4.4 on average; at a tenth 47.0 and 21.3, +0.3 on average (demo seed;
-    # seed 1: -5.7, so MusicHuBERT is not yet ahead of its init, README).
+    # lost to its init by 4.4 on average; at a tenth 47.0 and 21.3, +0.3 on average on the demo
+    # seed, but -5.7 and -6.7 on seeds 1 and 0: MusicHuBERT is not ahead of its init at this
+    # budget, and none of 6 other recipes was (README).
     hubert_overrides: tuple[str, ...] = ("data.batch_seconds=20", "trainer.cnn_lr_scale=0.1")
     # The teacher's EMA horizon 1/(1 - decay) must be shorter than the run: data2vec's
     # 0.999 -> 0.9999 (1k-10k updates) suits 400k updates, not 400. Twice the `tiny` lr: on 3

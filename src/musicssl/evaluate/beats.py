@@ -5,8 +5,8 @@ probe's per-frame P(beat) with its defaults, re-implemented in numpy: madmom 0.1
 import on Python 3.11 / numpy 2, and the beat-only DBN that can be assembled from madmom-infer's
 parts scores every sparse transition and stores a back-pointer for every state at every frame.
 `dbn_beats_batch` decodes many clips in one pass. A probe's beat validation split (45 clips of
-8 s at 50 fps, decoded every epoch; benchmarks/beat_decode_speed.py): 0.22 s batched, 0.69 s one
-clip at a time, 2.8 s for madmom-infer's Viterbi alone (the eval-spec addendum noted 0.66 s for
+8 s at 50 fps, decoded every epoch; benchmarks/beat_decode_speed.py): 0.17 s batched, 0.43 s one
+clip at a time, 2.1 s for madmom-infer's Viterbi alone (the eval-spec addendum noted 0.66 s for
 one 30-s track with building its model).
 
 The model (Krebs, Böck & Widmer, ISMIR 2015; Böck, Krebs & Widmer, ISMIR 2014):

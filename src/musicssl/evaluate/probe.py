@@ -196,7 +196,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 def decode_beats(sequences: Sequence[np.ndarray], fps: float, decoder: str) -> list[np.ndarray]:
     """Beat times of each item's (T_i,) activations. The DBN decodes equal-length clips in one
-    batched Viterbi pass (the same beats, ~3x faster over a probe's validation clips)."""
+    batched Viterbi pass (the same beats, 2.5x faster over a probe's validation clips)."""
     from musicssl.evaluate import beats
 
     if decoder == "dbn":
