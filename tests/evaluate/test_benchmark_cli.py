@@ -109,3 +109,31 @@ def test_probe_cli_reports_a_missing_dataset(tmp_path, model_dir, capsys):
     assert "no such dataset folder" in capsys.readouterr().err
     assert main(["probe", str(model_dir), "--task", "nosuchtask", "--data", str(tmp_path), *FAST]) == 2
     assert "unknown task" in capsys.readouterr().err
+
+
+def test_saved_results_are_reused_only_for_the_same_weights(tmp_path, gtzan_root, model_dir, monkeypatch):
+    # A run folder retrained in place, or a name given to other weights, must be probed again:
+    # saved (model, task) results follow the weights' fingerprint, not the model's name.
+    import musicssl.evaluate.benchmark as benchmark
+
+    other = export_pretrained(micro_backbone("hubert", seed=1), tmp_path / "other" / "micro")
+    probed = []
+    real_probe = benchmark.probe_task
+    monkeypatch.setattr(benchmark, "probe_task", lambda task, splits, cache, *args, **kwargs:
+                        probed.append(cache.source.fingerprint) or real_probe(task, splits, cache, *args, **kwargs))
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "GTZAN").symlink_to(gtzan_root, target_is_directory=True)
+
+    def run(weights):
+        argv = ["benchmark", f"mine={weights}", "--tasks", "gtzan", "--data-root", str(root), "-o",
+                str(tmp_path / "bench"), "--layers", "0", *FAST]
+        assert main(argv) == 0
+        return json.loads((tmp_path / "bench" / "results.json").read_text())["results"][0]
+
+    first = run(model_dir)
+    assert run(model_dir) == first and len(probed) == 1  # same weights: reused
+    run(other)
+    assert len(probed) == 2 and probed[0] != probed[1]  # same name, other weights: probed again
+    saved = json.loads((tmp_path / "bench" / "runs" / "mine" / "gtzan.json").read_text())
+    assert saved["fingerprint"] == probed[1]

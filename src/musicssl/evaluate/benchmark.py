@@ -40,12 +40,20 @@ def _saved_path(out: Path, model: str, task: str) -> Path:
     return out / "runs" / safe / f"{task}.json"
 
 
-def _load_saved(path: Path, config: ProbeConfig) -> TaskResult | None:
+def _reuse_key(config: ProbeConfig, source, data_dir: Path, options: dict[str, str] | None) -> dict:
+    """What a saved result must match to be reused: the probe settings, the weights (not the
+    model's name: retraining into the same run folder, or a name given to other weights, must
+    probe again) and the dataset with its options."""
+    return json.loads(json.dumps({"probe_config": dataclasses.asdict(config), "fingerprint": source.fingerprint,
+                                  "data": str(Path(data_dir).resolve()), "options": options or {}}))
+
+
+def _load_saved(path: Path, key: dict) -> TaskResult | None:
     if not path.exists():
         return None
     payload = json.loads(path.read_text())
-    if payload.get("probe_config") != json.loads(json.dumps(dataclasses.asdict(config))):
-        return None  # different grid or seeds: run again
+    if any(payload.get(field) != value for field, value in key.items()):
+        return None  # other settings, weights or data: run again
     result = payload["result"]
     result["runs"] = [RunResult(**run) for run in result["runs"]]
     return TaskResult(**result)
@@ -69,7 +77,8 @@ def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | 
         names.append(source.name)
         for name, (task, splits) in loaded.items():
             saved = _saved_path(out, source.name, name)
-            result = _load_saved(saved, config)
+            key = _reuse_key(config, source, data_dirs[name], (options or {}).get(name))
+            result = _load_saved(saved, key)
             if result is None:
                 cache = FeatureCache(cache_dir, source, name, task.protocol)
                 try:
@@ -79,8 +88,7 @@ def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | 
                     print(f"{source.name} / {name}: FAILED: {error}", file=sys.stderr)
                     continue
                 saved.parent.mkdir(parents=True, exist_ok=True)
-                saved.write_text(json.dumps({"probe_config": dataclasses.asdict(config),
-                                             "result": result.to_dict()}, default=str))
+                saved.write_text(json.dumps({**key, "result": result.to_dict()}, default=str))
             _print_result(result)
             results.append(result)
             _write_reports(results, names, sources, config, out, command, data_dirs, plots=False, failures=failures)
