@@ -134,10 +134,8 @@ def viterbi_paths(log_beat: np.ndarray, log_other: np.ndarray,
     rows = np.arange(num_sequences)[:, np.newaxis]
     to_interval = np.arange(len(space.intervals))
     tempo_change = np.ascontiguousarray(space.log_tempo_change.T)  # (K to, K from): argmax on the last axis
-    interval_of = np.repeat(to_interval, space.intervals)  # (S,)
-    position = np.arange(space.num_states) - space.first[interval_of]  # (S,) integer position in the beat
+    ring_start, ring_length, position = _rings(space)
     beat_state = np.flatnonzero(space.is_beat)  # (NB,) the first positions of every interval
-    beat_first, beat_length = space.first[interval_of[beat_state]], space.intervals[interval_of[beat_state]]
     scores = np.broadcast_to(np.log(np.full(space.num_states, 1.0 / space.num_states)),  # uniform start
                              (num_sequences, space.num_states)).copy()  # (B, S) ring slots
     came_from = np.empty((num_frames, num_sequences, len(space.intervals)), dtype=np.int32)  # (T, B, K) winning j
@@ -147,11 +145,11 @@ def viterbi_paths(log_beat: np.ndarray, log_other: np.ndarray,
         best = boundary.argmax(axis=2)  # first maximum = lowest predecessor, madmom's tie-break
         came_from[frame] = best
         scores[:, entry] = boundary[rows, to_interval, best]
-        beat_slots = beat_first + (frame - position[beat_state]) % beat_length
+        beat_slots = ring_start[beat_state] + (frame - position[beat_state]) % ring_length[beat_state]
         before = scores[:, beat_slots]
         scores += log_other[:, frame, np.newaxis]
         scores[:, beat_slots] = before + log_beat[:, frame, np.newaxis]
-    scores = scores[:, space.first[interval_of] + (num_frames - 1 - position) % space.intervals[interval_of]]  # flat order
+    scores = scores[:, ring_start + (num_frames - 1 - position) % ring_length]  # back to the flat state order
     results = []
     for sequence in range(num_sequences):
         final = int(np.argmax(scores[sequence]))  # lowest state on ties, as madmom
@@ -161,6 +159,14 @@ def viterbi_paths(log_beat: np.ndarray, log_other: np.ndarray,
         else:
             results.append((_backtrack(final, came_from[:, sequence], space), log_probability))
     return results
+
+
+def _rings(space: BeatStateSpace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every flat state (S,): the first slot of its interval's ring (= the interval's first
+    state), the ring's length (the interval) and the state's integer position in the beat."""
+    interval_of = np.repeat(np.arange(len(space.intervals)), space.intervals)
+    ring_start = space.first[interval_of]
+    return ring_start, space.intervals[interval_of], np.arange(space.num_states) - ring_start
 
 
 def _backtrack(final: int, came_from: np.ndarray, space: BeatStateSpace) -> np.ndarray:
