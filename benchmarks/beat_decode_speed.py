@@ -12,8 +12,9 @@ float32, as a probe's softmax gives them: a noisy bump on every beat of a random
 Three decoders, each timed over all clips, once per round, in turn (a busy machine slows all
 of them alike); the figures are medians over rounds:
 
-- madmom-infer: its HiddenMarkovModel.viterbi on the DBN it builds from madmom's beat parts,
-  one clip at a time (the model is built once, outside the timing). The baseline.
+- madmom-infer: tests/evaluate/madmom_reference.py (its HiddenMarkovModel.viterbi on the DBN
+  assembled from madmom's beat parts, with madmom's post-processing), one clip at a time; the
+  model is built once, outside the timing. The baseline.
 - ours, one at a time: `dbn_beats` on each clip.
 - ours, batched: `dbn_beats_batch` on all clips (what the probe calls).
 
@@ -25,9 +26,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.evaluate
 
 
 def activations(clips: int, seconds: float, fps: float, seed: int) -> list[np.ndarray]:
@@ -43,33 +48,6 @@ def activations(clips: int, seconds: float, fps: float, seed: int) -> list[np.nd
     return out
 
 
-def madmom_decoder(fps: float):
-    """madmom's DBNBeatTrackingProcessor defaults assembled from madmom-infer's parts (the same
-    reference as tests/evaluate/test_beats.py); returns clip -> beat times."""
-    from madmom_infer.features import beats_hmm
-    from madmom_infer.ml import hmm
-
-    class Observations(beats_hmm.RNNBeatTrackingObservationModel):
-        def log_densities(self, observations):  # madmom-infer's ndmin=1 call fails on numpy 2
-            densities = np.empty((len(observations), 2), dtype=observations.dtype)
-            densities[:, 0] = np.log((1.0 - observations) / (self.observation_lambda - 1))
-            densities[:, 1] = np.log(observations)
-            return densities
-
-    space = beats_hmm.BeatStateSpace(60.0 * fps / 215.0, 60.0 * fps / 55.0)
-    observations = Observations(space, 16)
-    model = hmm.HiddenMarkovModel(beats_hmm.BeatTransitionModel(space, 100.0), observations)
-
-    def decode(clip: np.ndarray) -> np.ndarray:
-        path, _ = model.viterbi(clip)
-        in_beat = observations.pointers[path] == 1
-        edges = np.diff(np.concatenate(([0], in_beat.astype(np.int8), [0])))
-        starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-        return np.array([start + np.argmax(clip[start:stop]) for start, stop in zip(starts, stops)]) / fps
-
-    return decode
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clips", type=int, default=45)
@@ -80,11 +58,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from musicssl.evaluate import beats
+    from tests.evaluate.madmom_reference import madmom_beats, madmom_dbn
 
     clips = activations(args.clips, args.seconds, args.fps, args.seed)
-    madmom = madmom_decoder(args.fps)
+    dbn = madmom_dbn(args.fps)  # built once, outside the timing
     decoders = {
-        "madmom-infer, one at a time": lambda: [madmom(clip) for clip in clips],
+        "madmom-infer, one at a time": lambda: [madmom_beats(clip, args.fps, dbn=dbn) for clip in clips],
         "ours, one at a time": lambda: [beats.dbn_beats(clip, args.fps) for clip in clips],
         "ours, batched": lambda: beats.dbn_beats_batch(clips, args.fps),
     }

@@ -1,9 +1,8 @@
 """Beat decoding: parity of our DBN with madmom-infer's HMM parts, and the peak-picking fallback.
 
-madmom-infer has no beat-only DBN processor, so the reference below assembles one from its
-BeatStateSpace, BeatTransitionModel, RNNBeatTrackingObservationModel and HiddenMarkovModel,
-and applies madmom's DBNBeatTrackingProcessor.process_offline post-processing around it
-(threshold crop, beat-range correction, frames -> seconds). Nothing here loads weights.
+madmom-infer has no beat-only DBN processor: the reference (tests/evaluate/madmom_reference.py)
+assembles one from its parts, with madmom's process_offline post-processing around it. Nothing
+here loads weights.
 
 Parity is exact (same Viterbi path to the state, same log probability to the bit, same beat
 times): our decoder adds the same float64 terms in the same order and breaks ties the same way
@@ -16,58 +15,14 @@ import warnings
 
 import numpy as np
 import pytest
-import scipy.signal
 
 from musicssl.evaluate import beats, metrics
 
-madmom_beats_hmm = pytest.importorskip("madmom_infer.features.beats_hmm")
-madmom_hmm = pytest.importorskip("madmom_infer.ml.hmm")
-madmom_downbeats = pytest.importorskip("madmom_infer.features.downbeats")
+pytest.importorskip("madmom_infer")
+from tests.evaluate.madmom_reference import madmom_beats as _madmom_beats  # noqa: E402
+from tests.evaluate.madmom_reference import madmom_dbn as _madmom_dbn  # noqa: E402
 
 FPS = 50.0  # HuBERT / data2vec / music2vec token rate (eval-spec §2.9)
-
-
-class _ObservationModel(madmom_beats_hmm.RNNBeatTrackingObservationModel):
-    """madmom-infer's log_densities calls np.asarray(..., ndmin=1), a TypeError on numpy 2.4;
-    same densities, computed in the input's dtype like madmom."""
-
-    def log_densities(self, observations):
-        observations = np.atleast_1d(np.asarray(observations))
-        densities = np.empty((len(observations), 2), dtype=float)
-        densities[:, 0] = np.log((1.0 - observations) / (self.observation_lambda - 1))
-        densities[:, 1] = np.log(observations)
-        return densities
-
-
-def _madmom_dbn(fps, min_bpm=55.0, max_bpm=215.0, num_tempi=None, transition_lambda=100.0, observation_lambda=16):
-    space = madmom_beats_hmm.BeatStateSpace(60.0 * fps / max_bpm, 60.0 * fps / min_bpm, num_tempi)
-    transitions = madmom_beats_hmm.BeatTransitionModel(space, transition_lambda)
-    observations = _ObservationModel(space, observation_lambda)
-    return space, observations, madmom_hmm.HiddenMarkovModel(transitions, observations)
-
-
-def _madmom_beats(activations, fps, threshold=0.0, correct=True, **settings):
-    """madmom's DBNBeatTrackingProcessor.process_offline around madmom-infer's HMM."""
-    space, observations, hmm = _madmom_dbn(fps, **settings)
-    first = 0
-    if threshold:
-        activations, first = madmom_downbeats.threshold_activations(activations, threshold)
-    if not activations.any():
-        return np.empty(0)
-    with np.errstate(divide="ignore"):
-        path, _ = hmm.viterbi(activations)
-    if correct:
-        beat_range = observations.pointers[path]
-        idx = np.nonzero(np.diff(beat_range.astype(int)))[0] + 1
-        if beat_range[0]:
-            idx = np.r_[0, idx]
-        if beat_range[-1]:
-            idx = np.r_[idx, beat_range.size]
-        frames = [np.argmax(activations[left:right]) + left for left, right in idx.reshape((-1, 2))]
-    else:
-        frames = scipy.signal.argrelmin(space.state_positions[path], mode="wrap")[0]
-        frames = frames[observations.pointers[path[frames]] == 1]
-    return (np.asarray(frames, dtype=int) + first) / float(fps)
 
 
 # ----------------------------------------------------------------------------- activations
