@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo venv clean-venv bench
+.PHONY: test demo venv clean-venv bench fairseq-venv
 
 venv: $(STAMP)
 
@@ -24,6 +24,21 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/backbone_speed.py
+
+# fairseq-fixed, the reference of our parity checks, in its own venv: it does not install beside
+# our dependencies. Its sdist needs torch at build time, so it is built without isolation in a
+# venv that already holds the pinned CPU torch (pip would otherwise fetch a CUDA torch to build).
+FAIRSEQ_VENV := .venv-fairseq
+FAIRSEQ_STAMP := $(FAIRSEQ_VENV)/.installed
+
+fairseq-venv: $(FAIRSEQ_STAMP)
+
+$(FAIRSEQ_STAMP):
+	test -x $(FAIRSEQ_VENV)/bin/python || $(PYTHON) -m venv $(FAIRSEQ_VENV)
+	$(FAIRSEQ_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(FAIRSEQ_VENV)/bin/python -m pip install --quiet torch==2.13.0 numpy cython setuptools wheel safetensors soundfile
+	$(FAIRSEQ_VENV)/bin/python -m pip install --quiet --no-build-isolation fairseq-fixed==0.12.3.1
+	touch $(FAIRSEQ_STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
