@@ -112,7 +112,8 @@ def weights_fingerprint(directory: Path) -> str:
     """Hash of config.json and the weight files' bytes: the cache follows the weights, not the
     directory name, so retraining into the same folder never reuses stale features."""
     digest = hashlib.sha1()
-    for name in ("config.json", "model.safetensors", "pytorch_model.bin"):
+    # The preprocessor config sets the input rate and normalisation: it changes the features too.
+    for name in ("config.json", "preprocessor_config.json", "model.safetensors", "pytorch_model.bin"):
         path = directory / name
         if path.is_file():
             with open(path, "rb") as f:
@@ -161,4 +162,7 @@ def open_source(spec: str, device: str | None = None, seed: int = 0) -> Source:
         return EncoderSource(Encoder(backbone, device=device, name=spec), name=spec, fingerprint=fingerprint)
     path = Path(spec)
     encoder = load_model(path, device=device)
-    return EncoderSource(encoder, name=model_name(path.resolve()), fingerprint=weights_fingerprint(path))
+    # The resolved input preprocessing too: a default (no preprocessor config) may change with the code.
+    preprocessing = f"{encoder.sample_rate}/{encoder.config.normalize_waveform}/{encoder.normalize_eps}"
+    fingerprint = _digest(weights_fingerprint(path) + preprocessing)
+    return EncoderSource(encoder, name=model_name(path.resolve()), fingerprint=fingerprint)

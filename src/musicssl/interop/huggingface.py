@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from musicssl.models.backbone import Backbone, BackboneConfig
+
+log = logging.getLogger(__name__)
 
 # (transformers name, our name, variant or None for both). {i} = an index, {p} = weight|bias.
 # Where transformers has two names for one tensor (weight norm before and after torch's
@@ -128,7 +131,11 @@ def from_hf_config(hf: dict, source: str = "config.json") -> BackboneConfig:
     if model_type == "hubert":
         if hf.get("conv_pos_batch_norm", False):
             raise ValueError(f"{source}: conv_pos_batch_norm=true is not supported")
-        return BackboneConfig(variant="hubert", extractor_norm=hf.get("feat_extract_norm", "group"),
+        extractor_norm = hf.get("feat_extract_norm", "group")
+        # The input normalisation is read with the preprocessor config (`read_preprocessing`);
+        # this is the default without one.
+        return BackboneConfig(variant="hubert", extractor_norm=extractor_norm,
+                              normalize_waveform=extractor_norm == "layer",
                               pos_conv_kernel=hf.get("num_conv_pos_embeddings", 128), pos_conv_depth=1,
                               layer_norm_first=hf.get("do_stable_layer_norm", False), **common)
     return BackboneConfig(variant="data2vec", extractor_norm="layer", normalize_waveform=True,
@@ -220,12 +227,21 @@ def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
 def import_pretrained(directory: str | Path, **overrides) -> Backbone:
     """Build a Backbone from a transformers (or our exported) directory. `overrides` replace
     config fields that do not change the weights, e.g. isolate_padding=False."""
+    return load_pretrained(directory, **overrides)[0]
+
+
+def load_pretrained(directory: str | Path, **overrides) -> tuple[Backbone, "Preprocessing"]:
+    """(backbone, its input preprocessing): the rate and waveform normalisation come from
+    preprocessor_config.json (or the model type's default, logged), and are in the config."""
     directory = Path(directory)
     config_path = directory / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{directory}: no config.json (not a model directory)")
-    config = from_hf_config(json.loads(config_path.read_text()), str(config_path))
-    config = dataclasses.replace(config, sample_rate=_sample_rate(directory, config), **overrides)
+    hf = json.loads(config_path.read_text())
+    config = from_hf_config(hf, str(config_path))
+    preprocessing = read_preprocessing(directory, hf, config)
+    config = dataclasses.replace(config, **{"sample_rate": preprocessing.sample_rate,
+                                            "normalize_waveform": preprocessing.do_normalize, **overrides})
     backbone = Backbone(config)
     state, _ = from_hf_state_dict(read_hf_weights(directory), config.variant, str(directory))
     expected = backbone.state_dict()
@@ -237,11 +253,58 @@ def import_pretrained(directory: str | Path, **overrides) -> Backbone:
             raise ValueError(f"{directory}: {name} has shape {tuple(tensor.shape)}, config implies "
                              f"{tuple(expected[name].shape)}")
     backbone.load_state_dict(state, strict=False)
-    return backbone
+    return backbone, preprocessing
 
 
-def _sample_rate(directory: Path, config: BackboneConfig) -> int:
+# ---------------------------------------------------------------------------------------------
+# input preprocessing: what transformers' Wav2Vec2FeatureExtractor does before the model
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    sample_rate: int
+    do_normalize: bool  # per-utterance zero mean, unit variance
+    # sqrt(var + eps): transformers' zero_mean_unit_var_norm uses 1e-7; fairseq's F.layer_norm
+    # over the waveform (and our own training) 1e-5.
+    normalize_eps: float
+    origin: str  # where the values came from, for messages
+
+
+TRANSFORMERS_NORMALIZE_EPS = 1e-7
+FAIRSEQ_NORMALIZE_EPS = 1e-5
+
+
+def read_preprocessing(directory: Path, hf: dict, config: BackboneConfig) -> Preprocessing:
+    """preprocessor_config.json's sampling_rate and do_normalize; without that file, the default
+    of the model type (see `default_preprocessing`), stated in a log line."""
+    ours = "musicssl" in hf
+    eps = FAIRSEQ_NORMALIZE_EPS if ours else TRANSFORMERS_NORMALIZE_EPS
     path = directory / "preprocessor_config.json"
     if path.exists():
-        return int(json.loads(path.read_text()).get("sampling_rate", config.sample_rate))
-    return config.sample_rate
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
+        default = default_preprocessing(hf, config)
+        rate = int(values.get("sampling_rate", default.sample_rate))
+        # transformers' Wav2Vec2FeatureExtractor defaults do_normalize to true when the key is absent.
+        return Preprocessing(rate, bool(values.get("do_normalize", True)), eps, str(path))
+    default = default_preprocessing(hf, config)
+    log.warning("%s: no preprocessor_config.json; using the %s default: sampling_rate=%d, do_normalize=%s",
+                directory, default.origin, default.sample_rate, default.do_normalize)
+    return dataclasses.replace(default, normalize_eps=eps)
+
+
+def default_preprocessing(hf: dict, config: BackboneConfig) -> Preprocessing:
+    """Without a preprocessor config. Ours: the config we trained with. data2vec-audio: always
+    normalised (fairseq data2vec `normalize: true`). HuBERT and MERT: fairseq's recipes pair
+    `normalize` with the CNN's norm ("must be consistent with extractor_mode", MERT's configs):
+    base / MERT (group norm) raw audio, large / xlarge (layer norm) normalised. The rate is the
+    config's `sample_rate` (MERT: 24000) or 16000."""
+    if "musicssl" in hf:
+        return Preprocessing(config.sample_rate, config.normalize_waveform, FAIRSEQ_NORMALIZE_EPS, "musicssl config")
+    model_type = hf.get("model_type")
+    if model_type == "data2vec-audio":
+        return Preprocessing(config.sample_rate, True, TRANSFORMERS_NORMALIZE_EPS, "data2vec-audio")
+    return Preprocessing(config.sample_rate, config.extractor_norm == "layer", TRANSFORMERS_NORMALIZE_EPS,
+                         f"{model_type} (feat_extract_norm={config.extractor_norm!r})")
