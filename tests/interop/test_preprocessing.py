@@ -111,3 +111,14 @@ def test_preprocessor_rate_sets_the_model_rate(tmp_path):
     (directory / "preprocessor_config.json").write_text(json.dumps(values))
     encoder = load_model(directory, device="cpu")
     assert encoder.sample_rate == 24000 and encoder.frame_rate_hz == 75.0
+
+
+def test_random_control_of_a_directory_gets_its_preprocessing(tmp_path):
+    from musicssl.evaluate.sources import random_backbone_config
+
+    _, _, directory = large_style_hubert(tmp_path, do_normalize=False)
+    values = json.loads((directory / "preprocessor_config.json").read_text())
+    (directory / "preprocessor_config.json").write_text(json.dumps({**values, "sampling_rate": 24000}))
+    config = random_backbone_config(str(directory))
+    assert not config.normalize_waveform and config.sample_rate == 24000
+    assert config == load_model(directory, device="cpu").config

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from musicssl.extract import Encoder, load_model
-from musicssl.interop.huggingface import from_hf_config
+from musicssl.interop.huggingface import from_hf_config, read_preprocessing
 from musicssl.models.backbone import Backbone, BackboneConfig, backbone_preset
 from musicssl.targets.features import MfccConfig, mfcc
 
@@ -129,7 +129,12 @@ def random_backbone_config(spec: str) -> BackboneConfig:
         config_path = path / "config.json"
         if not config_path.is_file():
             raise ValueError(f"random:{spec}: {config_path} not found")
-        return from_hf_config(json.loads(config_path.read_text()), str(config_path))
+        hf = json.loads(config_path.read_text())
+        config = from_hf_config(hf, str(config_path))
+        # The directory's input preprocessing too, so the control sees the input the model does.
+        preprocessing = read_preprocessing(path, hf, config)
+        return dataclasses.replace(config, sample_rate=preprocessing.sample_rate,
+                                   normalize_waveform=preprocessing.do_normalize)
     try:
         return backbone_preset(spec)
     except KeyError as err:
