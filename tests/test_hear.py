@@ -85,3 +85,10 @@ def test_bad_input_is_refused_with_the_reason(model_dir):
         hear.get_scene_embeddings(torch.zeros(16000), model)
     with pytest.raises(ValueError, match="fewer than the receptive field"):
         hear.get_scene_embeddings(torch.zeros(2, 100), model)
+
+
+def test_hear_2021_validator_accepts_the_adapter(model_dir):
+    # hearvalidator imports tensorflow, which is not in our venv: this runs where both are
+    # installed (it passed in a throwaway venv on top of ours, 16 kHz and 24 kHz models).
+    validate = pytest.importorskip("hearvalidator.validate")
+    validate.ValidateModel("musicssl.hear", str(model_dir), "cpu")()  # raises ModelError on a violation
