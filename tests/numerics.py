@@ -45,8 +45,8 @@ def float64_calibrated(ours: torch.Tensor, reference: torch.Tensor, truth: torch
     that happens to round exactly does not ask for exactness): both are rounding of the same
     computation, so on any CPU a correct `ours` is within a small multiple of it. A mapping
     bug is orders of magnitude larger."""
-    truth = truth.double()
-    reference_error = float((reference.double() - truth).abs().max())
+    ours, reference, truth = (t.detach().double() for t in (ours, reference, truth))
+    reference_error = float((reference - truth).abs().max())
     floor = 4 * U32 * float(truth.abs().max())
-    error = float((ours.double() - reference.double()).abs().max())
+    error = float((ours - reference).abs().max())
     return error, factor * (reference_error + floor)
