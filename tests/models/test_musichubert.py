@@ -82,8 +82,8 @@ def test_unmasked_weight_and_padding_are_respected():
     terms = [result["masked_loss_sum"], 0.5 * result["unmasked_loss_sum"], 10 * penalty * result["sample_size"]]
     # the same three float32 terms, maybe summed in another order: gamma(3) of their magnitudes,
     # plus the two products' roundings
-    tolerance = gamma(5) * sum(float(t.abs()) for t in terms)
-    assert abs(float(result["loss"]) - float(sum(terms))) <= tolerance
+    tolerance = gamma(5) * sum(t.abs().item() for t in terms)
+    assert abs(result["loss"].item() - sum(terms).item()) <= tolerance
 
 
 def test_span_masking_is_seeded_and_hubert_sized():
