@@ -68,6 +68,8 @@ def mp3_bytes(tmp_path_factory) -> bytes:
 # ----------------------------------------------------------------------------- decoding
 
 
+# Not rounding: the level after resampling (soxr HQ's passband ripple is far below 1 %) and
+# after lossy coding (Vorbis / MP3 at soundfile's default quality move a tone's level by a few %).
 @pytest.mark.parametrize(
     "ext, amp_tol", [("wav", 0.01), ("flac", 0.01), ("ogg", 0.05), ("mp3", 0.05)]
 )
@@ -138,8 +140,10 @@ def test_blockwise_decoding_matches_one_shot_read_and_resample(tmp_path):
     ref_multi = soxr.resample(ref, sr, SR_OUT, quality="HQ").T
     assert mono.shape == ref_mono.shape == (160000,)
     assert multi.shape == ref_multi.shape == (2, 160000)
-    assert np.max(np.abs(mono - ref_mono)) < 1e-4
-    assert np.max(np.abs(multi - ref_multi)) < 1e-4
+    # soxr streams through its own internal blocks whatever blocks it is fed: the same
+    # computation as one call, so the same bits
+    np.testing.assert_array_equal(mono, ref_mono)
+    np.testing.assert_array_equal(multi, ref_multi)
 
 
 def test_audio_info_reports_header_values(tmp_path):
@@ -287,7 +291,7 @@ def test_resample_is_identity_at_equal_rates_and_per_channel_otherwise():
     y = resample(x, SR_IN, SR_OUT)
 
     assert y.shape == (2, 1600) and y.dtype == np.float32
-    np.testing.assert_allclose(y[1], resample(x[1], SR_IN, SR_OUT), atol=1e-6)
+    np.testing.assert_array_equal(y[1], resample(x[1], SR_IN, SR_OUT))  # channels resample independently
     assert resample(x.astype(np.float64), SR_IN, SR_OUT).dtype == np.float32
     assert resample(np.zeros((2, 0)), SR_IN, SR_OUT).shape == (2, 0)
 
