@@ -322,9 +322,10 @@ def test_gtzan_write_layout_round_trip_with_beats(tmp_path):
     for name, example in zip(names, examples):
         item = _by_key(genre_splits[example.split])[name]
         assert item.target == gtzan.GENRES.index(example.label)
-        # written as 16-bit PCM: one step (2^-15) at most, as libsndfile scales by 32767 on writing
-        # and by 1/32768 on reading, on top of the rounding
-        np.testing.assert_allclose(sf.read(item.path, dtype="float32")[0], example.audio, rtol=0, atol=2.0**-15)
+        # written as 16-bit PCM: libsndfile scales by 32767 on writing and by 1/32768 on reading
+        # (|x| / 32768 <= 2^-15 for |x| <= 1), plus half a step (2^-16) of rounding
+        np.testing.assert_allclose(sf.read(item.path, dtype="float32")[0], example.audio, rtol=0,
+                                   atol=2.0**-15 + 2.0**-16)
     beat_splits = get_task("gtzan_beats").load(tmp_path)
     assert _has_note(beat_splits, "no beat annotation file", "blues/blues.00001.wav")
     for i, (name, example) in enumerate(zip(names, examples)):
