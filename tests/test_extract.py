@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import musicssl.cli
 from musicssl.audio import AudioError
 from musicssl.models.backbone import normalize_waveform
 from tests.conftest import tone, write_tone
+from tests.numerics import float64_calibrated
 
 
 def one_pass(encoder, signal: np.ndarray) -> torch.Tensor:
@@ -39,7 +41,7 @@ def test_unchunked_extract_equals_the_backbone(model_dir):
     signal = tone(3.0)
     features = encoder.extract(signal, 16000, chunk_seconds=None)
     assert features.shape == (3, (48000 - 400) // 320 + 1, 32)
-    torch.testing.assert_close(features, one_pass(encoder, signal))
+    assert torch.equal(features, one_pass(encoder, signal))  # the same forward: the same bits
 
 
 def test_layers_are_returned_in_the_order_asked(model_dir):
@@ -47,7 +49,7 @@ def test_layers_are_returned_in_the_order_asked(model_dir):
     signal = tone(2.0)
     every = encoder.extract(signal, 16000)
     picked = encoder.extract(signal, 16000, layers=[2, 0, -2])
-    torch.testing.assert_close(picked, every[[2, 0, 1]])
+    assert torch.equal(picked, every[[2, 0, 1]])
     with pytest.raises(ValueError, match="hidden states 0..2"):
         encoder.extract(signal, 16000, layers=[3])
 
@@ -56,7 +58,7 @@ def test_other_rates_and_stereo_are_resampled_to_the_model_rate(model_dir):
     encoder = musicssl.load_model(model_dir, device="cpu")
     stereo = tone(2.0, 44100, channels=2).T  # (C, N)
     expected = soxr.resample(stereo.mean(axis=0), 44100, 16000, quality="HQ").astype(np.float32)
-    torch.testing.assert_close(encoder.extract(stereo, 44100, chunk_seconds=None), one_pass(encoder, expected))
+    assert torch.equal(encoder.extract(stereo, 44100, chunk_seconds=None), one_pass(encoder, expected))
 
 
 def test_chunked_extraction_keeps_the_frame_grid_and_context_narrows_the_gap(model_dir):
@@ -67,7 +69,7 @@ def test_chunked_extraction_keeps_the_frame_grid_and_context_narrows_the_gap(mod
     with_context = encoder.extract(signal, 16000, chunk_seconds=4.0, context_seconds=2.0)
     assert plain.shape == with_context.shape == whole.shape
     # Chunks as long as the track are one pass.
-    torch.testing.assert_close(encoder.extract(signal, 16000, chunk_seconds=20.0), whole)
+    assert torch.equal(encoder.extract(signal, 16000, chunk_seconds=20.0), whole)
     gap_plain = (plain - whole).abs().mean().item()
     gap_context = (with_context - whole).abs().mean().item()
     assert gap_context < gap_plain
@@ -84,7 +86,11 @@ def test_chunked_cnn_frames_equal_one_pass_for_the_layer_norm_cnn(tmp_path):
     whole = cnn(signal)
     pieces = [cnn(signal[c.start:c.stop])[:, c.keep_start:c.keep_stop]
               for c in plan_chunks(signal.numel(), 32000, context_samples=8000)]
-    torch.testing.assert_close(torch.cat(pieces, dim=1), whole)
+    # other lengths, so maybe other conv kernels: equal up to float32 rounding (tests/numerics.py)
+    exact = copy.deepcopy(encoder.backbone.feature_extractor).double()
+    truth = exact(signal.double()[None], None)[0]
+    error, tolerance = float64_calibrated(torch.cat(pieces, dim=1), whole, truth)
+    assert error <= tolerance
 
 
 def test_extract_rejects_short_and_non_finite_audio(model_dir):
@@ -125,7 +131,7 @@ def test_cli_extract_writes_every_file_and_reports_bad_ones(model_dir, tmp_path)
     flac = str(folder / "Ünïcødé song.FLAC")
     assert flac in data["files"].tolist() and len(data["files"]) == 3
     expected = musicssl.load_model(model_dir, device="cpu").extract_file(flac, [0, 2], chunk_seconds=1)
-    np.testing.assert_allclose(data[flac], expected.numpy(), atol=1e-6)
+    np.testing.assert_array_equal(data[flac], expected.numpy())  # the same computation, stored as float32
     assert data[flac].shape == (2, (32000 - 400) // 320 + 1, 32)
 
 
@@ -134,4 +140,4 @@ def test_cli_extract_mean_pooling(model_dir, tmp_path):
     out = tmp_path / "pooled.npz"
     assert musicssl.cli.main(["extract", str(model_dir), str(path), "-o", str(out), "--pool", "mean"]) == 0
     frames = musicssl.load_model(model_dir, device="cpu").extract_file(path)
-    np.testing.assert_allclose(np.load(out)[str(path)], frames.mean(dim=1).numpy(), atol=1e-6)
+    np.testing.assert_array_equal(np.load(out)[str(path)], frames.mean(dim=1).numpy())  # the same mean

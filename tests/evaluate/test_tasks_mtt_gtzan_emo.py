@@ -322,7 +322,10 @@ def test_gtzan_write_layout_round_trip_with_beats(tmp_path):
     for name, example in zip(names, examples):
         item = _by_key(genre_splits[example.split])[name]
         assert item.target == gtzan.GENRES.index(example.label)
-        np.testing.assert_allclose(sf.read(item.path, dtype="float32")[0], example.audio, atol=1e-4)
+        # written as 16-bit PCM: libsndfile scales by 32767 on writing and by 1/32768 on reading
+        # (|x| / 32768 <= 2^-15 for |x| <= 1), plus half a step (2^-16) of rounding
+        np.testing.assert_allclose(sf.read(item.path, dtype="float32")[0], example.audio, rtol=0,
+                                   atol=2.0**-15 + 2.0**-16)
     beat_splits = get_task("gtzan_beats").load(tmp_path)
     assert _has_note(beat_splits, "no beat annotation file", "blues/blues.00001.wav")
     for i, (name, example) in enumerate(zip(names, examples)):
@@ -381,7 +384,7 @@ def test_emo_splits_by_mediaeval_set_and_artist_hash(tmp_path, metadata_dir):
     mean, std = development.mean(axis=0), development.std(axis=0)
     for item in splits.train + splits.valid + splits.test:
         assert item.target.dtype == np.float32 and item.target.shape == (2,)
-        np.testing.assert_allclose(item.target, (np.array(raw[int(item.key)]) - mean) / std, rtol=1e-6)
+        np.testing.assert_allclose(item.target, (np.array(raw[int(item.key)]) - mean) / std, rtol=2 * 2.0**-24)  # float64 stats, one float32 rounding
         assert item.path == tmp_path / "clips_45seconds" / f"{item.key}.mp3"
     assert _has_note(splits, "no row in static_annotations.csv", "13")
     assert _has_note(splits, "no clip", "14.mp3")
@@ -423,7 +426,7 @@ def test_emo_write_layout_round_trip(tmp_path):
     items = _by_key(splits.train + splits.valid + splits.test)
     for i, example in enumerate(examples):
         expected = (raw[i] - development.mean(axis=0)) / development.std(axis=0)
-        np.testing.assert_allclose(items[str(i + 1)].target, expected, rtol=1e-6)
+        np.testing.assert_allclose(items[str(i + 1)].target, expected, rtol=2 * 2.0**-24)  # float64 stats, one float32 rounding
     assert splits.notes == []
 
 

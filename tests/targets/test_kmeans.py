@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from musicssl.targets.kmeans import FrameSampler, KMeansConfig, KMeansModel, fit_kmeans
+from tests.numerics import U32, gamma
 
 pytest.importorskip("faiss")
 pytest.importorskip("sklearn")
@@ -72,7 +73,10 @@ def test_fit_recovers_known_clusters(blobs, library):
     assert errors.max() < 0.05  # 0.1 / sqrt(400) * sqrt(10) ~ 0.016 expected
     if library == "faiss":  # Lloyd converged: centroids are the cluster means
         for c in range(8):
-            np.testing.assert_allclose(model.centroids[c], x[predicted == c].mean(0), atol=1e-4)
+            # faiss sums a cluster's ~50 points in float32, in its own order: gamma(n) of sum |x| / n
+            members = x[predicted == c].astype(np.float64)
+            bound = 2 * gamma(len(members)) * np.abs(members).mean(0) + U32 * np.abs(members.mean(0))
+            assert np.all(np.abs(model.centroids[c] - members.mean(0)) <= bound)
     # inertia per frame ~ 10 dims * 0.1^2
     assert model.record["inertia_per_frame"] == pytest.approx(model.inertia(x))
     assert 0.08 < model.record["inertia_per_frame"] < 0.12
