@@ -191,8 +191,19 @@ def compare(workdir: Path) -> dict:
     diffs = [float((ours[i] - saved[f"layer_{i}"]).abs().max()) for i in range(len(ours))]
     expected_layers = sum(1 for key in saved if key.startswith("layer_"))
     heads = json.loads((workdir / "converted" / "training_state" / "fairseq.json").read_text())["heads"]
-    ok = len(ours) == expected_layers and max(diffs) < TOLERANCE
-    return {"ok": ok, "max_abs_diff_per_layer": diffs, "layers": len(ours), "heads": _summarise(heads)}
+    # The directory is transformers-native: AutoModel loads it with no missing or unexpected key
+    # and gives fairseq's states too (its hidden_states[-1] of a pre-LN model is pre-norm).
+    from transformers import AutoModel
+
+    hf_model, info = AutoModel.from_pretrained(workdir / "converted", output_loading_info=True)
+    with torch.no_grad():
+        hf_out = hf_model.eval()(saved["wav"], output_hidden_states=True)
+    hf_states = list(hf_out.hidden_states[:-1]) + [hf_out.last_hidden_state]
+    hf_diff = max(float((hf_states[i] - saved[f"layer_{i}"]).abs().max()) for i in range(len(hf_states)))
+    clean = not (info["missing_keys"] or info["unexpected_keys"])
+    ok = len(ours) == expected_layers and max(diffs) < TOLERANCE and clean and hf_diff < TOLERANCE
+    return {"ok": ok, "max_abs_diff_per_layer": diffs, "layers": len(ours), "heads": _summarise(heads),
+            "transformers": f"{type(hf_model).__name__} {'clean load' if clean else info}, max |diff| {hf_diff:.1e}"}
 
 
 def _summarise(heads: list[str]) -> list[str]:
@@ -225,7 +236,7 @@ def main() -> int:
                 diffs = ", ".join(f"{d:.1e}" for d in report["max_abs_diff_per_layer"])
                 print(f"{'ok  ' if report['ok'] else 'FAIL'} {name:28s} {size:5s} {report['layers']:2d} states, "
                       f"max |diff| {max(report['max_abs_diff_per_layer']):.2e} (per layer: {diffs}); "
-                      f"kept: {', '.join(report['heads'])}", flush=True)
+                      f"kept: {', '.join(report['heads'])}; transformers: {report['transformers']}", flush=True)
     return 1 if failures else 0
 
 
