@@ -107,6 +107,8 @@ def test_conv_feature_layers_are_parsed_not_evaluated():
         ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
     with pytest.raises(ValueError, match="is not a list"):
         parse_conv_layers("__import__('os').system('true')", "x")
+    with pytest.raises(ValueError, match="more than 64 times"):  # no memory bomb either
+        parse_conv_layers("[(512, 3, 2)] * 10000000000", "x")
 
 
 def test_interpolations_resolve_against_the_root():

@@ -91,6 +91,8 @@ def parse_conv_layers(text: str, source: str) -> tuple[tuple[int, int, int], ...
             return items if isinstance(node, ast.List) else tuple(items)
         if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
             left, right = value(node.left), value(node.right)
+            if isinstance(node.op, ast.Mult) and max((x for x in (left, right) if isinstance(x, int)), default=0) > 64:
+                raise ValueError(f"{source}: conv_feature_layers {text!r} repeats a layer more than 64 times")
             return left + right if isinstance(node.op, ast.Add) else left * right
         raise ValueError(f"{source}: conv_feature_layers {text!r} is not a list of (dim, kernel, stride)")
     try:
