@@ -158,7 +158,8 @@ def run_case(name: str, size: str, workdir: Path, main_python: str, fixture: Pat
     if fixture is not None:
         fixture.mkdir(parents=True, exist_ok=True)
         (fixture / f"{name}_{size}.pt").write_bytes(path.read_bytes())
-        (fixture / f"{name}_{size}_states.safetensors").write_bytes((workdir / "fairseq_states.safetensors").read_bytes())
+        states_file = workdir / "fairseq_states.safetensors"
+        (fixture / f"{name}_{size}_states.safetensors").write_bytes(states_file.read_bytes())
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     subprocess.run([main_python, "-m", "musicssl.cli", "convert", "fairseq", str(path), str(workdir / "converted")],
                    check=True, env=env)
