@@ -54,7 +54,9 @@ class DataConfig:
     batch_seconds: float = 80.0  # global audio per optimizer update (all ranks, all micro-batches)
     micro_batch_seconds: float = 20.0  # audio per forward pass on one rank
     seed: int = 0
-    num_workers: int = 0  # DataLoader worker processes (0: decode in the training process)
+    # DataLoader worker processes (0: decode in the training process). They do not change the run:
+    # items depend on their keys only, and the loader has its own generator (UpdateLoader).
+    num_workers: int = 4
 
     def __post_init__(self):
         for name in ("crop_seconds", "batch_seconds", "micro_batch_seconds"):
@@ -393,10 +395,17 @@ class UpdateLoader:
         sampler = _KeySampler(self.plan, start_update)
         if self.num_workers == 0:
             for keys in sampler:
-                yield collate([self.dataset[key] for key in keys])
+                batch = collate([self.dataset[key] for key in keys])
+                yield batch.pin_memory() if self.pin_memory and batch is not None else batch
             return
+        # Its own generator: without one, starting the iterator draws the workers' base seed from
+        # the global torch generator, the one dropout draws from, so every dropout mask after it
+        # depended on the number of workers and on whether the run was resumed (the items do not
+        # use the workers' seeds: they depend on their keys only).
+        generator = torch.Generator().manual_seed(self.plan.seed)
         loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
-                            pin_memory=self.pin_memory, prefetch_factor=2)
+                            pin_memory=self.pin_memory, prefetch_factor=2, persistent_workers=True,
+                            generator=generator)
         iterator = iter(loader)
         try:
             yield from iterator

@@ -71,7 +71,7 @@ def pretrain(method: str, preset: str, data: str, labels: str | Sequence[str] | 
     backbone = run.model.backbone
     dataset, plan = build_pretrain_data(data, "train", labels, backbone.sample_rate, run.data,
                                         backbone.normalize_waveform, env.world_size, env.rank)
-    loader = UpdateLoader(dataset, plan, run.data.num_workers)
+    loader = UpdateLoader(dataset, plan, run.data.num_workers, pin_memory=device.type == "cuda")
     torch.manual_seed(run.trainer.seed + env.rank)  # dropout differs across ranks, repeats across runs
     task = TASKS[method](run.model, backbone.sample_rate, run.trainer.seed)
     if env.is_main:

@@ -378,7 +378,11 @@ def _run_update(task, ddp, micro_batches, config, device, scaler, update) -> tup
 
 
 def _to_device(batch: Batch, device: torch.device) -> Batch:
-    moved = {name: value.to(device) if isinstance(value, Tensor) else value for name, value in vars(batch).items()}
+    """Non-blocking from pinned memory on CUDA (the copy overlaps the host's work). The row
+    indices stay on the host: the mask generator reads one, which would wait for the device."""
+    non_blocking = device.type == "cuda" and batch.wav.is_pinned()
+    moved = {name: value.to(device, non_blocking=non_blocking) if isinstance(value, Tensor) and name != "indices"
+             else value for name, value in vars(batch).items()}
     return type(batch)(**moved)
 
 
