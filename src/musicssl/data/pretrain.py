@@ -40,6 +40,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from musicssl import audio
+from musicssl.data.crop_read import WholeFile, crop_offset, read_span
 from musicssl.data.manifest import Manifest, read_manifest
 from musicssl.models.backbone import normalize_waveform
 from musicssl.targets.labels import LabelGrid, check_labels, label_file, read_label_set
@@ -57,6 +58,9 @@ class DataConfig:
     # DataLoader worker processes (0: decode in the training process). They do not change the run:
     # items depend on their keys only, and the loader has its own generator (UpdateLoader).
     num_workers: int = 4
+    # Decode only the crop and the resampler's margin (data/crop_read.py) instead of the whole
+    # file; the same samples up to float32 rounding, the same crops and labels.
+    crop_only: bool = True
 
     def __post_init__(self):
         for name in ("crop_seconds", "batch_seconds", "micro_batch_seconds"):
@@ -171,11 +175,13 @@ class PretrainDataset(Dataset):
     Labels are cropped as fairseq's ``collater_frm_label``: first label ``round(offset * ratio)``,
     count ``min(round(n * ratio), labels left in the row)``.
     ``normalize`` standardises each crop after cropping (data2vec's ``normalize``).
+    ``crop_only`` decodes just the crop (``read_span``); a file it cannot read exactly is decoded
+    whole (``whole_file`` True in the item, logged once per file and process).
     """
 
     def __init__(self, manifest: Manifest, sample_rate: int, crop_samples: int, min_samples: int, seed: int,
                  labels: LabelRows | StackedLabelRows | None = None, label_grid: LabelGrid | None = None,
-                 normalize: bool = False):
+                 normalize: bool = False, crop_only: bool = True):
         if crop_samples <= 0 or min_samples < 0:
             raise ValueError(f"crop_samples must be > 0 and min_samples >= 0, got {crop_samples}, {min_samples}")
         if (labels is None) != (label_grid is None):
@@ -187,35 +193,53 @@ class PretrainDataset(Dataset):
                              f"reads audio at {sample_rate} Hz; their frames would not line up")
         self.manifest, self.sample_rate, self.seed = manifest, sample_rate, seed
         self.crop_samples, self.min_samples = crop_samples, min_samples
-        self.labels, self.label_grid, self.normalize = labels, label_grid, normalize
+        self.labels, self.label_grid, self.normalize, self.crop_only = labels, label_grid, normalize, crop_only
         self.skipped: Counter[str] = Counter()  # reason -> items skipped in THIS process
         self._logged: set[int] = set()
+        self._logged_whole: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.manifest)
 
     def __getitem__(self, key: Key) -> dict | None:
         epoch, index = key
-        wav = self._load(index)  # (N,)
+        expected = self.manifest.num_samples(index)
+        if expected < self.min_samples:
+            return self._skip(index, "too short", f"{expected} samples, fewer than min {self.min_samples}")
+        # The draw audio.random_crop makes on the decoded file, which has the manifest's length.
+        offset = crop_offset(expected, self.crop_samples, np.random.default_rng([self.seed, epoch, index]))
+        stop = offset + min(self.crop_samples, expected)
+        wav, whole = self._read(index, offset, stop)  # (n,)
         if wav is None:
             return None
-        rng = np.random.default_rng([self.seed, epoch, index])
-        crop, offset = audio.random_crop(wav, self.crop_samples, rng)  # (n,)
         # Copy: a view would keep the whole file alive and ship it from worker to trainer.
-        crop = torch.from_numpy(np.array(crop, dtype=np.float32))
+        crop = torch.from_numpy(np.array(wav, dtype=np.float32))
         if self.normalize:
             crop = normalize_waveform(crop[None], torch.tensor([len(crop)]))[0]
-        item = {"index": index, "offset": offset, "wav": crop}
+        item = {"index": index, "offset": offset, "wav": crop, "whole_file": whole}
         if self.labels is not None:
             ratio = self.label_grid.rate_hz / self.sample_rate
             item["labels"] = torch.from_numpy(self._crop_labels(index, offset, len(crop), ratio))
             item["labels_per_sample"] = ratio
         return item
 
+    def _read(self, index: int, start: int, stop: int) -> tuple[np.ndarray | None, bool]:
+        """Samples [start, stop) of row ``index``, and whether the whole file was decoded."""
+        if self.crop_only:
+            try:
+                return read_span(self.manifest.path(index), self.sample_rate, self.manifest.num_samples(index),
+                                 start, stop), False
+            except (audio.AudioError, OSError, RuntimeError) as error:
+                return self._skip(index, "undecodable", getattr(error, "problem", str(error))), False
+            except WholeFile as fallback:
+                if index not in self._logged_whole:
+                    self._logged_whole.add(index)
+                    print(f"reading {self.manifest.path(index)} whole: {fallback.reason}", file=sys.stderr)
+        wav = self._load(index)
+        return (None if wav is None else wav[start:stop]), True
+
     def _load(self, index: int) -> np.ndarray | None:
         path, expected = self.manifest.path(index), self.manifest.num_samples(index)
-        if expected < self.min_samples:
-            return self._skip(index, "too short", f"{expected} samples, fewer than min {self.min_samples}")
         try:
             wav = audio.load_audio(path, self.sample_rate)
         except (audio.AudioError, OSError, RuntimeError) as error:
@@ -250,6 +274,7 @@ class Batch:
     labels: Tensor | None  # (B, t) long, or (B, t, S) with S label sets
     indices: Tensor  # (B,) long, manifest rows
     skipped: int  # items of this micro-batch that were None
+    whole_file_reads: int = 0  # items decoded whole: crop_only could not read their crop alone
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return self._map(lambda x: x.to(device, non_blocking=non_blocking))
@@ -259,7 +284,8 @@ class Batch:
 
     def _map(self, function: Callable[[Tensor], Tensor]) -> Batch:
         labels = None if self.labels is None else function(self.labels)
-        return Batch(function(self.wav), function(self.lengths), labels, function(self.indices), self.skipped)
+        return Batch(function(self.wav), function(self.lengths), labels, function(self.indices), self.skipped,
+                     self.whole_file_reads)
 
 
 def collate(items: list[dict | None]) -> Batch | None:
@@ -278,7 +304,7 @@ def collate(items: list[dict | None]) -> Batch | None:
     wav = torch.stack([item["wav"][:n] for item in kept])  # (B, n)
     return Batch(wav=wav, lengths=torch.full((len(kept),), n, dtype=torch.long), labels=_collate_labels(kept, n),
                  indices=torch.tensor([item["index"] for item in kept], dtype=torch.long),
-                 skipped=len(items) - len(kept))
+                 skipped=len(items) - len(kept), whole_file_reads=sum(item.get("whole_file", False) for item in kept))
 
 
 def _collate_labels(items: list[dict], num_samples: int) -> Tensor | None:
@@ -447,5 +473,6 @@ def build_pretrain_data(manifest_dir: str | Path, split: str = "train",
     if short and rank == 0:
         print(f"{split}: {short} of {len(manifest)} files are shorter than data.min_seconds="
               f"{config.min_seconds:g} and will be skipped", file=sys.stderr)
-    dataset = PretrainDataset(manifest, sample_rate, crop_samples, min_samples, config.seed, labels, grid, normalize)
+    dataset = PretrainDataset(manifest, sample_rate, crop_samples, min_samples, config.seed, labels, grid, normalize,
+                              config.crop_only)
     return dataset, UpdatePlan(len(dataset), config, world_size, rank)

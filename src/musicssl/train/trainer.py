@@ -308,6 +308,7 @@ def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_d
             state["updates_consumed"] = update + 1
             totals = dict(zip(totals, _all_reduce(torch.stack(list(totals.values())), env).tolist()))
             state["skipped_items"] += int(totals.pop("skipped", 0))
+            state["whole_file_reads"] = state.get("whole_file_reads", 0) + int(totals.pop("whole_file_reads", 0))
             if totals["audio_seconds"] == 0:  # every item of the update was unreadable: not a step
                 empty_in_row += 1
                 if empty_in_row >= config.max_nonfinite_in_row:
@@ -338,7 +339,8 @@ def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_d
                 values = task.metrics(dict(window)) | extra | {
                     "lr": learning_rate(config.schedule, state["step"] - 1), "grad_norm": grad_norm,
                     "audio_s_per_s": window["audio_seconds"] / max(elapsed, 1e-9),
-                    "skipped_items": state["skipped_items"], "nonfinite_steps": state["nonfinite_steps"]}
+                    "skipped_items": state["skipped_items"], "nonfinite_steps": state["nonfinite_steps"],
+                    "whole_file_reads": state["whole_file_reads"]}
                 logger.log(state["step"], values)
                 window, started = defaultdict(float), time.perf_counter()
             if env.is_main and (state["step"] % config.checkpoint_every == 0 or state["step"] == config.max_steps):
@@ -360,6 +362,7 @@ def _run_update(task, ddp, micro_batches, config, device, scaler, update) -> tup
     usable = [b for b in micro_batches if b is not None]
     totals["skipped"] = torch.tensor(float(sum(b.skipped if b is not None else 0 for b in micro_batches)
                                            + sum(b is None for b in micro_batches)), device=device)
+    totals["whole_file_reads"] = torch.tensor(float(sum(b.whole_file_reads for b in usable)), device=device)
     # Nothing readable: forward a stand-in with weight 0, so the backward still meets the other
     # ranks in DDP's gradient all-reduce and the totals have the same keys, in the same order.
     weight = 1.0 if usable else 0.0
