@@ -254,3 +254,29 @@ def test_sigkill_and_resume_with_workers_equals_an_uninterrupted_run(prepared, t
     assert kill_after <= max(steps) < 6
     assert "resumed from" in run(*args).stderr
     assert_same_parameters(final_state(tmp_path / "straight"), final_state(out))
+
+
+def test_a_prepared_corpus_trains_as_the_files_resumes_exactly_and_ddp_equals_one_process(prepared, tmp_path):
+    """`musicssl prepare` shards of the mono 16-bit 16 kHz corpus hold its samples exactly, so a run
+    on them equals the run on the files, bit for bit (dropout on); labels made for the source
+    manifest line up with the prepared one."""
+    shards = tmp_path / "prepared"
+    run("prepare", "--data", str(prepared / "manifest"), "-o", str(shards), "--num-shards", "3")
+
+    def on_shards(out: Path, *overrides: str, command=(MUSICSSL,)):
+        return run("pretrain", "musichubert", "--preset", "tiny", "--data", str(shards), "--labels",
+                   str(prepared / "labels"), "--out", str(out), *sum([["--set", o] for o in overrides], []),
+                   command=command)
+
+    pretrain(prepared, tmp_path / "files", *WITH_DROPOUT)
+    on_shards(tmp_path / "shards", *WITH_DROPOUT)
+    assert_same_parameters(final_state(tmp_path / "files"), final_state(tmp_path / "shards"))
+    on_shards(tmp_path / "split", *WITH_DROPOUT[:-1], "trainer.max_steps=3")
+    assert "resumed from" in on_shards(tmp_path / "split", *WITH_DROPOUT).stderr
+    assert_same_parameters(final_state(tmp_path / "shards"), final_state(tmp_path / "split"))
+    common = [*MICRO, *DETERMINISTIC, "trainer.max_steps=3", "data.batch_seconds=8", "data.micro_batch_seconds=4"]
+    on_shards(tmp_path / "single", *common)
+    on_shards(tmp_path / "ddp", *common, command=(TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "musicssl.cli"))
+    single, ddp = final_state(tmp_path / "single"), final_state(tmp_path / "ddp")
+    for name in single:
+        torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-5, msg=name)

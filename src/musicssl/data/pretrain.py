@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from musicssl import audio
 from musicssl.data.crop_read import WholeFile, crop_offset, read_span
 from musicssl.data.manifest import Manifest, read_manifest
+from musicssl.data.prepare import PreparedCorpus, is_prepared
 from musicssl.models.backbone import normalize_waveform
 from musicssl.targets.labels import LabelGrid, check_labels, label_file, read_label_set
 
@@ -175,13 +176,14 @@ class PretrainDataset(Dataset):
     Labels are cropped as fairseq's ``collater_frm_label``: first label ``round(offset * ratio)``,
     count ``min(round(n * ratio), labels left in the row)``.
     ``normalize`` standardises each crop after cropping (data2vec's ``normalize``).
+    ``prepared`` (data/prepare.py) reads crops from int16 shards instead of the files.
     ``crop_only`` decodes just the crop (``read_span``); a file it cannot read exactly is decoded
     whole (``whole_file`` True in the item, logged once per file and process).
     """
 
     def __init__(self, manifest: Manifest, sample_rate: int, crop_samples: int, min_samples: int, seed: int,
                  labels: LabelRows | StackedLabelRows | None = None, label_grid: LabelGrid | None = None,
-                 normalize: bool = False, crop_only: bool = True):
+                 normalize: bool = False, crop_only: bool = True, prepared: PreparedCorpus | None = None):
         if crop_samples <= 0 or min_samples < 0:
             raise ValueError(f"crop_samples must be > 0 and min_samples >= 0, got {crop_samples}, {min_samples}")
         if (labels is None) != (label_grid is None):
@@ -194,6 +196,7 @@ class PretrainDataset(Dataset):
         self.manifest, self.sample_rate, self.seed = manifest, sample_rate, seed
         self.crop_samples, self.min_samples = crop_samples, min_samples
         self.labels, self.label_grid, self.normalize, self.crop_only = labels, label_grid, normalize, crop_only
+        self.prepared = prepared
         self.skipped: Counter[str] = Counter()  # reason -> items skipped in THIS process
         self._logged: set[int] = set()
         self._logged_whole: set[int] = set()
@@ -225,6 +228,9 @@ class PretrainDataset(Dataset):
 
     def _read(self, index: int, start: int, stop: int) -> tuple[np.ndarray | None, bool]:
         """Samples [start, stop) of row ``index``, and whether the whole file was decoded."""
+        if self.prepared is not None:
+            wav = self.prepared.read(index, start, stop)
+            return (wav if wav is not None else self._skip(index, "undecodable", "unreadable when prepared")), False
         if self.crop_only:
             try:
                 return read_span(self.manifest.path(index), self.sample_rate, self.manifest.num_samples(index),
@@ -447,7 +453,8 @@ def build_pretrain_data(manifest_dir: str | Path, split: str = "train",
                         label_dir: str | Path | Sequence[str | Path] | None = None,
                         sample_rate: int = 16_000, config: DataConfig = DataConfig(), normalize: bool = False,
                         world_size: int = 1, rank: int = 0) -> tuple[PretrainDataset, UpdatePlan]:
-    """Dataset and plan for ``{manifest_dir}/{split}.tsv``; with ``label_dir`` (one directory, or
+    """Dataset and plan for ``{manifest_dir}/{split}.tsv`` (read from shards if ``manifest_dir`` is a
+    `musicssl prepare` directory); with ``label_dir`` (one directory, or
     several on one grid), each ``{split}.km`` is checked against the manifest first (every rank
     checks; rank 0 prints the summary lines)."""
     manifest = read_manifest(Path(manifest_dir) / f"{split}.tsv")
@@ -473,6 +480,10 @@ def build_pretrain_data(manifest_dir: str | Path, split: str = "train",
     if short and rank == 0:
         print(f"{split}: {short} of {len(manifest)} files are shorter than data.min_seconds="
               f"{config.min_seconds:g} and will be skipped", file=sys.stderr)
+    prepared = None
+    if is_prepared(manifest_dir):  # `musicssl prepare` output: crops from its shards
+        prepared = PreparedCorpus(manifest_dir, split, sample_rate)
+        prepared.check_manifest(manifest)
     dataset = PretrainDataset(manifest, sample_rate, crop_samples, min_samples, config.seed, labels, grid, normalize,
-                              config.crop_only)
+                              config.crop_only, prepared)
     return dataset, UpdatePlan(len(dataset), config, world_size, rank)
