@@ -19,7 +19,8 @@ from musicssl.train.trainer import checkpoint_dirs, read_run_config, setup_distr
 RUN_TYPES = {"musichubert": MusicHubertRun, "music2vec": Music2VecRun}
 TASKS = {"musichubert": MusicHubertTask, "music2vec": Music2VecTask}
 RESUMABLE_OVERRIDES = ("trainer.max_steps", "trainer.checkpoint_every", "trainer.log_every",
-                       "trainer.keep_checkpoints", "data.num_workers")
+                       "trainer.keep_checkpoints", "data.num_workers", "data.crop_only", "trainer.compile",
+                       "trainer.fused_adamw")
 
 
 def resolve(method: str, preset: str, labels: str | Sequence[str] | None, overrides: list[str], resume_from: Path | None,

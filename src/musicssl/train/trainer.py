@@ -72,6 +72,12 @@ class TrainerConfig:
     # recipes). Under Adam, feature_grad_mult does not slow the CNN (its update ignores the
     # gradient's scale); a smaller lr does.
     cnn_lr_scale: float = 1.0
+    # GPU switches. compile: "" (off) or a torch.compile backend ("inductor" on a GPU; "eager"
+    # traces without changing a number, which the tests check) for the model and its DDP wrapper;
+    # fused_adamw: one fused AdamW kernel on CUDA (foreach AdamW elsewhere; the two differ by
+    # float32 rounding only, tests/train/test_gpu_switches.py).
+    compile: str = ""
+    fused_adamw: bool = True
 
 
 class PretrainTask(Protocol):
@@ -279,6 +285,12 @@ def _parameter_groups(task: PretrainTask, config: TrainerConfig) -> list[dict]:
     return groups
 
 
+def make_optimizer(task: PretrainTask, config: TrainerConfig, device: torch.device) -> torch.optim.AdamW:
+    fused = {"fused": True} if config.fused_adamw and device.type == "cuda" else {}
+    return torch.optim.AdamW(_parameter_groups(task, config), lr=config.schedule.peak_lr, betas=config.betas,
+                             eps=config.eps, weight_decay=config.weight_decay, **fused)
+
+
 def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_dir: Path, run_config: Any,
           env: Distributed, device: torch.device, resume_from: Path | None = None, progress: bool = True) -> dict:
     """Run until `config.max_steps`; returns the final trainer state."""
@@ -286,8 +298,9 @@ def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_d
     ddp = model if env.world_size == 1 else nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None,
         find_unused_parameters=task.backbone().config.layerdrop > 0)  # LayerDrop leaves blocks unused
-    optimizer = torch.optim.AdamW(_parameter_groups(task, config), lr=config.schedule.peak_lr,
-                                  betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(task, config, device)
+    if config.compile:
+        ddp = torch.compile(ddp, backend=config.compile)
     scheduler = make_scheduler(optimizer, config.schedule)
     scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
     state = {"step": 0, "updates_consumed": 0, "skipped_items": 0, "nonfinite_steps": 0,
@@ -358,7 +371,7 @@ def _run_update(task, ddp, micro_batches, config, device, scaler, update) -> tup
     for parameter in ddp.parameters():
         parameter.grad = None
     totals: dict[str, Tensor] = defaultdict(lambda: torch.zeros((), device=device))
-    finite = True
+    finite = torch.ones((), dtype=torch.bool, device=device)  # read once per update, not per micro-batch
     usable = [b for b in micro_batches if b is not None]
     totals["skipped"] = torch.tensor(float(sum(b.skipped if b is not None else 0 for b in micro_batches)
                                            + sum(b is None for b in micro_batches)), device=device)
@@ -373,11 +386,11 @@ def _run_update(task, ddp, micro_batches, config, device, scaler, update) -> tup
             with autocast_context(config.precision, device):
                 result = task.step(ddp, _to_device(batch, device), update)
             loss = result["loss"].float() * weight
-            finite = finite and bool(torch.isfinite(loss))
+            finite = finite & torch.isfinite(loss.detach())
             (scaler.scale(loss) if scaler is not None else loss).backward()
         _accumulate(totals, result, weight)
         totals["audio_seconds"] = totals["audio_seconds"] + weight * batch.lengths.sum().float() / task.sample_rate
-    return dict(totals), finite
+    return dict(totals), bool(finite)  # the update's one wait for the device (the all-reduce's .tolist() is another)
 
 
 def _to_device(batch: Batch, device: torch.device) -> Batch:
