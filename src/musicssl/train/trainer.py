@@ -47,6 +47,7 @@ from musicssl.data.pretrain import Batch, UpdateLoader
 from musicssl.interop.huggingface import export_pretrained, from_hf_state_dict, read_hf_weights
 from musicssl.models.backbone import Backbone
 from musicssl.train.schedules import ScheduleConfig, learning_rate, make_scheduler
+from musicssl.train.slurm import torchrun_environment
 
 CHECKPOINTS = "checkpoints"
 INITIAL = "initial"  # the backbone before the first update: a run's own random-init control
@@ -107,14 +108,18 @@ class Distributed:
 
 
 def setup_distributed() -> tuple[Distributed, torch.device]:
-    """From torchrun's environment; a plain `python` run is world size 1."""
+    """From torchrun's environment, or srun's without torchrun (train/slurm.py); a plain `python`
+    run is world size 1."""
+    os.environ.update(torchrun_environment(os.environ))
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return Distributed(), torch.device("cuda" if torch.cuda.is_available() else "cpu")
     env = Distributed(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
     if torch.cuda.is_available():
-        torch.cuda.set_device(env.local_rank)
+        # srun --gpus-per-task=1 shows each task only its own GPU: local rank 3 is then device 0
+        index = env.local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
         dist.init_process_group("nccl")
-        return env, torch.device("cuda", env.local_rank)
+        return env, torch.device("cuda", index)
     dist.init_process_group("gloo")
     return env, torch.device("cpu")
 
