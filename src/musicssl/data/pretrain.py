@@ -3,7 +3,8 @@
 Data flow, for one optimizer update on one rank::
 
     UpdatePlan.micro_batches(epoch, update)          keys (epoch, row), this rank's share
-      -> PretrainDataset[(epoch, row)]               decode row, random crop, label crop, (normalize)
+      -> PretrainDataset[(epoch, row)]               random crop, read it (crop_read.py, or prepared
+                                                     shards: prepare.py), label crop, (normalize)
       -> collate(items)                              drop bad items, crop to the shortest -> Batch (B, n)
       -> UpdateLoader.iterate(start_update)          accumulation_steps Batches per update
 
@@ -11,7 +12,10 @@ Determinism. Nothing here draws from a global or per-worker random state:
 
 * the order of items is ``default_rng([seed, epoch]).permutation(num_items)``, cut into groups of
   ``crops_per_update`` (the global batch); rank ``r`` of ``W`` takes the ``r``-th contiguous slice;
-* the crop of an item is drawn from ``default_rng([seed, epoch, row])``.
+* the crop of an item is drawn from ``default_rng([seed, epoch, row])``, from the manifest's length
+  (so the crop is known before anything is decoded);
+* the DataLoader has its own generator: starting its iterator no longer draws from the global torch
+  generator, which dropout draws from (that draw made 0 vs 2 workers, and kill + resume, differ).
 
 So the crop a row gets depends only on (seed, epoch, row): not on the world size, the batch it
 lands in, the DataLoader worker that decodes it, or whether the run was resumed. With the global
@@ -26,7 +30,6 @@ no longer decodes to the manifest's length becomes ``None`` (logged once per fil
 
 from __future__ import annotations
 
-import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -41,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from musicssl import audio
 from musicssl.data.crop_read import WholeFile, crop_offset, read_span
+from musicssl.data.label_rows import LabelRows, StackedLabelRows
 from musicssl.data.manifest import Manifest, read_manifest
 from musicssl.data.prepare import PreparedCorpus, is_prepared
 from musicssl.models.backbone import normalize_waveform
@@ -80,86 +84,6 @@ class DataConfig:
     @property
     def crops_per_micro_batch(self) -> int:
         return round(self.micro_batch_seconds / self.crop_seconds)
-
-
-# ---------------------------------------------------------------------------------------------
-# labels: row i of a .km file, read on demand
-
-
-class LabelRows:
-    """Row ``i`` of a label file (``{split}.km``) as int64 ids, read from disk when asked.
-
-    Only the byte offset of each line is kept (8 bytes per row), not the labels. Pickling drops the
-    open file; each process (DataLoader worker, forked or spawned) opens its own, so no two
-    processes share a file position.
-    """
-
-    def __init__(self, path: str | Path):
-        self._handle, self._pid = None, None
-        self.path = Path(path)
-        self.offsets = _line_offsets(self.path)  # (rows + 1,) row i is bytes [offsets[i], offsets[i+1])
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"{self.path}: row {index} out of range ({len(self)} rows)")
-        index %= len(self)
-        if self._handle is None or self._pid != os.getpid():
-            self.close()  # a handle inherited through fork shares its file position with the parent
-            self._handle, self._pid = self.path.open("rb"), os.getpid()
-        start, stop = int(self.offsets[index]), int(self.offsets[index + 1])
-        self._handle.seek(start)
-        return np.array(self._handle.read(stop - start).split(), dtype=np.int64)  # (T,)
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-
-    def __del__(self):
-        self.close()
-
-    def __getstate__(self) -> dict:
-        return self.__dict__ | {"_handle": None, "_pid": None}
-
-
-class StackedLabelRows:
-    """Several label sets on one grid (codebooks, fairseq's multiple label files): row ``i`` is
-    (T, S) int64, one column per set, cut to the shortest set's row (sets made on the same grid
-    have equal counts; `check_labels` allows a frame of slack)."""
-
-    def __init__(self, sets: list[LabelRows]):
-        if len(sets) < 2:
-            raise ValueError("StackedLabelRows needs at least two label sets; use LabelRows for one")
-        rows = {len(labels) for labels in sets}
-        if len(rows) > 1:
-            raise ValueError(f"label sets differ in row count: {[(str(s.path), len(s)) for s in sets]}")
-        self.sets = sets
-        self.path = sets[0].path
-
-    def __len__(self) -> int:
-        return len(self.sets[0])
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        rows = [labels[index] for labels in self.sets]
-        length = min(len(row) for row in rows)
-        return np.stack([row[:length] for row in rows], axis=1)  # (T, S)
-
-
-def _line_offsets(path: Path, block_bytes: int = 1 << 24) -> np.ndarray:
-    """Start of every line and the end of the last one; a missing final newline is tolerated."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: label file not found")
-    starts, position = [np.zeros(1, dtype=np.int64)], 0
-    with path.open("rb") as handle:
-        while block := handle.read(block_bytes):
-            newlines = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == ord("\n"))
-            starts.append(newlines.astype(np.int64) + position + 1)
-            position += len(block)
-    offsets = np.concatenate(starts)
-    return offsets if offsets[-1] == position else np.append(offsets, position)
 
 
 # ---------------------------------------------------------------------------------------------
