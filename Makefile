@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-portability demo venv clean-venv bench fairseq-venv
+.PHONY: test test-portability demo venv clean-venv bench fairseq-venv parity-convert
 
 venv: $(STAMP)
 
@@ -49,6 +49,11 @@ $(FAIRSEQ_STAMP):
 	$(FAIRSEQ_VENV)/bin/python -m pip install --quiet torch==2.13.0 numpy cython setuptools wheel safetensors soundfile
 	$(FAIRSEQ_VENV)/bin/python -m pip install --quiet --no-build-isolation fairseq-fixed==0.12.3.1
 	touch $(FAIRSEQ_STAMP)
+
+# `musicssl convert fairseq` against fairseq itself: random-weight HuBERT / data2vec-audio
+# checkpoints at tiny and base shapes, every layer within 1e-4 (a few minutes on 2 cores).
+parity-convert: $(STAMP) $(FAIRSEQ_STAMP)
+	OMP_NUM_THREADS=2 $(FAIRSEQ_VENV)/bin/python benchmarks/fairseq_convert_parity.py --main-python $(PY)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -360,6 +360,28 @@ def run_demo(args) -> int:
     return 0
 
 
+def add_convert(commands) -> None:
+    parser = commands.add_parser(
+        "convert", help="a fairseq checkpoint -> a model directory load_model and transformers read",
+        description="Read a fairseq HuBERT, data2vec-audio or MERT checkpoint without running pickled code "
+                    "(allow-list unpickler) and write OUT_DIR: config.json, model.safetensors, "
+                    "preprocessor_config.json, and training_state/ (pre-training heads, EMA, fairseq config).")
+    parser.add_argument("source_format", choices=("fairseq",), help="checkpoint format")
+    parser.add_argument("checkpoint", help="checkpoint file, e.g. checkpoint_best.pt")
+    parser.add_argument("out_dir", help="output model directory")
+    parser.set_defaults(run=run_convert)
+
+
+def run_convert(args) -> int:
+    from musicssl.interop.fairseq import convert_fairseq
+
+    out, config, heads = convert_fairseq(args.checkpoint, args.out_dir)
+    print(f"wrote {out}: {config.variant} backbone, {config.num_layers} layers x {config.dim}, "
+          f"{config.sample_rate} Hz, normalize_waveform={config.normalize_waveform}; "
+          f"{len(heads)} other tensors kept in training_state/heads.safetensors")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="musicssl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -372,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_benchmark(commands)
     add_synth(commands)
     add_demo(commands)
+    add_convert(commands)
     return parser
 
 

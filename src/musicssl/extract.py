@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from musicssl import audio
-from musicssl.interop.huggingface import import_pretrained
+from musicssl.interop.huggingface import FAIRSEQ_NORMALIZE_EPS, load_pretrained
 from musicssl.models.backbone import Backbone, normalize_waveform
 
 
@@ -36,8 +36,10 @@ class Encoder:
     """A frozen backbone with its preprocessing. `num_hidden_states` = L + 1 (index 0 is the
     Transformer input, index i the output of block i)."""
 
-    def __init__(self, backbone: Backbone, device: torch.device | str | None = None, name: str = ""):
+    def __init__(self, backbone: Backbone, device: torch.device | str | None = None, name: str = "",
+                 normalize_eps: float = FAIRSEQ_NORMALIZE_EPS):
         self.device = torch.device(device) if device is not None else default_device()
+        self.normalize_eps = normalize_eps  # transformers' feature extractor: 1e-7 (see Preprocessing)
         self.backbone = backbone.to(self.device).eval()
         self.config = backbone.config
         self.name = name
@@ -81,7 +83,7 @@ class Encoder:
         signal = torch.from_numpy(np.ascontiguousarray(array))
         if self.config.normalize_waveform:
             # Whole-track statistics, as transformers' feature extractor normalises its input.
-            signal = normalize_waveform(signal[None], torch.tensor([signal.numel()]))[0]
+            signal = normalize_waveform(signal[None], torch.tensor([signal.numel()]), self.normalize_eps)[0]
         return signal
 
     @torch.no_grad()
@@ -137,7 +139,8 @@ def load_model(path: str | Path, device: torch.device | str | None = None, **ove
         raise FileNotFoundError(f"{path}: no such model directory")
     if not path.is_dir():
         raise ValueError(f"{path}: a model is a directory holding config.json and weights, not a file")
-    return Encoder(import_pretrained(path, **overrides), device=device, name=path.name)
+    backbone, preprocessing = load_pretrained(path, **overrides)
+    return Encoder(backbone, device=device, name=path.name, normalize_eps=preprocessing.normalize_eps)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from musicssl.extract import Encoder, load_model
-from musicssl.interop.huggingface import from_hf_config
+from musicssl.interop.huggingface import from_hf_config, read_preprocessing
 from musicssl.models.backbone import Backbone, BackboneConfig, backbone_preset
 from musicssl.targets.features import MfccConfig, mfcc
 
@@ -112,7 +112,8 @@ def weights_fingerprint(directory: Path) -> str:
     """Hash of config.json and the weight files' bytes: the cache follows the weights, not the
     directory name, so retraining into the same folder never reuses stale features."""
     digest = hashlib.sha1()
-    for name in ("config.json", "model.safetensors", "pytorch_model.bin"):
+    # The preprocessor config sets the input rate and normalisation: it changes the features too.
+    for name in ("config.json", "preprocessor_config.json", "model.safetensors", "pytorch_model.bin"):
         path = directory / name
         if path.is_file():
             with open(path, "rb") as f:
@@ -128,7 +129,12 @@ def random_backbone_config(spec: str) -> BackboneConfig:
         config_path = path / "config.json"
         if not config_path.is_file():
             raise ValueError(f"random:{spec}: {config_path} not found")
-        return from_hf_config(json.loads(config_path.read_text()), str(config_path))
+        hf = json.loads(config_path.read_text())
+        config = from_hf_config(hf, str(config_path))
+        # The directory's input preprocessing too, so the control sees the input the model does.
+        preprocessing = read_preprocessing(path, hf, config)
+        return dataclasses.replace(config, sample_rate=preprocessing.sample_rate,
+                                   normalize_waveform=preprocessing.do_normalize)
     try:
         return backbone_preset(spec)
     except KeyError as err:
@@ -161,4 +167,7 @@ def open_source(spec: str, device: str | None = None, seed: int = 0) -> Source:
         return EncoderSource(Encoder(backbone, device=device, name=spec), name=spec, fingerprint=fingerprint)
     path = Path(spec)
     encoder = load_model(path, device=device)
-    return EncoderSource(encoder, name=model_name(path.resolve()), fingerprint=weights_fingerprint(path))
+    # The resolved input preprocessing too: a default (no preprocessor config) may change with the code.
+    preprocessing = f"{encoder.sample_rate}/{encoder.config.normalize_waveform}/{encoder.normalize_eps}"
+    fingerprint = _digest(weights_fingerprint(path) + preprocessing)
+    return EncoderSource(encoder, name=model_name(path.resolve()), fingerprint=fingerprint)

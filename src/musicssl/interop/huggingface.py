@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from musicssl.models.backbone import Backbone, BackboneConfig
+
+log = logging.getLogger(__name__)
 
 # (transformers name, our name, variant or None for both). {i} = an index, {p} = weight|bias.
 # Where transformers has two names for one tensor (weight norm before and after torch's
@@ -31,6 +34,9 @@ NAME_TABLE: list[tuple[str, str, str | None]] = [
     ("encoder.pos_conv_embed.conv.parametrizations.weight.original1", "encoder.pos_conv.convs.0.weight_v", "hubert"),
     ("encoder.pos_conv_embed.conv.weight_v", "encoder.pos_conv.convs.0.weight_v", "hubert"),
     ("encoder.pos_conv_embed.conv.bias", "encoder.pos_conv.convs.0.bias", "hubert"),
+    # conv_pos_batch_norm: a BatchNorm1d before a plain (not weight-normed) conv.
+    ("encoder.pos_conv_embed.conv.weight", "encoder.pos_conv.convs.0.weight", "hubert"),
+    ("encoder.pos_conv_embed.batch_norm.{b}", "encoder.pos_conv.batch_norm.{b}", "hubert"),
     ("encoder.pos_conv_embed.layers.{i}.conv.{p}", "encoder.pos_conv.convs.{i}.{p}", "data2vec"),
     ("encoder.layer_norm.{p}", "encoder.layer_norm.{p}", None),
     ("encoder.layers.{i}.attention.q_proj.{p}", "encoder.layers.{i}.attention.q_proj.{p}", None),
@@ -46,10 +52,14 @@ NAME_TABLE: list[tuple[str, str, str | None]] = [
 # Prefixes transformers adds when a backbone is saved inside a task model (e.g. HubertForCTC).
 _TASK_PREFIXES = ("hubert.", "data2vec_audio.", "wav2vec2.")
 _MODEL_TYPES = {"hubert": ("hubert", "HubertModel"), "data2vec": ("data2vec-audio", "Data2VecAudioModel")}
+# MERT-v1 (m-a-p/MERT-v1-95M, -330M; github.com/yizhilll/MERT scripts/mert_hf): a HubertModel
+# with `sample_rate` (24000) in config.json and options of its own, read natively (no remote code).
+MERT_MODEL_TYPE = "mert_model"
 
 
 def _pattern(template: str) -> re.Pattern:
     escaped = re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>weight|bias)")
+    escaped = escaped.replace(r"\{b\}", r"(?P<b>weight|bias|running_mean|running_var|num_batches_tracked)")
     return re.compile(escaped + "$")
 
 
@@ -88,13 +98,26 @@ def to_hf_config(config: BackboneConfig) -> dict:
         "mask_time_prob": 0.05, "apply_spec_augment": True,
     }
     if config.variant == "hubert":
-        hf.update(num_conv_pos_embeddings=config.pos_conv_kernel, conv_pos_batch_norm=False,
+        hf.update(num_conv_pos_embeddings=config.pos_conv_kernel, conv_pos_batch_norm=config.pos_conv_batch_norm,
                   feat_extract_norm=config.extractor_norm, feat_proj_layer_norm=True,
                   do_stable_layer_norm=config.layer_norm_first)
     else:  # in Data2VecAudioConfig num_conv_pos_embeddings is the number of pos-conv layers
         hf.update(num_conv_pos_embeddings=config.pos_conv_depth, conv_pos_kernel_size=config.pos_conv_kernel)
     hf["musicssl"] = {"backbone": _config_to_json(config)}
     return hf
+
+
+def _check_mert_options(hf: dict, source: str) -> None:
+    """MERT's options that change the computation: implemented, or refused by name.
+    `attention_relax` is read and ignored: softmax((a/r - max(a/r)) r) = softmax(a) exactly (a
+    shift), bitwise in fp32 for MERT-330M's r = 32 (a power of two; tests/interop/test_mert.py),
+    and MERTModel applies it only inside its deepnorm encoder, which is refused here."""
+    if hf.get("feature_extractor_cqt", False):
+        raise ValueError(f"{source}: feature_extractor_cqt=true (MERT's CQT input features, nnAudio) "
+                         "is not supported; MERT-v1 models have it off")
+    if hf.get("deepnorm", False):
+        raise ValueError(f"{source}: deepnorm=true (MERT's scaled residual connections) is not supported; "
+                         "MERT-v1 models have it off")
 
 
 def _check_exportable(config: BackboneConfig) -> None:
@@ -108,8 +131,10 @@ def from_hf_config(hf: dict, source: str = "config.json") -> BackboneConfig:
     if "musicssl" in hf:
         return _config_from_json(hf["musicssl"]["backbone"])
     model_type = hf.get("model_type")
-    if model_type not in ("hubert", "data2vec-audio"):
-        raise ValueError(f"{source}: model_type {model_type!r} is not supported (expected 'hubert' or 'data2vec-audio')")
+    if model_type not in ("hubert", "data2vec-audio", MERT_MODEL_TYPE):
+        raise ValueError(f"{source}: model_type {model_type!r} is not supported "
+                         f"(expected 'hubert', 'data2vec-audio' or {MERT_MODEL_TYPE!r})")
+    _check_mert_options(hf, source)
     if not hf.get("feat_proj_layer_norm", True):
         raise ValueError(f"{source}: feat_proj_layer_norm=false (wav2vec2-style projection) is not supported")
     conv = tuple(zip(hf["conv_dim"], hf["conv_kernel"], hf["conv_stride"]))
@@ -125,11 +150,14 @@ def from_hf_config(hf: dict, source: str = "config.json") -> BackboneConfig:
     for key in ("hidden_act", "feat_extract_activation"):
         if hf.get(key, "gelu") != "gelu":
             raise ValueError(f"{source}: {key}={hf[key]!r} is not supported (only gelu)")
-    if model_type == "hubert":
-        if hf.get("conv_pos_batch_norm", False):
-            raise ValueError(f"{source}: conv_pos_batch_norm=true is not supported")
-        return BackboneConfig(variant="hubert", extractor_norm=hf.get("feat_extract_norm", "group"),
+    if model_type in ("hubert", MERT_MODEL_TYPE):
+        extractor_norm = hf.get("feat_extract_norm", "group")
+        # The input normalisation is read with the preprocessor config (`read_preprocessing`);
+        # this is the default without one.
+        return BackboneConfig(variant="hubert", extractor_norm=extractor_norm,
+                              normalize_waveform=extractor_norm == "layer",
                               pos_conv_kernel=hf.get("num_conv_pos_embeddings", 128), pos_conv_depth=1,
+                              pos_conv_batch_norm=bool(hf.get("conv_pos_batch_norm", False)),
                               layer_norm_first=hf.get("do_stable_layer_norm", False), **common)
     return BackboneConfig(variant="data2vec", extractor_norm="layer", normalize_waveform=True,
                           pos_conv_kernel=hf.get("conv_pos_kernel_size", 19),
@@ -220,12 +248,21 @@ def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
 def import_pretrained(directory: str | Path, **overrides) -> Backbone:
     """Build a Backbone from a transformers (or our exported) directory. `overrides` replace
     config fields that do not change the weights, e.g. isolate_padding=False."""
+    return load_pretrained(directory, **overrides)[0]
+
+
+def load_pretrained(directory: str | Path, **overrides) -> tuple[Backbone, "Preprocessing"]:
+    """(backbone, its input preprocessing): the rate and waveform normalisation come from
+    preprocessor_config.json (or the model type's default, logged), and are in the config."""
     directory = Path(directory)
     config_path = directory / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{directory}: no config.json (not a model directory)")
-    config = from_hf_config(json.loads(config_path.read_text()), str(config_path))
-    config = dataclasses.replace(config, sample_rate=_sample_rate(directory, config), **overrides)
+    hf = json.loads(config_path.read_text())
+    config = from_hf_config(hf, str(config_path))
+    preprocessing = read_preprocessing(directory, hf, config)
+    config = dataclasses.replace(config, **{"sample_rate": preprocessing.sample_rate,
+                                            "normalize_waveform": preprocessing.do_normalize, **overrides})
     backbone = Backbone(config)
     state, _ = from_hf_state_dict(read_hf_weights(directory), config.variant, str(directory))
     expected = backbone.state_dict()
@@ -237,11 +274,58 @@ def import_pretrained(directory: str | Path, **overrides) -> Backbone:
             raise ValueError(f"{directory}: {name} has shape {tuple(tensor.shape)}, config implies "
                              f"{tuple(expected[name].shape)}")
     backbone.load_state_dict(state, strict=False)
-    return backbone
+    return backbone, preprocessing
 
 
-def _sample_rate(directory: Path, config: BackboneConfig) -> int:
+# ---------------------------------------------------------------------------------------------
+# input preprocessing: what transformers' Wav2Vec2FeatureExtractor does before the model
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    sample_rate: int
+    do_normalize: bool  # per-utterance zero mean, unit variance
+    # sqrt(var + eps): transformers' zero_mean_unit_var_norm uses 1e-7; fairseq's F.layer_norm
+    # over the waveform (and our own training) 1e-5.
+    normalize_eps: float
+    origin: str  # where the values came from, for messages
+
+
+TRANSFORMERS_NORMALIZE_EPS = 1e-7
+FAIRSEQ_NORMALIZE_EPS = 1e-5
+
+
+def read_preprocessing(directory: Path, hf: dict, config: BackboneConfig) -> Preprocessing:
+    """preprocessor_config.json's sampling_rate and do_normalize; without that file, the default
+    of the model type (see `default_preprocessing`), stated in a log line."""
+    ours = "musicssl" in hf
+    eps = FAIRSEQ_NORMALIZE_EPS if ours else TRANSFORMERS_NORMALIZE_EPS
     path = directory / "preprocessor_config.json"
     if path.exists():
-        return int(json.loads(path.read_text()).get("sampling_rate", config.sample_rate))
-    return config.sample_rate
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
+        default = default_preprocessing(hf, config)
+        rate = int(values.get("sampling_rate", default.sample_rate))
+        # transformers' Wav2Vec2FeatureExtractor defaults do_normalize to true when the key is absent.
+        return Preprocessing(rate, bool(values.get("do_normalize", True)), eps, str(path))
+    default = default_preprocessing(hf, config)
+    log.warning("%s: no preprocessor_config.json; using the %s default: sampling_rate=%d, do_normalize=%s",
+                directory, default.origin, default.sample_rate, default.do_normalize)
+    return dataclasses.replace(default, normalize_eps=eps)
+
+
+def default_preprocessing(hf: dict, config: BackboneConfig) -> Preprocessing:
+    """Without a preprocessor config. Ours: the config we trained with. data2vec-audio: always
+    normalised (fairseq data2vec `normalize: true`). HuBERT and MERT: fairseq's recipes pair
+    `normalize` with the CNN's norm ("must be consistent with extractor_mode", MERT's configs):
+    base / MERT (group norm) raw audio, large / xlarge (layer norm) normalised. The rate is the
+    config's `sample_rate` (MERT: 24000) or 16000."""
+    if "musicssl" in hf:
+        return Preprocessing(config.sample_rate, config.normalize_waveform, FAIRSEQ_NORMALIZE_EPS, "musicssl config")
+    model_type = hf.get("model_type")
+    if model_type == "data2vec-audio":
+        return Preprocessing(config.sample_rate, True, TRANSFORMERS_NORMALIZE_EPS, "data2vec-audio")
+    return Preprocessing(config.sample_rate, config.extractor_norm == "layer", TRANSFORMERS_NORMALIZE_EPS,
+                         f"{model_type} (feat_extract_norm={config.extractor_norm!r})")

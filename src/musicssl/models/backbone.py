@@ -43,6 +43,9 @@ class BackboneConfig:
     pos_conv_kernel: int = 128  # hubert conv_pos 128; data2vec conv_pos 95 / depth 5 = 19
     pos_conv_groups: int = 16  # conv_pos_groups
     pos_conv_depth: int = 1  # data2vec pos_conv_depth 5
+    # hubert only: BatchNorm1d on the pos conv's input and a plain (not weight-normed) conv;
+    # fairseq/transformers `conv_pos_batch_norm` (mHuBERT-25Hz). False in every recipe here.
+    pos_conv_batch_norm: bool = False
     layer_norm_first: bool = False  # post-LN in both base recipes; MERT-330M is pre-LN
     dropout: float = 0.1  # residual dropout, both recipes
     attention_dropout: float = 0.1
@@ -66,6 +69,8 @@ class BackboneConfig:
             raise ValueError(f"extractor_norm must be 'group' or 'layer', got {self.extractor_norm!r}")
         if self.dim % self.num_heads:
             raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if self.pos_conv_batch_norm and self.variant != "hubert":
+            raise ValueError("pos_conv_batch_norm exists only in the hubert variant")
         if self.variant == "hubert" and self.pos_conv_depth != 1:
             raise ValueError("the hubert variant has exactly one positional conv (pos_conv_depth=1)")
 
@@ -275,11 +280,15 @@ class PositionalConv(nn.Module):
     affine, GELU). An even kernel drops its last output frame so that T is preserved ("SamePad")."""
 
     def __init__(self, variant: str, dim: int, kernel: int, groups: int, depth: int,
-                 isolate_padding: bool):
+                 isolate_padding: bool, batch_norm: bool = False):
         super().__init__()
         self.variant, self.trim = variant, 1 if kernel % 2 == 0 else 0
         self.isolate_padding = isolate_padding
-        if variant == "hubert":
+        # conv_pos_batch_norm: BatchNorm1d(x) -> plain conv, instead of a weight-normed conv.
+        self.batch_norm = nn.BatchNorm1d(dim) if batch_norm else None
+        if batch_norm:
+            self.convs = nn.ModuleList([nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=groups)])
+        elif variant == "hubert":
             self.convs = nn.ModuleList([WeightNormConv1d(dim, kernel, groups)])
         else:
             self.convs = nn.ModuleList(
@@ -288,6 +297,10 @@ class PositionalConv(nn.Module):
     def forward(self, x: Tensor, padding_mask: Tensor | None) -> Tensor:
         y = x.transpose(1, 2)  # (B, D, T)
         keep = None if padding_mask is None else (~padding_mask)[:, None, :].to(y.dtype)  # (B, 1, T)
+        if self.batch_norm is not None:
+            y = self.batch_norm(y)  # eval: running statistics, so zero padding becomes the BN bias
+            if keep is not None and self.isolate_padding:
+                y = y * keep
         for index, conv in enumerate(self.convs):
             if index > 0 and keep is not None and self.isolate_padding:
                 y = y * keep  # padding must not reach valid frames through the next conv
@@ -363,7 +376,7 @@ class TransformerEncoder(nn.Module):
         super().__init__()
         c = config
         self.pos_conv = PositionalConv(c.variant, c.dim, c.pos_conv_kernel, c.pos_conv_groups,
-                                       c.pos_conv_depth, c.isolate_padding)
+                                       c.pos_conv_depth, c.isolate_padding, c.pos_conv_batch_norm)
         self.layer_norm = nn.LayerNorm(c.dim, eps=c.layer_norm_eps)
         self.dropout = nn.Dropout(c.dropout)
         self.layers = nn.ModuleList([
