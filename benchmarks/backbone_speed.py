@@ -41,7 +41,8 @@ What the numbers mean:
 
 Targets (printed with PASS/MISS): ours fp32 train at least as fast as transformers' fp32 train;
 ours bf16-autocast train at least 1.5x faster than transformers' fp32 train.
-CPU only: CUDA is ignored even if present.
+``--device cuda`` runs both models on the GPU (autocast on CUDA, steps timed up to
+``torch.cuda.synchronize``, the matmul peak measured there, no RSS memory workers).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ SAMPLE_RATE = 16_000
 SEED = 0
 MATMUL_SIZE = 2048
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DEVICE = torch.device("cpu")  # --device
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,7 +128,7 @@ def hidden_states(model, wav: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 def autocast(dtype: str):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+    return torch.autocast(DEVICE.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
 
 
 def eval_step(model, wav: torch.Tensor, dtype: str) -> None:
@@ -150,6 +152,8 @@ STEPS = {"eval": eval_step, "train": train_step}
 def timed(fn, *args) -> float:
     start = time.perf_counter()
     fn(*args)
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)  # kernels are queued: the step ends when the device is done
     return time.perf_counter() - start
 
 
@@ -187,7 +191,7 @@ def random_wav(batch: int, seconds: float) -> torch.Tensor:
 
 def matmul_gflops(dtype: torch.dtype, size: int = MATMUL_SIZE, repeats: int = 3) -> float:
     """GFLOP/s of a size^3 matmul in `dtype` (median of `repeats`, after one untimed)."""
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    a, b = torch.randn(size, size, device=DEVICE).to(dtype), torch.randn(size, size, device=DEVICE).to(dtype)
     a @ b
     seconds = statistics.median(timed(torch.matmul, a, b) for _ in range(repeats))
     return 2 * size ** 3 / seconds / 1e9
@@ -262,14 +266,14 @@ def measure_memory(impl: str, preset: str, dtype: str, mode: str, hf_dir: str,
 
 
 def run_preset(preset: str, args: argparse.Namespace, peak_samples: dict[str, list[float]]) -> list[dict]:
-    ours = build_ours(preset)
-    wav = random_wav(args.batch, args.seconds)
+    ours = build_ours(preset).to(DEVICE)
+    wav = random_wav(args.batch, args.seconds).to(DEVICE)
     rows = []
     with tempfile.TemporaryDirectory() as hf_dir:
         from musicssl.interop.huggingface import export_pretrained
 
         export_pretrained(ours, hf_dir)
-        models = {"ours": ours, "hf": load_hf(hf_dir)}
+        models = {"ours": ours, "hf": load_hf(hf_dir).to(DEVICE)}
         print(f"\n{preset}: ours {count_parameters(ours):,} params, {type(models['hf']).__name__} "
               f"{count_parameters(models['hf']):,} params (layerdrop 0, SpecAugment off, sdpa)", flush=True)
         times = {mode: time_round_robin(models, wav, args.dtypes, mode, args.steps, peak_samples)
@@ -342,6 +346,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory workers")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (cuda: no RSS memory workers)")
     # internal: the peak-memory worker
     parser.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--impl", choices=["ours", "hf"], help=argparse.SUPPRESS)
@@ -356,7 +361,11 @@ def main(argv=None) -> None:
         args.preset, args.dtype = args.presets[0], args.dtypes[0]
         return worker(args)
     torch.set_num_threads(args.threads)
-    print(header(args.threads))
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    args.no_memory = args.no_memory or DEVICE.type != "cpu"  # RSS says nothing about GPU memory
+    print(header(args.threads) + f"\ndevice        {DEVICE}"
+          + (f" ({torch.cuda.get_device_name(DEVICE)})" if DEVICE.type == "cuda" else ""))
     print(f"input         batch {args.batch} x {args.seconds:g} s ({int(args.seconds * SAMPLE_RATE)} samples), "
           f"{args.steps} timed rounds after 1 warm-up, medians; every model x dtype of a mode interleaved")
     peak_samples = {name: [matmul_gflops(DTYPES[name], repeats=5)] for name in args.dtypes}

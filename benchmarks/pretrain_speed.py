@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+import backbone_speed  # noqa: E402
 from backbone_speed import autocast, matmul_gflops, model_flops  # noqa: E402
 
 from musicssl.interop.huggingface import export_pretrained  # noqa: E402
@@ -91,14 +92,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--k", type=int, default=500)
     parser.add_argument("--method", choices=("musichubert", "music2vec"), default="musichubert")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]: both models, batches and optimizers there")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = backbone_speed.DEVICE = torch.device(args.device)  # autocast, matmul peak and timing follow it
     ours, reference = build(args.method, args.k)
+    ours, reference = ours.to(device), reference.to(device)
     trained = [p for p in ours.parameters() if p.requires_grad]
     optimizers = {"ours": torch.optim.AdamW(trained, lr=1e-5),
                   "hf": torch.optim.AdamW(reference.parameters(), lr=1e-5)}
-    wav = torch.randn(2, 80_000)
-    labels = torch.randint(0, args.k, (2, 498)) if args.method == "musichubert" else None
+    wav = torch.randn(2, 80_000, device=device)
+    labels = torch.randint(0, args.k, (2, 498), device=device) if args.method == "musichubert" else None
     updates = itertools.count()  # a fresh mask every step, as in training
     steps = {("ours", d): (lambda d=d: ours_step(ours, optimizers["ours"], wav, labels, d, next(updates)))
              for d in args.dtypes}
@@ -109,13 +113,15 @@ def main() -> None:
         for key, step in steps.items():
             start = time.perf_counter()
             step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             if round_index:
                 times[key].append(time.perf_counter() - start)
     peaks = {d: matmul_gflops(torch.float32 if d == "fp32" else torch.bfloat16) for d in args.dtypes}
     flops = model_flops(ours.config.backbone, 2, 80_000, train=True)
     if teacher:  # the teacher's forward: the Transformer only (the CNN and projection are the student's)
         flops += teacher_flops(ours.config.backbone, 2, 249)
-    print(f"{args.method}: torch {torch.__version__}, {args.threads} threads, batch 2 x 5 s, k = {args.k}, "
+    print(f"{args.method}: torch {torch.__version__}, device {device}, {args.threads} threads, batch 2 x 5 s, k = {args.k}, "
           f"matmul peak {', '.join(f'{d} {p:.0f} GFLOP/s' for d, p in peaks.items())}")
     print(f"{'model':6s} {'dtype':5s} {'s/step':>8s} {'steps/s':>8s} {'MFU':>6s}")
     median = {key: statistics.median(values) for key, values in times.items()}

@@ -82,6 +82,31 @@ def run_manifest(args) -> int:
     return 0
 
 
+def add_prepare(commands) -> None:
+    parser = commands.add_parser(
+        "prepare", help="decode a manifest once into int16 shards at the model's rate (fast pre-training reads)",
+        description="Decode and resample every row of the manifest once into int16 shards at --sample-rate; "
+                    "OUT is then a --data directory for `pretrain` (same rows, so label files still line up). "
+                    "Killed runs resume (finished shards are kept); array jobs use --shard I --num-shards N.")
+    parser.add_argument("--data", required=True, help="manifest directory (train.tsv)")
+    parser.add_argument("-o", "--out", required=True, help="output directory")
+    parser.add_argument("--splits", nargs="+", default=["train"])
+    parser.add_argument("--sample-rate", type=int, default=16_000, help="the model's rate (the manifest's rate)")
+    parser.add_argument("--num-shards", type=int, default=None, help="shard count (default: one per 256 rows)")
+    parser.add_argument("--shard", type=int, default=None, help="write only this shard (an array job's index)")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: min(4, cores))")
+    parser.set_defaults(run=run_prepare)
+
+
+def run_prepare(args) -> int:
+    from musicssl.data.prepare import prepare
+
+    summary = prepare(args.data, args.out, args.sample_rate, args.splits, args.num_shards, args.shard, args.workers)
+    print(f"prepare: wrote {len(summary.written)} shard(s) ({summary.unreadable} unreadable rows); "
+          f"{summary.done} of {summary.total} complete in {args.out}")
+    return 0
+
+
 def add_labels(commands) -> None:
     parser = commands.add_parser("labels", help="k-means pre-training labels (MFCC, pitch or a model layer)",
                                  description="Fit k-means on frame features and write one line of "
@@ -362,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     add_extract(commands)
     add_manifest(commands)
+    add_prepare(commands)
     add_labels(commands)
     add_pretrain(commands)
     add_probe(commands)

@@ -161,7 +161,9 @@ def test_ddp_rank_that_reads_nothing_in_an_update_still_syncs_and_equals_one_pro
         (corpus / manifest.items[row][0]).write_bytes(b"not audio any more")
     common = ["pretrain", "musichubert", "--preset", "tiny", "--data", str(tmp_path / "manifest"), "--labels",
               str(prepared / "labels"), *sum([["--set", o] for o in [*MICRO, *DETERMINISTIC, "trainer.max_steps=3",
-              "trainer.log_every=1", "data.batch_seconds=4", "data.micro_batch_seconds=2"]], [])]
+              "trainer.log_every=1", "data.batch_seconds=4", "data.micro_batch_seconds=2",
+              # the log lines are counted: workers would prefetch into epoch 1 and log there too
+              "data.num_workers=0"]], [])]
     run(*common, "--out", str(tmp_path / "single"))
     ddp = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "musicssl.cli", *common,
                           "--out", str(tmp_path / "ddp")], capture_output=True, text=True, timeout=300)
@@ -200,3 +202,81 @@ def test_non_finite_steps_are_skipped_then_training_stops_with_a_message(prepare
         capture_output=True, text=True)
     assert result.returncode == 2
     assert "3 updates in a row had a non-finite loss" in result.stderr
+
+
+# Dropout on (the tiny preset's 0.1 residual, attention and input dropout): the runs below may
+# differ only if the dropout masks do, and those come from the global torch generator.
+WITH_DROPOUT = [*MICRO, "data.batch_seconds=8", "data.micro_batch_seconds=4", "trainer.checkpoint_every=1",
+                "trainer.schedule.warmup_steps=2", "trainer.schedule.total_steps=6", "trainer.max_steps=6"]
+
+
+def assert_same_parameters(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), (name, (a[name] - b[name]).abs().max())
+
+
+def test_dropout_run_is_the_same_with_0_1_and_4_workers(prepared, tmp_path):
+    """A DataLoader iterator used to draw its workers' base seed from the global torch generator,
+    the one dropout draws from: with workers, every mask after it shifted."""
+    states = {}
+    for workers in (0, 1, 4):
+        pretrain(prepared, tmp_path / f"w{workers}", *WITH_DROPOUT, f"data.num_workers={workers}")
+        states[workers] = final_state(tmp_path / f"w{workers}")
+    assert_same_parameters(states[0], states[1])
+    assert_same_parameters(states[0], states[4])
+
+
+@pytest.mark.parametrize("kill_after", [1, 4])
+def test_sigkill_and_resume_with_workers_equals_an_uninterrupted_run(prepared, tmp_path, kill_after):
+    """SIGKILL to the whole process group (trainer and its DataLoader workers, as a scheduler
+    kills a job) once checkpoint `kill_after` exists, wherever the trainer is then (next update,
+    next checkpoint being written); the same command again resumes from the newest complete
+    checkpoint and ends where a run that was never stopped ends."""
+    import os
+    import signal
+    import time
+
+    pretrain(prepared, tmp_path / "straight", *WITH_DROPOUT, "data.num_workers=0")
+    out = tmp_path / "killed"
+    args = ["pretrain", "musichubert", "--preset", "tiny", "--data", str(prepared / "manifest"), "--labels",
+            str(prepared / "labels"), "--out", str(out), "--quiet",
+            *sum([["--set", o] for o in [*WITH_DROPOUT, "data.num_workers=2"]], [])]
+    process = subprocess.Popen([MUSICSSL, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    marker = out / "checkpoints" / f"step_{kill_after:08d}"
+    while not marker.is_dir() and process.poll() is None:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    steps = [int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*")]
+    assert kill_after <= max(steps) < 6
+    assert "resumed from" in run(*args).stderr
+    assert_same_parameters(final_state(tmp_path / "straight"), final_state(out))
+
+
+def test_a_prepared_corpus_trains_as_the_files_resumes_exactly_and_ddp_equals_one_process(prepared, tmp_path):
+    """`musicssl prepare` shards of the mono 16-bit 16 kHz corpus hold its samples exactly, so a run
+    on them equals the run on the files, bit for bit (dropout on); labels made for the source
+    manifest line up with the prepared one."""
+    shards = tmp_path / "prepared"
+    run("prepare", "--data", str(prepared / "manifest"), "-o", str(shards), "--num-shards", "3")
+
+    def on_shards(out: Path, *overrides: str, command=(MUSICSSL,)):
+        return run("pretrain", "musichubert", "--preset", "tiny", "--data", str(shards), "--labels",
+                   str(prepared / "labels"), "--out", str(out), *sum([["--set", o] for o in overrides], []),
+                   command=command)
+
+    pretrain(prepared, tmp_path / "files", *WITH_DROPOUT)
+    on_shards(tmp_path / "shards", *WITH_DROPOUT)
+    assert_same_parameters(final_state(tmp_path / "files"), final_state(tmp_path / "shards"))
+    on_shards(tmp_path / "split", *WITH_DROPOUT[:-1], "trainer.max_steps=3")
+    assert "resumed from" in on_shards(tmp_path / "split", *WITH_DROPOUT).stderr
+    assert_same_parameters(final_state(tmp_path / "shards"), final_state(tmp_path / "split"))
+    common = [*MICRO, *DETERMINISTIC, "trainer.max_steps=3", "data.batch_seconds=8", "data.micro_batch_seconds=4"]
+    on_shards(tmp_path / "single", *common)
+    on_shards(tmp_path / "ddp", *common, command=(TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "musicssl.cli"))
+    single, ddp = final_state(tmp_path / "single"), final_state(tmp_path / "ddp")
+    for name in single:
+        torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-5, msg=name)

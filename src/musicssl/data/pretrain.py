@@ -3,7 +3,8 @@
 Data flow, for one optimizer update on one rank::
 
     UpdatePlan.micro_batches(epoch, update)          keys (epoch, row), this rank's share
-      -> PretrainDataset[(epoch, row)]               decode row, random crop, label crop, (normalize)
+      -> PretrainDataset[(epoch, row)]               random crop, read it (crop_read.py, or prepared
+                                                     shards: prepare.py), label crop, (normalize)
       -> collate(items)                              drop bad items, crop to the shortest -> Batch (B, n)
       -> UpdateLoader.iterate(start_update)          accumulation_steps Batches per update
 
@@ -11,7 +12,10 @@ Determinism. Nothing here draws from a global or per-worker random state:
 
 * the order of items is ``default_rng([seed, epoch]).permutation(num_items)``, cut into groups of
   ``crops_per_update`` (the global batch); rank ``r`` of ``W`` takes the ``r``-th contiguous slice;
-* the crop of an item is drawn from ``default_rng([seed, epoch, row])``.
+* the crop of an item is drawn from ``default_rng([seed, epoch, row])``, from the manifest's length
+  (so the crop is known before anything is decoded);
+* the DataLoader has its own generator: starting its iterator no longer draws from the global torch
+  generator, which dropout draws from (that draw made 0 vs 2 workers, and kill + resume, differ).
 
 So the crop a row gets depends only on (seed, epoch, row): not on the world size, the batch it
 lands in, the DataLoader worker that decodes it, or whether the run was resumed. With the global
@@ -26,7 +30,6 @@ no longer decodes to the manifest's length becomes ``None`` (logged once per fil
 
 from __future__ import annotations
 
-import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -40,7 +43,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from musicssl import audio
+from musicssl.data.crop_read import WholeFile, crop_offset, read_span
+from musicssl.data.label_rows import LabelRows, StackedLabelRows
 from musicssl.data.manifest import Manifest, read_manifest
+from musicssl.data.prepare import PreparedCorpus, is_prepared
 from musicssl.models.backbone import normalize_waveform
 from musicssl.targets.labels import LabelGrid, check_labels, label_file, read_label_set
 
@@ -54,7 +60,12 @@ class DataConfig:
     batch_seconds: float = 80.0  # global audio per optimizer update (all ranks, all micro-batches)
     micro_batch_seconds: float = 20.0  # audio per forward pass on one rank
     seed: int = 0
-    num_workers: int = 0  # DataLoader worker processes (0: decode in the training process)
+    # DataLoader worker processes (0: decode in the training process). They do not change the run:
+    # items depend on their keys only, and the loader has its own generator (UpdateLoader).
+    num_workers: int = 4
+    # Decode only the crop and the resampler's margin (data/crop_read.py) instead of the whole
+    # file; the same samples up to float32 rounding, the same crops and labels.
+    crop_only: bool = True
 
     def __post_init__(self):
         for name in ("crop_seconds", "batch_seconds", "micro_batch_seconds"):
@@ -76,86 +87,6 @@ class DataConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# labels: row i of a .km file, read on demand
-
-
-class LabelRows:
-    """Row ``i`` of a label file (``{split}.km``) as int64 ids, read from disk when asked.
-
-    Only the byte offset of each line is kept (8 bytes per row), not the labels. Pickling drops the
-    open file; each process (DataLoader worker, forked or spawned) opens its own, so no two
-    processes share a file position.
-    """
-
-    def __init__(self, path: str | Path):
-        self._handle, self._pid = None, None
-        self.path = Path(path)
-        self.offsets = _line_offsets(self.path)  # (rows + 1,) row i is bytes [offsets[i], offsets[i+1])
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"{self.path}: row {index} out of range ({len(self)} rows)")
-        index %= len(self)
-        if self._handle is None or self._pid != os.getpid():
-            self.close()  # a handle inherited through fork shares its file position with the parent
-            self._handle, self._pid = self.path.open("rb"), os.getpid()
-        start, stop = int(self.offsets[index]), int(self.offsets[index + 1])
-        self._handle.seek(start)
-        return np.array(self._handle.read(stop - start).split(), dtype=np.int64)  # (T,)
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-
-    def __del__(self):
-        self.close()
-
-    def __getstate__(self) -> dict:
-        return self.__dict__ | {"_handle": None, "_pid": None}
-
-
-class StackedLabelRows:
-    """Several label sets on one grid (codebooks, fairseq's multiple label files): row ``i`` is
-    (T, S) int64, one column per set, cut to the shortest set's row (sets made on the same grid
-    have equal counts; `check_labels` allows a frame of slack)."""
-
-    def __init__(self, sets: list[LabelRows]):
-        if len(sets) < 2:
-            raise ValueError("StackedLabelRows needs at least two label sets; use LabelRows for one")
-        rows = {len(labels) for labels in sets}
-        if len(rows) > 1:
-            raise ValueError(f"label sets differ in row count: {[(str(s.path), len(s)) for s in sets]}")
-        self.sets = sets
-        self.path = sets[0].path
-
-    def __len__(self) -> int:
-        return len(self.sets[0])
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        rows = [labels[index] for labels in self.sets]
-        length = min(len(row) for row in rows)
-        return np.stack([row[:length] for row in rows], axis=1)  # (T, S)
-
-
-def _line_offsets(path: Path, block_bytes: int = 1 << 24) -> np.ndarray:
-    """Start of every line and the end of the last one; a missing final newline is tolerated."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: label file not found")
-    starts, position = [np.zeros(1, dtype=np.int64)], 0
-    with path.open("rb") as handle:
-        while block := handle.read(block_bytes):
-            newlines = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == ord("\n"))
-            starts.append(newlines.astype(np.int64) + position + 1)
-            position += len(block)
-    offsets = np.concatenate(starts)
-    return offsets if offsets[-1] == position else np.append(offsets, position)
-
-
-# ---------------------------------------------------------------------------------------------
 # items: one crop per (epoch, row)
 
 
@@ -169,11 +100,14 @@ class PretrainDataset(Dataset):
     Labels are cropped as fairseq's ``collater_frm_label``: first label ``round(offset * ratio)``,
     count ``min(round(n * ratio), labels left in the row)``.
     ``normalize`` standardises each crop after cropping (data2vec's ``normalize``).
+    ``prepared`` (data/prepare.py) reads crops from int16 shards instead of the files.
+    ``crop_only`` decodes just the crop (``read_span``); a file it cannot read exactly is decoded
+    whole (``whole_file`` True in the item, logged once per file and process).
     """
 
     def __init__(self, manifest: Manifest, sample_rate: int, crop_samples: int, min_samples: int, seed: int,
                  labels: LabelRows | StackedLabelRows | None = None, label_grid: LabelGrid | None = None,
-                 normalize: bool = False):
+                 normalize: bool = False, crop_only: bool = True, prepared: PreparedCorpus | None = None):
         if crop_samples <= 0 or min_samples < 0:
             raise ValueError(f"crop_samples must be > 0 and min_samples >= 0, got {crop_samples}, {min_samples}")
         if (labels is None) != (label_grid is None):
@@ -185,35 +119,57 @@ class PretrainDataset(Dataset):
                              f"reads audio at {sample_rate} Hz; their frames would not line up")
         self.manifest, self.sample_rate, self.seed = manifest, sample_rate, seed
         self.crop_samples, self.min_samples = crop_samples, min_samples
-        self.labels, self.label_grid, self.normalize = labels, label_grid, normalize
+        self.labels, self.label_grid, self.normalize, self.crop_only = labels, label_grid, normalize, crop_only
+        self.prepared = prepared
         self.skipped: Counter[str] = Counter()  # reason -> items skipped in THIS process
         self._logged: set[int] = set()
+        self._logged_whole: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.manifest)
 
     def __getitem__(self, key: Key) -> dict | None:
         epoch, index = key
-        wav = self._load(index)  # (N,)
+        expected = self.manifest.num_samples(index)
+        if expected < self.min_samples:
+            return self._skip(index, "too short", f"{expected} samples, fewer than min {self.min_samples}")
+        # The draw audio.random_crop makes on the decoded file, which has the manifest's length.
+        offset = crop_offset(expected, self.crop_samples, np.random.default_rng([self.seed, epoch, index]))
+        stop = offset + min(self.crop_samples, expected)
+        wav, whole = self._read(index, offset, stop)  # (n,)
         if wav is None:
             return None
-        rng = np.random.default_rng([self.seed, epoch, index])
-        crop, offset = audio.random_crop(wav, self.crop_samples, rng)  # (n,)
         # Copy: a view would keep the whole file alive and ship it from worker to trainer.
-        crop = torch.from_numpy(np.array(crop, dtype=np.float32))
+        crop = torch.from_numpy(np.array(wav, dtype=np.float32))
         if self.normalize:
             crop = normalize_waveform(crop[None], torch.tensor([len(crop)]))[0]
-        item = {"index": index, "offset": offset, "wav": crop}
+        item = {"index": index, "offset": offset, "wav": crop, "whole_file": whole}
         if self.labels is not None:
             ratio = self.label_grid.rate_hz / self.sample_rate
             item["labels"] = torch.from_numpy(self._crop_labels(index, offset, len(crop), ratio))
             item["labels_per_sample"] = ratio
         return item
 
+    def _read(self, index: int, start: int, stop: int) -> tuple[np.ndarray | None, bool]:
+        """Samples [start, stop) of row ``index``, and whether the whole file was decoded."""
+        if self.prepared is not None:
+            wav = self.prepared.read(index, start, stop)
+            return (wav if wav is not None else self._skip(index, "undecodable", "unreadable when prepared")), False
+        if self.crop_only:
+            try:
+                return read_span(self.manifest.path(index), self.sample_rate, self.manifest.num_samples(index),
+                                 start, stop), False
+            except (audio.AudioError, OSError, RuntimeError) as error:
+                return self._skip(index, "undecodable", getattr(error, "problem", str(error))), False
+            except WholeFile as fallback:
+                if index not in self._logged_whole:
+                    self._logged_whole.add(index)
+                    print(f"reading {self.manifest.path(index)} whole: {fallback.reason}", file=sys.stderr)
+        wav = self._load(index)
+        return (None if wav is None else wav[start:stop]), True
+
     def _load(self, index: int) -> np.ndarray | None:
         path, expected = self.manifest.path(index), self.manifest.num_samples(index)
-        if expected < self.min_samples:
-            return self._skip(index, "too short", f"{expected} samples, fewer than min {self.min_samples}")
         try:
             wav = audio.load_audio(path, self.sample_rate)
         except (audio.AudioError, OSError, RuntimeError) as error:
@@ -248,6 +204,7 @@ class Batch:
     labels: Tensor | None  # (B, t) long, or (B, t, S) with S label sets
     indices: Tensor  # (B,) long, manifest rows
     skipped: int  # items of this micro-batch that were None
+    whole_file_reads: int = 0  # items decoded whole: crop_only could not read their crop alone
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return self._map(lambda x: x.to(device, non_blocking=non_blocking))
@@ -257,7 +214,8 @@ class Batch:
 
     def _map(self, function: Callable[[Tensor], Tensor]) -> Batch:
         labels = None if self.labels is None else function(self.labels)
-        return Batch(function(self.wav), function(self.lengths), labels, function(self.indices), self.skipped)
+        return Batch(function(self.wav), function(self.lengths), labels, function(self.indices), self.skipped,
+                     self.whole_file_reads)
 
 
 def collate(items: list[dict | None]) -> Batch | None:
@@ -276,7 +234,7 @@ def collate(items: list[dict | None]) -> Batch | None:
     wav = torch.stack([item["wav"][:n] for item in kept])  # (B, n)
     return Batch(wav=wav, lengths=torch.full((len(kept),), n, dtype=torch.long), labels=_collate_labels(kept, n),
                  indices=torch.tensor([item["index"] for item in kept], dtype=torch.long),
-                 skipped=len(items) - len(kept))
+                 skipped=len(items) - len(kept), whole_file_reads=sum(item.get("whole_file", False) for item in kept))
 
 
 def _collate_labels(items: list[dict], num_samples: int) -> Tensor | None:
@@ -393,10 +351,17 @@ class UpdateLoader:
         sampler = _KeySampler(self.plan, start_update)
         if self.num_workers == 0:
             for keys in sampler:
-                yield collate([self.dataset[key] for key in keys])
+                batch = collate([self.dataset[key] for key in keys])
+                yield batch.pin_memory() if self.pin_memory and batch is not None else batch
             return
+        # Its own generator: without one, starting the iterator draws the workers' base seed from
+        # the global torch generator, the one dropout draws from, so every dropout mask after it
+        # depended on the number of workers and on whether the run was resumed (the items do not
+        # use the workers' seeds: they depend on their keys only).
+        generator = torch.Generator().manual_seed(self.plan.seed)
         loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
-                            pin_memory=self.pin_memory, prefetch_factor=2)
+                            pin_memory=self.pin_memory, prefetch_factor=2, persistent_workers=True,
+                            generator=generator)
         iterator = iter(loader)
         try:
             yield from iterator
@@ -412,7 +377,8 @@ def build_pretrain_data(manifest_dir: str | Path, split: str = "train",
                         label_dir: str | Path | Sequence[str | Path] | None = None,
                         sample_rate: int = 16_000, config: DataConfig = DataConfig(), normalize: bool = False,
                         world_size: int = 1, rank: int = 0) -> tuple[PretrainDataset, UpdatePlan]:
-    """Dataset and plan for ``{manifest_dir}/{split}.tsv``; with ``label_dir`` (one directory, or
+    """Dataset and plan for ``{manifest_dir}/{split}.tsv`` (read from shards if ``manifest_dir`` is a
+    `musicssl prepare` directory); with ``label_dir`` (one directory, or
     several on one grid), each ``{split}.km`` is checked against the manifest first (every rank
     checks; rank 0 prints the summary lines)."""
     manifest = read_manifest(Path(manifest_dir) / f"{split}.tsv")
@@ -438,5 +404,10 @@ def build_pretrain_data(manifest_dir: str | Path, split: str = "train",
     if short and rank == 0:
         print(f"{split}: {short} of {len(manifest)} files are shorter than data.min_seconds="
               f"{config.min_seconds:g} and will be skipped", file=sys.stderr)
-    dataset = PretrainDataset(manifest, sample_rate, crop_samples, min_samples, config.seed, labels, grid, normalize)
+    prepared = None
+    if is_prepared(manifest_dir):  # `musicssl prepare` output: crops from its shards
+        prepared = PreparedCorpus(manifest_dir, split, sample_rate)
+        prepared.check_manifest(manifest)
+    dataset = PretrainDataset(manifest, sample_rate, crop_samples, min_samples, config.seed, labels, grid, normalize,
+                              config.crop_only, prepared)
     return dataset, UpdatePlan(len(dataset), config, world_size, rank)

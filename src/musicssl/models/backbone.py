@@ -384,6 +384,10 @@ class TransformerEncoder(nn.Module):
                          c.activation_dropout, c.layer_norm_eps, c.layer_norm_first)
             for _ in range(c.num_layers)])
         self.pre_ln, self.layerdrop = c.layer_norm_first, c.layerdrop
+        # LayerDrop's draws: a CPU torch.Generator the trainer seeds per micro-batch, so which
+        # blocks run depends on (seed, update, item), not on the global stream dropout uses.
+        # None: the global generator.
+        self.layerdrop_generator: torch.Generator | None = None
 
     def forward(self, x: Tensor, padding_mask: Tensor | None,
                 num_layers: int | None = None) -> tuple[tuple[Tensor, ...], tuple[Tensor | None, ...]]:
@@ -398,8 +402,11 @@ class TransformerEncoder(nn.Module):
         attend = None if padding_mask is None or not padding_mask.any() else (~padding_mask)[:, None, None, :]
         hidden, ffn_outputs = [x], []
         blocks = self.layers if num_layers is None else self.layers[:num_layers]
-        for block in blocks:
-            if self.training and self.layerdrop > 0 and torch.rand(()) < self.layerdrop:
+        dropped = [False] * len(blocks)
+        if self.training and self.layerdrop > 0:  # one CPU draw for all blocks: no device sync
+            dropped = (torch.rand(len(blocks), generator=self.layerdrop_generator) < self.layerdrop).tolist()
+        for block, skip in zip(blocks, dropped):
+            if skip:
                 ffn_outputs.append(None)  # skipped for the whole batch (fairseq LayerDrop)
             else:
                 x, ffn = block(x, attend)

@@ -19,7 +19,8 @@ from musicssl.train.trainer import checkpoint_dirs, read_run_config, setup_distr
 RUN_TYPES = {"musichubert": MusicHubertRun, "music2vec": Music2VecRun}
 TASKS = {"musichubert": MusicHubertTask, "music2vec": Music2VecTask}
 RESUMABLE_OVERRIDES = ("trainer.max_steps", "trainer.checkpoint_every", "trainer.log_every",
-                       "trainer.keep_checkpoints", "data.num_workers")
+                       "trainer.keep_checkpoints", "data.num_workers", "data.crop_only", "trainer.compile",
+                       "trainer.fused_adamw")
 
 
 def resolve(method: str, preset: str, labels: str | Sequence[str] | None, overrides: list[str], resume_from: Path | None,
@@ -71,7 +72,7 @@ def pretrain(method: str, preset: str, data: str, labels: str | Sequence[str] | 
     backbone = run.model.backbone
     dataset, plan = build_pretrain_data(data, "train", labels, backbone.sample_rate, run.data,
                                         backbone.normalize_waveform, env.world_size, env.rank)
-    loader = UpdateLoader(dataset, plan, run.data.num_workers)
+    loader = UpdateLoader(dataset, plan, run.data.num_workers, pin_memory=device.type == "cuda")
     torch.manual_seed(run.trainer.seed + env.rank)  # dropout differs across ranks, repeats across runs
     task = TASKS[method](run.model, backbone.sample_rate, run.trainer.seed)
     if env.is_main:

@@ -114,7 +114,11 @@ class _Task:
         return self.model.backbone
 
     def mask_generator(self, batch: Batch, update: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, update, int(batch.indices[0])])
+        """Also seeds the backbone's LayerDrop generator from the same key (one call per micro-batch)."""
+        key = [self.seed, update, int(batch.indices[0])]
+        layerdrop_seed = int(np.random.default_rng([*key, 1]).integers(0, 2**62))
+        self.backbone().encoder.layerdrop_generator = torch.Generator().manual_seed(layerdrop_seed)
+        return np.random.default_rng(key)
 
     def stand_in_batch(self) -> Batch:
         """One second of silence without labels, for a rank whose every item of an update was

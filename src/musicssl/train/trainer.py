@@ -47,6 +47,7 @@ from musicssl.data.pretrain import Batch, UpdateLoader
 from musicssl.interop.huggingface import export_pretrained, from_hf_state_dict, read_hf_weights
 from musicssl.models.backbone import Backbone
 from musicssl.train.schedules import ScheduleConfig, learning_rate, make_scheduler
+from musicssl.train.slurm import torchrun_environment
 
 CHECKPOINTS = "checkpoints"
 INITIAL = "initial"  # the backbone before the first update: a run's own random-init control
@@ -72,6 +73,12 @@ class TrainerConfig:
     # recipes). Under Adam, feature_grad_mult does not slow the CNN (its update ignores the
     # gradient's scale); a smaller lr does.
     cnn_lr_scale: float = 1.0
+    # GPU switches. compile: "" (off) or a torch.compile backend ("inductor" on a GPU; "eager"
+    # traces without changing a number, which the tests check) for the model and its DDP wrapper;
+    # fused_adamw: one fused AdamW kernel on CUDA (foreach AdamW elsewhere; the two differ by
+    # float32 rounding only, tests/train/test_gpu_switches.py).
+    compile: str = ""
+    fused_adamw: bool = True
 
 
 class PretrainTask(Protocol):
@@ -101,14 +108,18 @@ class Distributed:
 
 
 def setup_distributed() -> tuple[Distributed, torch.device]:
-    """From torchrun's environment; a plain `python` run is world size 1."""
+    """From torchrun's environment, or srun's without torchrun (train/slurm.py); a plain `python`
+    run is world size 1."""
+    os.environ.update(torchrun_environment(os.environ))
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return Distributed(), torch.device("cuda" if torch.cuda.is_available() else "cpu")
     env = Distributed(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
     if torch.cuda.is_available():
-        torch.cuda.set_device(env.local_rank)
+        # srun --gpus-per-task=1 shows each task only its own GPU: local rank 3 is then device 0
+        index = env.local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
         dist.init_process_group("nccl")
-        return env, torch.device("cuda", env.local_rank)
+        return env, torch.device("cuda", index)
     dist.init_process_group("gloo")
     return env, torch.device("cpu")
 
@@ -279,6 +290,12 @@ def _parameter_groups(task: PretrainTask, config: TrainerConfig) -> list[dict]:
     return groups
 
 
+def make_optimizer(task: PretrainTask, config: TrainerConfig, device: torch.device) -> torch.optim.AdamW:
+    fused = {"fused": True} if config.fused_adamw and device.type == "cuda" else {}
+    return torch.optim.AdamW(_parameter_groups(task, config), lr=config.schedule.peak_lr, betas=config.betas,
+                             eps=config.eps, weight_decay=config.weight_decay, **fused)
+
+
 def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_dir: Path, run_config: Any,
           env: Distributed, device: torch.device, resume_from: Path | None = None, progress: bool = True) -> dict:
     """Run until `config.max_steps`; returns the final trainer state."""
@@ -286,8 +303,9 @@ def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_d
     ddp = model if env.world_size == 1 else nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None,
         find_unused_parameters=task.backbone().config.layerdrop > 0)  # LayerDrop leaves blocks unused
-    optimizer = torch.optim.AdamW(_parameter_groups(task, config), lr=config.schedule.peak_lr,
-                                  betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(task, config, device)
+    if config.compile:
+        ddp = torch.compile(ddp, backend=config.compile)
     scheduler = make_scheduler(optimizer, config.schedule)
     scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
     state = {"step": 0, "updates_consumed": 0, "skipped_items": 0, "nonfinite_steps": 0,
@@ -308,6 +326,7 @@ def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_d
             state["updates_consumed"] = update + 1
             totals = dict(zip(totals, _all_reduce(torch.stack(list(totals.values())), env).tolist()))
             state["skipped_items"] += int(totals.pop("skipped", 0))
+            state["whole_file_reads"] = state.get("whole_file_reads", 0) + int(totals.pop("whole_file_reads", 0))
             if totals["audio_seconds"] == 0:  # every item of the update was unreadable: not a step
                 empty_in_row += 1
                 if empty_in_row >= config.max_nonfinite_in_row:
@@ -338,7 +357,8 @@ def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_d
                 values = task.metrics(dict(window)) | extra | {
                     "lr": learning_rate(config.schedule, state["step"] - 1), "grad_norm": grad_norm,
                     "audio_s_per_s": window["audio_seconds"] / max(elapsed, 1e-9),
-                    "skipped_items": state["skipped_items"], "nonfinite_steps": state["nonfinite_steps"]}
+                    "skipped_items": state["skipped_items"], "nonfinite_steps": state["nonfinite_steps"],
+                    "whole_file_reads": state["whole_file_reads"]}
                 logger.log(state["step"], values)
                 window, started = defaultdict(float), time.perf_counter()
             if env.is_main and (state["step"] % config.checkpoint_every == 0 or state["step"] == config.max_steps):
@@ -356,10 +376,11 @@ def _run_update(task, ddp, micro_batches, config, device, scaler, update) -> tup
     for parameter in ddp.parameters():
         parameter.grad = None
     totals: dict[str, Tensor] = defaultdict(lambda: torch.zeros((), device=device))
-    finite = True
+    finite = torch.ones((), dtype=torch.bool, device=device)  # read once per update, not per micro-batch
     usable = [b for b in micro_batches if b is not None]
     totals["skipped"] = torch.tensor(float(sum(b.skipped if b is not None else 0 for b in micro_batches)
                                            + sum(b is None for b in micro_batches)), device=device)
+    totals["whole_file_reads"] = torch.tensor(float(sum(b.whole_file_reads for b in usable)), device=device)
     # Nothing readable: forward a stand-in with weight 0, so the backward still meets the other
     # ranks in DDP's gradient all-reduce and the totals have the same keys, in the same order.
     weight = 1.0 if usable else 0.0
@@ -370,15 +391,19 @@ def _run_update(task, ddp, micro_batches, config, device, scaler, update) -> tup
             with autocast_context(config.precision, device):
                 result = task.step(ddp, _to_device(batch, device), update)
             loss = result["loss"].float() * weight
-            finite = finite and bool(torch.isfinite(loss))
+            finite = finite & torch.isfinite(loss.detach())
             (scaler.scale(loss) if scaler is not None else loss).backward()
         _accumulate(totals, result, weight)
         totals["audio_seconds"] = totals["audio_seconds"] + weight * batch.lengths.sum().float() / task.sample_rate
-    return dict(totals), finite
+    return dict(totals), bool(finite)  # the update's one wait for the device (the all-reduce's .tolist() is another)
 
 
 def _to_device(batch: Batch, device: torch.device) -> Batch:
-    moved = {name: value.to(device) if isinstance(value, Tensor) else value for name, value in vars(batch).items()}
+    """Non-blocking from pinned memory on CUDA (the copy overlaps the host's work). The row
+    indices stay on the host: the mask generator reads one, which would wait for the device."""
+    non_blocking = device.type == "cuda" and batch.wav.is_pinned()
+    moved = {name: value.to(device, non_blocking=non_blocking) if isinstance(value, Tensor) and name != "indices"
+             else value for name, value in vars(batch).items()}
     return type(batch)(**moved)
 
 
