@@ -28,7 +28,10 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-TOLERANCE = 1e-4  # float32: same derivation as tests/interop/test_mert.py (O(1) states, n <= 4096)
+# The states are O(1) (LayerNorm outputs): two float32 runs of the same network differ by their
+# rounding, eps32 * sqrt(n) * |x| per reduction of length n <= 3072, ~1e-6 per layer; a mapping
+# error is O(1). 1e-4 absolute separates the two by two orders of magnitude either side.
+TOLERANCE = 1e-4
 TINY = dict(encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=4,
             conv_feature_layers="[(16,10,5)] + [(16,3,2)] * 4 + [(16,2,2)] * 2", conv_pos_groups=4)
 BASE: dict = {}  # fairseq's dataclass defaults are the base recipes' shapes
