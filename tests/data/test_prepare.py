@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from musicssl import audio
 from musicssl.data.manifest import read_manifest, write_manifest
