@@ -8,8 +8,10 @@ keep one row per frame instead, on a grid centred at t / frame_rate (the window 
 half a receptive field at both ends, so frame t's receptive field is centred on time t / fps).
 
 Cache layout, `<cache>/<source>-<fingerprint>/<task>-<settings hash>/`:
-- `rows.f16`: float16 rows `(K, D)`, appended item after item (half the disk of float32; the
-  probe reads them back as float32);
+- `rows.f16`: float16 rows `(K, D)`, appended item after item (half the disk of float32). They
+  stay float16 when read (`load`): memory-mapped when the asked rows are one run of the file,
+  else one float16 copy, never a float32 table (MTG-Jamendo's ~400k windows x 13 x 768 would be
+  16 GB); the probe converts each batch;
 - `index.jsonl`: one line per finished item, `{"key", "start", "count"}` or `{"key", "error"}`.
 A line is written only after its rows, so a killed run resumes where it stopped (rows past the
 last indexed item are truncated). Items are looked up by key, so adding items to a dataset
@@ -63,7 +65,8 @@ def settings_of(source: Source, protocol: Protocol) -> dict:
 class CachedFeatures:
     """Rows of the requested items, in item order. `spans[i]` = (start, count) into `rows`."""
 
-    rows: np.ndarray            # (R, K, D) float32, or (R, D) when one layer was asked for
+    rows: np.ndarray            # (R, K, D) float16, or (R, D) when one layer was asked for; may be a
+                                # read-only memmap of the cache file (convert batches, not the table)
     spans: list[tuple[int, int]]
     items: list[Item]           # the items that have features (failed ones are left out)
 
@@ -169,20 +172,42 @@ class FeatureCache:
     # ------------------------------------------------------------------ reading
 
     def load(self, items: Sequence[Item], layer: int | None = None) -> CachedFeatures:
-        """Rows of `items` (extract them first); one layer (R, D) or all (R, K, D), float32."""
+        """Rows of `items` (extract them first); one layer (R, D) or all (R, K, D), float16: a
+        read-only view of the cache file when they are one run of it, else one float16 copy."""
         missing = self.missing(items)
         if missing:
             raise RuntimeError(f"{len(missing)} items have no cached features (first: {missing[0].key}); "
                                "call extract() first")
-        table = np.memmap(self.rows_path, dtype=np.float16, mode="r").reshape(-1, *self.row_shape)
         kept = [item for item in items if "error" not in self.index[item.key]]
-        spans, pieces, position = [], [], 0
-        for item in kept:
-            entry = self.index[item.key]
-            block = table[entry["start"]:entry["start"] + entry["count"]]
-            pieces.append(block[:, layer] if layer is not None else block)
-            spans.append((position, entry["count"]))
-            position += entry["count"]
-        shape = (0,) + ((self.row_shape[1],) if layer is not None else self.row_shape)
-        rows = np.concatenate(pieces).astype(np.float32) if pieces else np.zeros(shape, np.float32)
-        return CachedFeatures(rows=rows, spans=spans, items=kept)
+        entries = [self.index[item.key] for item in kept]
+        counts = np.array([entry["count"] for entry in entries], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if entries else counts
+        spans = [(int(start), int(count)) for start, count in zip(starts, counts)]
+        return CachedFeatures(rows=self._gather(entries, layer), spans=spans, items=kept)
+
+    def _gather(self, entries: list[dict], layer: int | None) -> np.ndarray:
+        row_shape = (self.row_shape[1],) if layer is not None else self.row_shape
+        runs: list[list[int]] = []  # [start, stop) runs of consecutive rows in the file
+        for entry in entries:
+            if runs and runs[-1][1] == entry["start"]:
+                runs[-1][1] += entry["count"]
+            else:
+                runs.append([entry["start"], entry["start"] + entry["count"]])
+        if not runs:
+            return np.zeros((0, *row_shape), np.float16)
+        table = self._table()
+        pick = (lambda block: block[:, layer]) if layer is not None else (lambda block: block)
+        if len(runs) == 1:
+            return pick(table[runs[0][0]:runs[0][1]])  # a view: no row is read until used
+        rows = np.empty((sum(stop - start for start, stop in runs), *row_shape), np.float16)
+        position = 0
+        for start, stop in runs:  # filled in place: no list of pieces, no concatenation copy
+            rows[position:position + stop - start] = pick(table[start:stop])
+            position += stop - start
+        return rows
+
+    def _table(self) -> np.ndarray:
+        """The rows file as a read-only (N, K, D) float16 memmap (whole rows only)."""
+        row_bytes = int(np.prod(self.row_shape)) * 2
+        count = self.rows_path.stat().st_size // row_bytes
+        return np.memmap(self.rows_path, dtype=np.float16, mode="r", shape=(count, *self.row_shape))
