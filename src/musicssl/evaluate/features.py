@@ -2,7 +2,8 @@
 
 Each item is cut into the protocol's windows (crop to the first `crop_seconds`, then
 non-overlapping `window_seconds` windows; a last window shorter than `min_window_seconds` is
-dropped unless it is the only one; eval-spec §1.1). Every window is its own forward pass and is
+dropped unless it is the only one; eval-spec §1.1). Every window is seen alone by the model
+(windows of equal length share a forward pass, without padding: `batching.py`) and is
 mean-pooled over time per layer: one cache row `(K, D)` per window. Frame-level tasks (beats)
 keep one row per frame instead, on a grid centred at t / frame_rate (the window is padded by
 half a receptive field at both ends, so frame t's receptive field is centred on time t / fps).
@@ -32,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from musicssl import audio
+from musicssl.evaluate.batching import DecodeAhead, batched_rows
 from musicssl.evaluate.sources import Source
 from musicssl.evaluate.tasks.base import Item, Protocol
 
@@ -76,6 +78,11 @@ class CachedFeatures:
 
 
 class FeatureCache:
+    # Audio per forward pass (windows of equal length are batched up to it; 60 s = two 30-s
+    # windows, ~1 GB of activations for a base model on the CPU), and per write of the cache.
+    batch_seconds: float = 60.0
+    flush_seconds: float = 600.0
+
     def __init__(self, cache_root: str | Path, source: Source, task_name: str, protocol: Protocol):
         self.source = source
         self.protocol = protocol
@@ -125,36 +132,41 @@ class FeatureCache:
 
     def extract(self, items: Sequence[Item], progress: bool = True) -> int:
         """Extract every item not cached yet; returns how many were extracted. Unreadable
-        items are recorded with their error and skipped (reported, never fatal)."""
+        items are recorded with their error and skipped (reported, never fatal). Files are
+        decoded ahead in a thread; windows of equal length share forward passes (at most
+        `batch_seconds` of audio each); rows are written every `flush_seconds` of audio."""
         todo = sorted(self.missing(items), key=lambda item: (str(item.path), item.offset))
         if not todo:
             return 0
-        loaded_path, wav = None, None
-        bar = tqdm(todo, desc=f"features {self.directory.parent.name[:24]}/{self.directory.name}",
+        bar = tqdm(total=len(todo), desc=f"features {self.directory.parent.name[:24]}/{self.directory.name}",
                    unit="item", disable=not progress, file=sys.stderr)
-        with open(self.rows_path, "ab") as rows, open(self.index_path, "a") as index:
-            for item in bar:
+        paths = list(dict.fromkeys(item.path for item in todo))
+        pending: list[tuple[Item, list[np.ndarray] | audio.AudioError]] = []
+        pending_samples, flush_samples = 0, self.flush_seconds * self.source.sample_rate
+        with open(self.rows_path, "ab") as rows, open(self.index_path, "a") as index, \
+                DecodeAhead(paths, self.source.sample_rate) as decoded:
+            files = iter(decoded)
+            loaded_path, wav, error = None, None, None
+            for item in todo:
+                if item.path != loaded_path:
+                    loaded_path, wav, error = next(files)
                 try:
-                    if item.path != loaded_path:
-                        loaded_path, wav = item.path, None
-                        wav = audio.load_audio(item.path, self.source.sample_rate)
-                    features = self._item_rows(item, wav)
+                    if error is not None:
+                        raise error
+                    windows = self._item_windows(item, wav)
+                    pending.append((item, windows))
+                    pending_samples += sum(window.size for window in windows)
                 except (audio.AudioError, OSError) as err:
-                    entry = {"key": item.key, "error": str(err)}
-                    tqdm.write(f"skipped {item.key}: {err}", file=sys.stderr)
-                else:
-                    rows.write(features.astype(np.float16).tobytes())
-                    rows.flush()
-                    entry = {"key": item.key, "start": self.num_rows, "count": len(features)}
-                    self.num_rows += len(features)
-                index.write(json.dumps(entry) + "\n")
-                index.flush()
-                self.index[item.key] = entry
+                    pending.append((item, err))
+                if pending_samples >= flush_samples:
+                    self._write(pending, rows, index, bar)
+                    pending, pending_samples = [], 0
+            self._write(pending, rows, index, bar)
+        bar.close()
         return len(todo)
 
-    def _item_rows(self, item: Item, wav: np.ndarray | None) -> np.ndarray:
-        if wav is None:
-            raise audio.AudioError(item.path, "could not be decoded (see the earlier error)")
+    def _item_windows(self, item: Item, wav: np.ndarray) -> list[np.ndarray]:
+        """The windows of one item (views of the decoded file; frame-level: the padded item)."""
         rate = self.source.sample_rate
         start = int(round(item.offset * rate))
         stop = wav.size if item.duration is None else start + int(round(item.duration * rate))
@@ -164,10 +176,31 @@ class FeatureCache:
                                               f"({wav.size / rate:.2f} s)")
         if self.frame_level:
             pad = self.source.center_pad
-            frames = self.source.frames(np.pad(segment, (pad, pad)))  # (K, T, D)
-            return frames.transpose(1, 0, 2)  # (T, K, D): one row per frame
-        windows = [segment[a:b] for a, b in window_bounds(segment.size, rate, self.protocol)]
-        return np.stack([self.source.pool(self.source.frames(window)) for window in windows])  # (W, K, D)
+            return [np.pad(segment, (pad, pad))]
+        return [segment[a:b] for a, b in window_bounds(segment.size, rate, self.protocol)]
+
+    def _write(self, pending: list, rows, index, bar) -> None:
+        """Run the pending items' windows in batches, then append their rows and index lines."""
+        windows = [window for _, job in pending if isinstance(job, list) for window in job]
+        results = iter(batched_rows(self.source, windows, pooled=not self.frame_level,
+                                    batch_samples=int(self.batch_seconds * self.source.sample_rate)))
+        for item, job in pending:
+            outputs = [next(results) for _ in job] if isinstance(job, list) else [job]
+            failed = [output for output in outputs if isinstance(output, Exception)]
+            if failed:
+                entry = {"key": item.key, "error": str(failed[0])}
+                tqdm.write(f"skipped {item.key}: {failed[0]}", file=sys.stderr)
+            else:
+                # frame-level: (K, T, D) -> (T, K, D), one row per frame; else one (K, D) row per window
+                features = outputs[0].transpose(1, 0, 2) if self.frame_level else np.stack(outputs)
+                rows.write(features.astype(np.float16).tobytes())
+                rows.flush()
+                entry = {"key": item.key, "start": self.num_rows, "count": len(features)}
+                self.num_rows += len(features)
+            index.write(json.dumps(entry) + "\n")
+            index.flush()
+            self.index[item.key] = entry
+        bar.update(len(pending))
 
     # ------------------------------------------------------------------ reading
 

@@ -198,12 +198,12 @@ class ConvBlock(nn.Module):
         return F.gelu(x)
 
     def _group_norm(self, x: Tensor, lengths: Tensor | None) -> Tensor:
-        # fairseq runs this norm in fp32 (Fp32GroupNorm).
+        # fairseq runs this norm in fp32 (Fp32GroupNorm); a float64 model stays float64.
         if lengths is None:
-            return F.group_norm(x.float(), self.norm.num_groups, self.norm.weight, self.norm.bias,
+            return F.group_norm(x.to(torch.promote_types(x.dtype, torch.float32)), self.norm.num_groups, self.norm.weight, self.norm.bias,
                                 self.norm.eps).type_as(x)
         # One group per channel = per-channel statistics over time; exclude padded frames.
-        x32 = x.float()
+        x32 = x.to(torch.promote_types(x.dtype, torch.float32))
         valid = (~padding_mask_from_lengths(lengths, x.shape[-1]))[:, None, :].float()  # (B, 1, T)
         count = valid.sum(-1, keepdim=True).clamp(min=1)
         mean = (x32 * valid).sum(-1, keepdim=True) / count
