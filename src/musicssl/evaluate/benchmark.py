@@ -4,14 +4,22 @@
 Every finished (model, task) is saved at once to `OUT/runs/<model>/<task>.json`; a rerun with
 the same probe settings reuses it, and features come from the cache, so a killed benchmark
 resumes where it stopped.
+
+Sharded extraction (many GPUs, array jobs): with `shard=(i, n)` (`--shard i --num-shards n`)
+a process extracts its share of every (model, task) into its own cache files and stops; the
+same command without `--shard`, once all shards are done, finds every item cached and probes.
+Under torchrun (RANK, WORLD_SIZE in the environment) each rank extracts its share; rank 0 then
+waits until the other shards' items are all in the cache and probes; the other ranks exit.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,12 +69,21 @@ def _load_saved(path: Path, key: dict) -> TaskResult | None:
 
 def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | Path, config: ProbeConfig,
                   cache_dir: str | Path | None = None, options: dict[str, dict[str, str]] | None = None,
-                  device: str | None = None, progress: bool = True, command: str = "") -> list[TaskResult]:
-    """`data_dirs`: task name -> dataset folder. Writes results.json, results.md, plots/."""
+                  device: str | None = None, progress: bool = True, command: str = "",
+                  shard: tuple[int, int] | None = None) -> list[TaskResult]:
+    """`data_dirs`: task name -> dataset folder. Writes results.json, results.md, plots/.
+    `shard`: extract this share only and return [] (see the module's docstring)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(cache_dir) if cache_dir else out / "cache"
     loaded = {name: load_task(name, path, (options or {}).get(name)) for name, path in data_dirs.items()}
+    shard, wait = _shard_of(shard)
+    if shard[1] > 1:
+        _extract_shard(models, loaded, cache_dir, shard, device, progress)
+        if not wait:
+            print(f"shard {shard[0]} of {shard[1]}: features extracted to {cache_dir}; once every shard is done, "
+                  "the same command without --shard probes them", file=sys.stderr)
+            return []
     results: list[TaskResult] = []
     sources: dict[str, dict] = {}
     names: list[str] = []
@@ -81,6 +98,8 @@ def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | 
             result = _load_saved(saved, key)
             if result is None:
                 cache = FeatureCache(cache_dir, source, name, task.protocol)
+                if wait:
+                    _wait_for_shards(cache, splits.train + splits.valid + splits.test)
                 try:
                     result = probe_task(task, splits, cache, config, progress=progress)
                 except ValueError as error:  # e.g. a metric undefined on a tiny split: report, go on
@@ -97,6 +116,34 @@ def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | 
         raise BenchmarkError(f"{len(failures)} of {len(models) * len(loaded)} probes failed: " + "; ".join(failures)
                              + f" (the others are in {out}/results.md)")
     return results
+
+
+def _shard_of(shard: tuple[int, int] | None) -> tuple[tuple[int, int], bool]:
+    """(this process's shard, whether it waits for the others and probes): `shard` as given
+    (array jobs: never waits), else torchrun's RANK / WORLD_SIZE (rank 0 waits), else (0, 1)."""
+    if shard is not None:
+        return shard, False
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return (rank, world), world > 1 and rank == 0
+
+
+def _extract_shard(models: Sequence[str], loaded: dict, cache_dir: Path, shard: tuple[int, int],
+                   device: str | None, progress: bool) -> None:
+    for spec in models:
+        source = open_source(spec, device=device)
+        for name, (task, splits) in loaded.items():
+            cache = FeatureCache(cache_dir, source, name, task.protocol, shard=shard)
+            cache.extract(splits.train + splits.valid + splits.test, progress=progress)
+
+
+def _wait_for_shards(cache: FeatureCache, items, poll_seconds: float = 5.0) -> None:
+    """Until the other ranks have indexed every item (torchrun stops all ranks if one fails)."""
+    while cache.missing(items):
+        print(f"waiting for {len(cache.missing(items))} items from the other shards ({cache.directory})",
+              file=sys.stderr)
+        time.sleep(poll_seconds)
+        cache.refresh()
 
 
 def _write_reports(results, names, sources, config, out: Path, command: str, data_dirs: dict, plots: bool,

@@ -15,7 +15,9 @@ Cache layout, `<cache>/<source>-<fingerprint>/<task>-<settings hash>/`:
   16 GB); the probe converts each batch;
 - `index.jsonl`: one line per finished item, `{"key", "start", "count"}` or `{"key", "error"}`.
 A line is written only after its rows, so a killed run resumes where it stopped (rows past the
-last indexed item are truncated). Items are looked up by key, so adding items to a dataset
+last indexed item are truncated). Sharded extraction (`shard=(i, n)`: array jobs, torchrun)
+writes `rows-<i>-of-<n>.f16` + `index-<i>-of-<n>.jsonl` per process in the same folder; every
+cache reads all index files, so the single-process layout and shards mix freely. Items are looked up by key, so adding items to a dataset
 extracts only the new ones. The fingerprint follows the weights, not the folder name.
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -83,7 +86,10 @@ class FeatureCache:
     batch_seconds: float = 60.0
     flush_seconds: float = 600.0
 
-    def __init__(self, cache_root: str | Path, source: Source, task_name: str, protocol: Protocol):
+    def __init__(self, cache_root: str | Path, source: Source, task_name: str, protocol: Protocol,
+                 shard: tuple[int, int] | None = None):
+        """`shard` = (i, n): this process extracts the i-th of n shares of the items into its
+        own files, `rows-<i>-of-<n>.f16` and `index-<i>-of-<n>.jsonl`; every cache reads all."""
         self.source = source
         self.protocol = protocol
         self.frame_level = protocol.kind == "beats"
@@ -93,34 +99,60 @@ class FeatureCache:
         folder = protocol.feature_set or task_name
         self.directory = Path(cache_root) / f"{safe_name}-{source.fingerprint}" / f"{folder}-{digest}"
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.rows_path = self.directory / "rows.f16"
-        self.index_path = self.directory / "index.jsonl"
+        self.shard = check_shard(shard)
+        suffix = "" if self.shard == (0, 1) else f"-{self.shard[0]}-of-{self.shard[1]}"
+        self.rows_path = self.directory / f"rows{suffix}.f16"
+        self.index_path = self.directory / f"index{suffix}.jsonl"
         meta = {"source": source.describe(), "features_of": folder, "settings": settings}
-        (self.directory / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+        partial = self.directory / f".meta.json.{os.getpid()}"  # shards write it at once: whole or not at all
+        partial.write_text(json.dumps(meta, indent=1, default=str))
+        partial.replace(self.directory / "meta.json")
         self.row_shape = (source.num_layers, source.frame_dim if self.frame_level else source.pooled_dim)
-        self.index = self._read_index()
-        self.num_rows = sum(entry.get("count", 0) for entry in self.index.values())
+        own = self._read_index(self.index_path, self.rows_path)
+        self._truncate_rows(sum(entry.get("count", 0) for entry in own.values()))
+        self.num_rows = sum(entry.get("count", 0) for entry in own.values())
+        self.refresh()
 
     # ------------------------------------------------------------------ index
 
-    def _read_index(self) -> dict[str, dict]:
+    def refresh(self) -> None:
+        """Read every shard's index again (what other processes have finished since)."""
+        self.index = {}
+        for path in sorted(self.directory.glob("index*.jsonl")):
+            match = re.fullmatch(r"index(-\d+-of-\d+)?\.jsonl", path.name)
+            if match:
+                self.index.update(self._read_index(path, self.directory / f"rows{match.group(1) or ''}.f16"))
+        self.index.update(self._read_index(self.index_path, self.rows_path))  # ours win a duplicate key
+
+    @staticmethod
+    def _read_index(index_path: Path, rows_path: Path) -> dict[str, dict]:
         index: dict[str, dict] = {}
-        if not self.index_path.exists():
+        if not index_path.exists():
             return index
-        for line in self.index_path.read_text().splitlines():
+        for line in index_path.read_text().splitlines():
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
-                break  # a line cut by a kill: everything after it is redone
-            index[entry["key"]] = entry
-        self._truncate_rows(sum(entry.get("count", 0) for entry in index.values()))
+                break  # a line cut by a kill (or still being written by another shard)
+            index[entry["key"]] = {**entry, "rows": rows_path}
         return index
 
     def _truncate_rows(self, num_rows: int) -> None:
+        """Rows past our last indexed item were cut by a kill: drop them (our own file only)."""
         size = num_rows * int(np.prod(self.row_shape)) * 2
         if self.rows_path.exists() and self.rows_path.stat().st_size > size:
             with open(self.rows_path, "r+b") as f:
                 f.truncate(size)
+
+    def shard_items(self, items: Sequence[Item]) -> list[Item]:
+        """This shard's share: whole files (one decode each), the j-th file of the sorted file
+        list to shard j mod n, whatever is already cached, so every process agrees."""
+        index, count = self.shard
+        if count == 1:
+            return list(items)
+        paths = sorted({str(item.path) for item in items})
+        mine = {path for j, path in enumerate(paths) if j % count == index}
+        return [item for item in items if str(item.path) in mine]
 
     def missing(self, items: Sequence[Item]) -> list[Item]:
         return [item for item in items if item.key not in self.index]
@@ -135,7 +167,7 @@ class FeatureCache:
         items are recorded with their error and skipped (reported, never fatal). Files are
         decoded ahead in a thread; windows of equal length share forward passes (at most
         `batch_seconds` of audio each); rows are written every `flush_seconds` of audio."""
-        todo = sorted(self.missing(items), key=lambda item: (str(item.path), item.offset))
+        todo = sorted(self.missing(self.shard_items(items)), key=lambda item: (str(item.path), item.offset))
         if not todo:
             return 0
         bar = tqdm(total=len(todo), desc=f"features {self.directory.parent.name[:24]}/{self.directory.name}",
@@ -199,7 +231,7 @@ class FeatureCache:
                 self.num_rows += len(features)
             index.write(json.dumps(entry) + "\n")
             index.flush()
-            self.index[item.key] = entry
+            self.index[item.key] = {**entry, "rows": self.rows_path}
         bar.update(len(pending))
 
     # ------------------------------------------------------------------ reading
@@ -220,27 +252,38 @@ class FeatureCache:
 
     def _gather(self, entries: list[dict], layer: int | None) -> np.ndarray:
         row_shape = (self.row_shape[1],) if layer is not None else self.row_shape
-        runs: list[list[int]] = []  # [start, stop) runs of consecutive rows in the file
+        runs: list[list] = []  # [rows file, start, stop): runs of consecutive rows in one file
         for entry in entries:
-            if runs and runs[-1][1] == entry["start"]:
-                runs[-1][1] += entry["count"]
+            if runs and runs[-1][0] == entry["rows"] and runs[-1][2] == entry["start"]:
+                runs[-1][2] += entry["count"]
             else:
-                runs.append([entry["start"], entry["start"] + entry["count"]])
+                runs.append([entry["rows"], entry["start"], entry["start"] + entry["count"]])
         if not runs:
             return np.zeros((0, *row_shape), np.float16)
-        table = self._table()
+        tables = {path: self._table(path) for path in {run[0] for run in runs}}
         pick = (lambda block: block[:, layer]) if layer is not None else (lambda block: block)
         if len(runs) == 1:
-            return pick(table[runs[0][0]:runs[0][1]])  # a view: no row is read until used
-        rows = np.empty((sum(stop - start for start, stop in runs), *row_shape), np.float16)
+            path, start, stop = runs[0]
+            return pick(tables[path][start:stop])  # a view: no row is read until used
+        rows = np.empty((sum(stop - start for _, start, stop in runs), *row_shape), np.float16)
         position = 0
-        for start, stop in runs:  # filled in place: no list of pieces, no concatenation copy
-            rows[position:position + stop - start] = pick(table[start:stop])
+        for path, start, stop in runs:  # filled in place: no list of pieces, no concatenation copy
+            rows[position:position + stop - start] = pick(tables[path][start:stop])
             position += stop - start
         return rows
 
-    def _table(self) -> np.ndarray:
-        """The rows file as a read-only (N, K, D) float16 memmap (whole rows only)."""
+    def _table(self, path: Path) -> np.ndarray:
+        """A rows file as a read-only (N, K, D) float16 memmap (whole rows only: another shard
+        may be appending to it)."""
         row_bytes = int(np.prod(self.row_shape)) * 2
-        count = self.rows_path.stat().st_size // row_bytes
-        return np.memmap(self.rows_path, dtype=np.float16, mode="r", shape=(count, *self.row_shape))
+        count = path.stat().st_size // row_bytes
+        return np.memmap(path, dtype=np.float16, mode="r", shape=(count, *self.row_shape))
+
+
+def check_shard(shard: tuple[int, int] | None) -> tuple[int, int]:
+    if shard is None:
+        return (0, 1)
+    index, count = shard
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard {index} of {count}: expected 0 <= shard < num_shards")
+    return (int(index), int(count))
