@@ -265,7 +265,7 @@ def _run_probes(args, models: list[str], data_dirs: dict, options: dict, out: st
     shard = (args.shard, args.num_shards) if args.num_shards > 1 else None
     results = run_benchmark(models, data_dirs, out, _probe_config(args), cache_dir=args.cache, options=options,
                             device=args.device, progress=not args.quiet, command="musicssl " + " ".join(sys.argv[1:]),
-                            shard=shard)
+                            shard=shard, skip_missing=getattr(args, "skip_missing", False))
     if results:
         print(f"results in {out}/results.md and {out}/results.json")
     return 0
@@ -282,6 +282,8 @@ def add_benchmark(commands) -> None:
     parser.add_argument("--option", action="append", default=[], metavar="TASK.KEY=VALUE",
                         help="task option, e.g. gtzan.splits_dir=/data/splits")
     parser.add_argument("-o", "--out", required=True, help="output folder")
+    parser.add_argument("--skip-missing", action="store_true",
+                        help="run the tasks whose datasets can be read, list the others (default: stop, naming all)")
     _probe_arguments(parser)
     parser.set_defaults(run=run_benchmark_command)
 

@@ -43,6 +43,29 @@ def load_task(name: str, data_dir: Path, options: dict[str, str] | None = None) 
     return task, splits
 
 
+def load_tasks(data_dirs: dict[str, Path], options: dict[str, dict[str, str]] | None,
+               skip_missing: bool = False) -> tuple[dict[str, tuple[Task, Splits]], dict[str, str]]:
+    """Open every dataset; (the readable ones, {task: problem}). Raises one DatasetsError
+    naming every problem unless `skip_missing` (and at least one dataset opened)."""
+    loaded, problems = {}, {}
+    for name, path in data_dirs.items():
+        try:
+            loaded[name] = load_task(name, path, (options or {}).get(name))
+        except (ValueError, OSError) as error:  # DatasetError, no folder, a bad option
+            problems[name] = str(error)
+    if problems:
+        listing = "".join(f"\n  {name}: {problem}" for name, problem in problems.items())
+        if not skip_missing or not loaded:
+            hint = "; --skip-missing runs the others" if loaded else ""
+            raise DatasetsError(f"{len(problems)} of {len(data_dirs)} datasets cannot be read{hint}:{listing}")
+        print(f"skipping {len(problems)} of {len(data_dirs)} datasets (--skip-missing):{listing}", file=sys.stderr)
+    return loaded, problems
+
+
+class DatasetsError(ValueError):
+    """One or more requested datasets cannot be read; the message lists all of them."""
+
+
 def _saved_path(out: Path, model: str, task: str) -> Path:
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model).strip("_") or "model"
     return out / "runs" / safe / f"{task}.json"
@@ -70,13 +93,15 @@ def _load_saved(path: Path, key: dict) -> TaskResult | None:
 def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | Path, config: ProbeConfig,
                   cache_dir: str | Path | None = None, options: dict[str, dict[str, str]] | None = None,
                   device: str | None = None, progress: bool = True, command: str = "",
-                  shard: tuple[int, int] | None = None) -> list[TaskResult]:
+                  shard: tuple[int, int] | None = None, skip_missing: bool = False) -> list[TaskResult]:
     """`data_dirs`: task name -> dataset folder. Writes results.json, results.md, plots/.
+    Every dataset is opened before any work: the problems of all are reported in one error,
+    or with `skip_missing` the readable ones run and the others are listed in the report.
     `shard`: extract this share only and return [] (see the module's docstring)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(cache_dir) if cache_dir else out / "cache"
-    loaded = {name: load_task(name, path, (options or {}).get(name)) for name, path in data_dirs.items()}
+    loaded, skipped = load_tasks(data_dirs, options, skip_missing)
     shard, wait = _shard_of(shard)
     if shard[1] > 1:
         _extract_shard(models, loaded, cache_dir, shard, device, progress)
@@ -88,6 +113,7 @@ def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | 
     sources: dict[str, dict] = {}
     names: list[str] = []
     failures: list[str] = []
+    notes = [f"{name}: skipped (--skip-missing), {problem}" for name, problem in skipped.items()]
     for spec in models:
         source = open_source(spec, device=device)
         sources[source.name] = source.describe()
@@ -110,8 +136,8 @@ def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | 
                 saved.write_text(json.dumps({**key, "result": result.to_dict()}, default=str))
             _print_result(result)
             results.append(result)
-            _write_reports(results, names, sources, config, out, command, data_dirs, plots=False, failures=failures)
-    _write_reports(results, names, sources, config, out, command, data_dirs, plots=True, failures=failures)
+            _write_reports(results, names, sources, config, out, command, data_dirs, plots=False, failures=notes + failures)
+    _write_reports(results, names, sources, config, out, command, data_dirs, plots=True, failures=notes + failures)
     if failures:
         raise BenchmarkError(f"{len(failures)} of {len(models) * len(loaded)} probes failed: " + "; ".join(failures)
                              + f" (the others are in {out}/results.md)")
