@@ -62,8 +62,8 @@ def test_two_shard_processes_fill_the_cache_of_one(tmp_path, gtzan, model_dir): 
     cache, items = _cache(cache_dir, model_dir, gtzan)
     files = sorted(path.name for path in cache.directory.iterdir() if path.name != "meta.json")
     assert files == ["index-0-of-2.jsonl", "index-1-of-2.jsonl", "rows-0-of-2.f16", "rows-1-of-2.f16"]
-    shard_keys = [{json.loads(line)["key"] for line in (cache.directory / f"index-{i}-of-2.jsonl").read_text().splitlines()}
-                  for i in range(2)]
+    index_files = [cache.directory / f"index-{i}-of-2.jsonl" for i in range(2)]
+    shard_keys = [{json.loads(line)["key"] for line in path.read_text().splitlines()} for path in index_files]
     assert shard_keys[0].isdisjoint(shard_keys[1]) and shard_keys[0] | shard_keys[1] == {item.key for item in items}
     assert min(len(keys) for keys in shard_keys) == len(items) // 2  # one file per item: an even split
     assert cache.missing(items) == []

@@ -465,7 +465,8 @@ def test_mtg_errors_name_missing_files(tmp_path):
     (tmp_path / "splits" / "split-0" / "autotagging_genre-test.tsv").write_text("ID\tPATH\n")
     with pytest.raises(DatasetError, match=r"header .* is not"):
         get_task("mtg_genre").load(tmp_path, splits_dir=str(tmp_path / "splits" / "split-0"))
-    with pytest.raises(DatasetError, match="split folder not found .*empty/data/splits/split-0.*mtg-jamendo-dataset/data/splits/split-0"):
+    looked = "split folder not found .*empty/data/splits/split-0.*mtg-jamendo-dataset/data/splits/split-0"
+    with pytest.raises(DatasetError, match=looked):
         get_task("mtg_genre").load(tmp_path / "empty")
     (tmp_path / "empty" / "splits" / "split-0").mkdir(parents=True)
     with pytest.raises(DatasetError, match="audio folder not found"):

@@ -136,7 +136,8 @@ def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | 
                 saved.write_text(json.dumps({**key, "result": result.to_dict()}, default=str))
             _print_result(result)
             results.append(result)
-            _write_reports(results, names, sources, config, out, command, data_dirs, plots=False, failures=notes + failures)
+            _write_reports(results, names, sources, config, out, command, data_dirs, plots=False,
+                           failures=notes + failures)
     _write_reports(results, names, sources, config, out, command, data_dirs, plots=True, failures=notes + failures)
     if failures:
         raise BenchmarkError(f"{len(failures)} of {len(models) * len(loaded)} probes failed: " + "; ".join(failures)

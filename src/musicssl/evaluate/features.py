@@ -17,8 +17,8 @@ Cache layout, `<cache>/<source>-<fingerprint>/<task>-<settings hash>/`:
 A line is written only after its rows, so a killed run resumes where it stopped (rows past the
 last indexed item are truncated). Sharded extraction (`shard=(i, n)`: array jobs, torchrun)
 writes `rows-<i>-of-<n>.f16` + `index-<i>-of-<n>.jsonl` per process in the same folder; every
-cache reads all index files, so the single-process layout and shards mix freely. Items are looked up by key, so adding items to a dataset
-extracts only the new ones. The fingerprint follows the weights, not the folder name.
+cache reads all index files, so the single-process layout and shards mix freely. Items are
+looked up by key, so adding items to a dataset extracts only the new ones. The fingerprint follows the weights, not the folder name.
 """
 
 from __future__ import annotations

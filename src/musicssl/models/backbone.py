@@ -200,8 +200,8 @@ class ConvBlock(nn.Module):
     def _group_norm(self, x: Tensor, lengths: Tensor | None) -> Tensor:
         # fairseq runs this norm in fp32 (Fp32GroupNorm); a float64 model stays float64.
         if lengths is None:
-            return F.group_norm(x.to(torch.promote_types(x.dtype, torch.float32)), self.norm.num_groups, self.norm.weight, self.norm.bias,
-                                self.norm.eps).type_as(x)
+            x32 = x.to(torch.promote_types(x.dtype, torch.float32))
+            return F.group_norm(x32, self.norm.num_groups, self.norm.weight, self.norm.bias, self.norm.eps).type_as(x)
         # One group per channel = per-channel statistics over time; exclude padded frames.
         x32 = x.to(torch.promote_types(x.dtype, torch.float32))
         valid = (~padding_mask_from_lengths(lengths, x.shape[-1]))[:, None, :].float()  # (B, 1, T)

@@ -110,7 +110,8 @@ class _MTGTask(Task):
         root = Path(root)
         splits_dir = _resolve(root, options.get("splits_dir"), SPLITS_DIRS)
         if not splits_dir.is_dir():
-            looked = "" if "splits_dir" in options else " (nor " + ", ".join(str(root / d) for d in SPLITS_DIRS[1:]) + ")"
+            others = ", ".join(str(root / d) for d in SPLITS_DIRS[1:])
+            looked = "" if "splits_dir" in options else f" (nor {others})"
             raise DatasetError(f"{splits_dir}: MTG-Jamendo split folder not found{looked}. "
                                f"It comes from {_SOURCE}")
         audio_dir = _resolve(root, options.get("audio_dir"), ("audio-low", "audio"))
