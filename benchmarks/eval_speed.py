@@ -1,13 +1,15 @@
 """Evaluation speed: extraction throughput against transformers, and probe time per task.
 
     .venv/bin/python benchmarks/eval_speed.py [--preset hubert_base] [--files 6] [--seconds 30]
-        [--rows 2000] [--epochs 10]
+        [--window 30] [--device cpu] [--rows 2000] [--epochs 10] [--skip-probe]
 
-1. Extraction: the same generated files (30-s windows, every hidden state, mean-pooled, as
-   the clip tasks store them) through our `FeatureCache` + `EncoderSource`, and through
+1. Extraction: the same generated files (`--window`-s windows, every hidden state,
+   mean-pooled, as the clip tasks store them) through our `FeatureCache` + `EncoderSource`
+   (windows of equal length batched, decoding in a background thread), and through
    transformers' HubertModel / Data2VecAudioModel holding the same weights (one forward per
-   window, `output_hidden_states=True`, the same pooling), in the same run, alternating.
-   Printed as audio seconds per second and as a ratio (ours / transformers; > 1 = faster).
+   window, `output_hidden_states=True`, the same pooling, decoding in the same thread), on
+   `--device`, in the same run, alternating. Printed as audio seconds per second and as a
+   ratio (ours / transformers; > 1 = faster); the last line of the script repeats it.
 2. Probe: for every registered task, one probe run (one layer, one learning rate, a fixed
    number of epochs, no early stop) on cached-feature-shaped random rows with the task's
    output count, `--rows` training windows and a quarter of that for valid and test; printed
@@ -39,41 +41,49 @@ def make_files(directory: Path, count: int, seconds: float) -> list[Path]:
     return paths
 
 
-def ours(model_dir: Path, paths: list[Path], cache: Path) -> float:
+def ours(model_dir: Path, paths: list[Path], cache: Path, window: float, device: str) -> float:
     from musicssl.evaluate.features import FeatureCache
     from musicssl.evaluate.sources import open_source
     from musicssl.evaluate.tasks.base import Item, Protocol
 
     protocol = Protocol(name="bench", title="B", kind="multiclass", outputs=("a",), metrics=("accuracy",),
-                        window_seconds=30.0)
-    source = open_source(str(model_dir), device="cpu")
+                        window_seconds=window)
+    source = open_source(str(model_dir), device=device)
     items = [Item(key=p.name, path=p, target=0) for p in paths]
     started = time.perf_counter()
     FeatureCache(cache, source, "bench", protocol).extract(items, progress=False)
+    _sync(device)
     return time.perf_counter() - started
 
 
-def transformers_reference(model_dir: Path, paths: list[Path]) -> float:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def transformers_reference(model_dir: Path, paths: list[Path], window: float, device: str) -> float:
     import transformers
 
     from musicssl import audio
 
-    model = transformers.AutoModel.from_pretrained(model_dir).eval()
+    model = transformers.AutoModel.from_pretrained(model_dir).eval().to(device)
     normalize = getattr(model.config, "feat_extract_norm", "group") == "layer"
+    size = int(window * 16000)
     started = time.perf_counter()
     with torch.no_grad():
         for path in paths:
-            wav = torch.from_numpy(audio.load_audio(path, 16000))
-            for start in range(0, wav.numel(), 30 * 16000):
-                window = wav[start:start + 30 * 16000]
+            wav = torch.from_numpy(audio.load_audio(path, 16000)).to(device)
+            for start in range(0, wav.numel(), size):
+                piece = wav[start:start + size]
                 if normalize:  # Wav2Vec2FeatureExtractor(do_normalize=True), as data2vec models ship
-                    window = (window - window.mean()) / torch.sqrt(window.var(unbiased=False) + 1e-7)
-                states = model(window[None], output_hidden_states=True).hidden_states
-                np.stack([s[0].mean(0).numpy() for s in states]).astype(np.float16)
+                    piece = (piece - piece.mean()) / torch.sqrt(piece.var(unbiased=False) + 1e-7)
+                states = model(piece[None], output_hidden_states=True).hidden_states
+                np.stack([s[0].mean(0).cpu().numpy() for s in states]).astype(np.float16)
+    _sync(device)
     return time.perf_counter() - started
 
 
-def extraction(preset: str, count: int, seconds: float) -> None:
+def extraction(preset: str, count: int, seconds: float, window: float, device: str, rounds: int) -> str:
     from musicssl.interop.huggingface import export_pretrained
     from musicssl.models.backbone import Backbone, backbone_preset
 
@@ -84,14 +94,18 @@ def extraction(preset: str, count: int, seconds: float) -> None:
         paths = make_files(tmp, count, seconds)
         audio_seconds = count * seconds
         times = {"ours": [], "transformers": []}
-        for round_ in range(2):
-            times["ours"].append(ours(model_dir, paths, tmp / f"cache{round_}"))
-            times["transformers"].append(transformers_reference(model_dir, paths))
+        for round_ in range(rounds):
+            times["ours"].append(ours(model_dir, paths, tmp / f"cache{round_}", window, device))
+            times["transformers"].append(transformers_reference(model_dir, paths, window, device))
         best = {name: min(values) for name, values in times.items()}
-        print(f"extraction, {preset}, {count} x {seconds:g} s, all layers, 30-s windows, 2 rounds (best):")
+        print(f"extraction, {preset}, {count} x {seconds:g} s, all layers, {window:g}-s windows, {device}, "
+              f"{torch.get_num_threads()} threads, {rounds} rounds (best):")
         for name, value in best.items():
             print(f"  {name:13s} {value:7.2f} s  {audio_seconds / value:7.1f} audio s/s")
-        print(f"  ratio ours/transformers (throughput): {best['transformers'] / best['ours']:.2f}x")
+        ratio = best["transformers"] / best["ours"]
+        print(f"  ratio ours/transformers (throughput): {ratio:.2f}x")
+        return (f"extraction: ours {audio_seconds / best['ours']:.1f} audio-s/s, "
+                f"transformers {audio_seconds / best['transformers']:.1f} audio-s/s, {ratio:.2f} x")
 
 
 def probe_times(rows: int, epochs: int) -> None:
@@ -142,14 +156,22 @@ def main() -> None:
     parser.add_argument("--preset", default="hubert_base")
     parser.add_argument("--files", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--window", type=float, default=30.0, help="window length in seconds (30: MTG-Jamendo)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (both paths run there)")
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--skip-extraction", action="store_true")
+    parser.add_argument("--skip-probe", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    summary = None
     if not args.skip_extraction:
-        extraction(args.preset, args.files, args.seconds)
-    probe_times(args.rows, args.epochs)
+        summary = extraction(args.preset, args.files, args.seconds, args.window, args.device, args.rounds)
+    if not args.skip_probe:
+        probe_times(args.rows, args.epochs)
+    if summary:
+        print(summary)
 
 
 if __name__ == "__main__":

@@ -248,6 +248,10 @@ def _probe_arguments(parser) -> None:
     parser.add_argument("--cache", default=None, help="feature cache folder (default: OUT/cache)")
     parser.add_argument("--device", default=None, help="cpu, cuda (default: cuda if present)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--shard", type=int, default=0,
+                        help="extract only share SHARD of --num-shards (array jobs), then stop; under torchrun "
+                             "the ranks shard by themselves and rank 0 probes")
+    parser.add_argument("--num-shards", type=int, default=1)
 
 
 def _probe_config(args):
@@ -283,9 +287,12 @@ def _run_probes(args, models: list[str], data_dirs: dict, options: dict, out: st
     """What `probe` and `benchmark` share once they know their models, datasets and options."""
     from musicssl.evaluate.benchmark import run_benchmark
 
-    run_benchmark(models, data_dirs, out, _probe_config(args), cache_dir=args.cache, options=options,
-                  device=args.device, progress=not args.quiet, command="musicssl " + " ".join(sys.argv[1:]))
-    print(f"results in {out}/results.md and {out}/results.json")
+    shard = (args.shard, args.num_shards) if args.num_shards > 1 else None
+    results = run_benchmark(models, data_dirs, out, _probe_config(args), cache_dir=args.cache, options=options,
+                            device=args.device, progress=not args.quiet, command="musicssl " + " ".join(sys.argv[1:]),
+                            shard=shard, skip_missing=getattr(args, "skip_missing", False))
+    if results:
+        print(f"results in {out}/results.md and {out}/results.json")
     return 0
 
 
@@ -300,6 +307,8 @@ def add_benchmark(commands) -> None:
     parser.add_argument("--option", action="append", default=[], metavar="TASK.KEY=VALUE",
                         help="task option, e.g. gtzan.splits_dir=/data/splits")
     parser.add_argument("-o", "--out", required=True, help="output folder")
+    parser.add_argument("--skip-missing", action="store_true",
+                        help="run the tasks whose datasets can be read, list the others (default: stop, naming all)")
     _probe_arguments(parser)
     parser.set_defaults(run=run_benchmark_command)
 

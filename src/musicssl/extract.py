@@ -108,6 +108,28 @@ class Encoder:
             position += piece.shape[1]
         return features
 
+    @torch.inference_mode()
+    def extract_batch(self, windows: np.ndarray, pool: bool = False, source: str = "<array>") -> Tensor:
+        """Every hidden state of B windows of equal length at the model rate, in one forward
+        pass: (B, N) float32 -> float32 (B, K, T, D) on the CPU, or (B, K, D) time means with
+        `pool`. Each window is prepared as `extract` prepares a whole track (its own waveform
+        normalisation), and no padding is involved, so row b equals `extract(windows[b])` up
+        to float32 rounding (the batch changes the order of no sum within a window)."""
+        if windows.ndim != 2:
+            raise ValueError(f"windows must be (batch, samples), got shape {windows.shape}")
+        if not np.all(np.isfinite(windows)):
+            raise audio.AudioError(source, "non-finite samples (NaN or inf)")
+        audio.check_length(windows, self.config.receptive_field, source, sample_rate=self.sample_rate)
+        signal = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device)
+        if self.config.normalize_waveform:
+            signal = normalize_waveform(signal, torch.full((len(signal),), signal.shape[1], device=self.device))
+        with self._autocast():
+            out = self.backbone(signal)
+        states = list(out.layers[:-1]) + [out.last_hidden_state]
+        if pool:  # (B, T, D) -> (B, D) per layer, on the device: only K x D numbers per window come back
+            return torch.stack([state.float().mean(1) for state in states], 1).cpu()  # (B, K, D)
+        return torch.stack([state.float() for state in states], 1).cpu()  # (B, K, T, D)
+
     def _run_window(self, window: Tensor, indices: list[int]) -> Tensor:
         wav = window[None].to(self.device)  # (1, n)
         # Stop after the deepest block asked for; a pre-LN model's last state gets its final norm.

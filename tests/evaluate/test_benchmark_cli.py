@@ -138,3 +138,29 @@ def test_saved_results_are_reused_only_for_the_same_weights(tmp_path, gtzan_root
     assert len(probed) == 2 and probed[0] != probed[1]  # same name, other weights: probed again
     saved = json.loads((tmp_path / "bench" / "runs" / "mine" / "gtzan.json").read_text())
     assert saved["fingerprint"] == probed[1]
+
+
+def test_benchmark_names_every_unreadable_dataset_then_skips_them_on_request(tmp_path, gtzan_root, model_dir,
+                                                                            capsys):
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "GTZAN").symlink_to(gtzan_root)
+    (root / "MTT").mkdir()  # there, but without its annotation files
+    argv = ["benchmark", str(model_dir), "--tasks", "gtzan,mtt,emo", "--data-root", str(root),
+            "-o", str(tmp_path / "out"), "--layers", "2", *FAST]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "2 of 3 datasets cannot be read; --skip-missing runs the others" in err
+    assert f"mtt: {root / 'MTT'}" in err and "emo: " in err and str(root / "EMO") in err  # both, in one message
+    assert not (tmp_path / "out" / "results.json").exists()  # nothing ran before the check
+
+    assert main(argv + ["--skip-missing"]) == 0
+    err = capsys.readouterr().err
+    assert "skipping 2 of 3 datasets (--skip-missing)" in err
+    payload = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [result["task"] for result in payload["results"]] == ["gtzan"]
+    assert [note.split(":")[0] for note in payload["failures"]] == ["mtt", "emo"]
+
+    (root / "GTZAN").unlink()
+    assert main(argv + ["--skip-missing"]) == 2  # nothing left to run: the error, not an empty table
+    assert "3 of 3 datasets cannot be read:" in capsys.readouterr().err

@@ -149,3 +149,53 @@ def test_sources_from_specs(tmp_path):
     assert open_source(str(checkpoint), device="cpu").name == "run1@step_00000300"
     with pytest.raises(ValueError, match="neither a model directory nor a backbone preset"):
         open_source("random:nonsense")
+
+
+def _many_windows(tmp_path, count: int = 4, seconds: float = 6.0) -> list[Item]:
+    paths = [write_tone(tmp_path / f"w{i}.wav", seconds, frequency=200 * (i + 1), seed=i) for i in range(count)]
+    return [Item(key=p.stem, path=p, target=0) for p in paths]
+
+
+def test_rows_stay_float16_as_cached_without_a_float32_copy(tmp_path, source):
+    import tracemalloc
+
+    items = _many_windows(tmp_path)
+    cache = FeatureCache(tmp_path / "cache", source, "toy", CLIP.replace(window_seconds=0.1, min_window_seconds=0.1))
+    cache.extract(items, progress=False)
+    on_disk = np.fromfile(cache.rows_path, dtype=np.float16).reshape(-1, *cache.row_shape)
+    num_rows, layers, dim = on_disk.shape  # 4 files x 60 windows of 0.1 s
+    assert num_rows == 240
+    half_table = num_rows * layers * dim * 2  # bytes of the rows as float16
+
+    # Every item, in cache order: one run of the file, so a read-only memmap, nothing copied.
+    tracemalloc.start()
+    whole = cache.load(items)
+    peak_view = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert isinstance(whole.rows, np.memmap) and whole.rows.dtype == np.float16
+    assert whole.rows.nbytes == half_table
+    np.testing.assert_array_equal(whole.rows, on_disk)
+    # What load allocates besides the rows is O(items) Python objects (a few hundred bytes per
+    # item); a float32 table would be 2 x half_table.
+    assert peak_view < half_table / 4
+
+    # Items out of file order: one float16 copy, filled in place (no pieces, no float32 copy).
+    shuffled = [items[2], items[0], items[3]]
+    tracemalloc.start()
+    picked = cache.load(shuffled)
+    peak_copy = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert not isinstance(picked.rows, np.memmap) and picked.rows.dtype == np.float16
+    assert picked.rows.nbytes == 3 * 60 * layers * dim * 2
+    # peak = the copy + O(items) objects; a float32 result (2x) or pieces + concatenation (2x)
+    # would exceed 1.25x.
+    assert picked.rows.nbytes <= peak_copy < 1.25 * picked.rows.nbytes
+    for (start, count), item in zip(picked.spans, shuffled):
+        entry = cache.index[item.key]
+        np.testing.assert_array_equal(picked.rows[start:start + count],
+                                      on_disk[entry["start"]:entry["start"] + entry["count"]])
+
+    one_layer = cache.load(shuffled, layer=2)
+    assert one_layer.rows.dtype == np.float16 and one_layer.rows.shape == (180, dim)
+    np.testing.assert_array_equal(one_layer.rows, picked.rows[:, 2])
+    assert cache.load([]).rows.shape == (0, layers, dim)

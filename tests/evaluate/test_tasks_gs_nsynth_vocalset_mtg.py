@@ -438,6 +438,22 @@ def test_mtg_repository_layout_and_plain_audio(tmp_path):
     assert not any("protocol's" in note for note in other.notes)   # sizes are split-0's only
 
 
+def test_mtg_split_files_where_the_repository_keeps_them(tmp_path):
+    # The data root is a clone of github.com/MTG/mtg-jamendo-dataset: its split files sit in
+    # data/splits/split-0 beside the repository's other files; the audio is downloaded into it.
+    _mtg_hand_layout(tmp_path, "data/splits/split-0")
+    (tmp_path / "data" / "autotagging_genre.tsv").write_bytes(GENRE_TSV["train"].encode())
+    (tmp_path / "data" / "splits" / "split-1").mkdir()
+    (tmp_path / "scripts" / "download").mkdir(parents=True)
+    (tmp_path / "scripts" / "download" / "download.py").write_text("# the repository's download script\n")
+    task = get_task("mtg_genre")
+    splits = task.load(tmp_path)   # no splits_dir option
+    assert splits.sizes() == {"train": 2, "valid": 1, "test": 1}
+    assert splits.test[0].path == tmp_path / "audio-low" / "73" / "773.low.mp3"
+    assert task.protocol.outputs[:2] == ("genre---rock", "genre---electronic")
+    assert any("{'train': 32572" in note for note in splits.notes)   # split-0: the published sizes are checked
+
+
 def test_mtg_errors_name_missing_files(tmp_path):
     _mtg_hand_layout(tmp_path)
     (tmp_path / "splits" / "split-0" / "autotagging_genre-validation.tsv").unlink()
@@ -449,7 +465,8 @@ def test_mtg_errors_name_missing_files(tmp_path):
     (tmp_path / "splits" / "split-0" / "autotagging_genre-test.tsv").write_text("ID\tPATH\n")
     with pytest.raises(DatasetError, match=r"header .* is not"):
         get_task("mtg_genre").load(tmp_path, splits_dir=str(tmp_path / "splits" / "split-0"))
-    with pytest.raises(DatasetError, match="split folder not found .*mtg-jamendo-dataset/data/splits/split-0"):
+    looked = "split folder not found .*empty/data/splits/split-0.*mtg-jamendo-dataset/data/splits/split-0"
+    with pytest.raises(DatasetError, match=looked):
         get_task("mtg_genre").load(tmp_path / "empty")
     (tmp_path / "empty" / "splits" / "split-0").mkdir(parents=True)
     with pytest.raises(DatasetError, match="audio folder not found"):

@@ -4,14 +4,22 @@
 Every finished (model, task) is saved at once to `OUT/runs/<model>/<task>.json`; a rerun with
 the same probe settings reuses it, and features come from the cache, so a killed benchmark
 resumes where it stopped.
+
+Sharded extraction (many GPUs, array jobs): with `shard=(i, n)` (`--shard i --num-shards n`)
+a process extracts its share of every (model, task) into its own cache files and stops; the
+same command without `--shard`, once all shards are done, finds every item cached and probes.
+Under torchrun (RANK, WORLD_SIZE in the environment) each rank extracts its share; rank 0 then
+waits until the other shards' items are all in the cache and probes; the other ranks exit.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +41,29 @@ def load_task(name: str, data_dir: Path, options: dict[str, str] | None = None) 
         raise FileNotFoundError(f"{data_dir}: no such dataset folder for task {name} ({task.source})")
     splits = task.load(Path(data_dir), **(options or {}))
     return task, splits
+
+
+def load_tasks(data_dirs: dict[str, Path], options: dict[str, dict[str, str]] | None,
+               skip_missing: bool = False) -> tuple[dict[str, tuple[Task, Splits]], dict[str, str]]:
+    """Open every dataset; (the readable ones, {task: problem}). Raises one DatasetsError
+    naming every problem unless `skip_missing` (and at least one dataset opened)."""
+    loaded, problems = {}, {}
+    for name, path in data_dirs.items():
+        try:
+            loaded[name] = load_task(name, path, (options or {}).get(name))
+        except (ValueError, OSError) as error:  # DatasetError, no folder, a bad option
+            problems[name] = str(error)
+    if problems:
+        listing = "".join(f"\n  {name}: {problem}" for name, problem in problems.items())
+        if not skip_missing or not loaded:
+            hint = "; --skip-missing runs the others" if loaded else ""
+            raise DatasetsError(f"{len(problems)} of {len(data_dirs)} datasets cannot be read{hint}:{listing}")
+        print(f"skipping {len(problems)} of {len(data_dirs)} datasets (--skip-missing):{listing}", file=sys.stderr)
+    return loaded, problems
+
+
+class DatasetsError(ValueError):
+    """One or more requested datasets cannot be read; the message lists all of them."""
 
 
 def _saved_path(out: Path, model: str, task: str) -> Path:
@@ -61,16 +92,28 @@ def _load_saved(path: Path, key: dict) -> TaskResult | None:
 
 def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | Path, config: ProbeConfig,
                   cache_dir: str | Path | None = None, options: dict[str, dict[str, str]] | None = None,
-                  device: str | None = None, progress: bool = True, command: str = "") -> list[TaskResult]:
-    """`data_dirs`: task name -> dataset folder. Writes results.json, results.md, plots/."""
+                  device: str | None = None, progress: bool = True, command: str = "",
+                  shard: tuple[int, int] | None = None, skip_missing: bool = False) -> list[TaskResult]:
+    """`data_dirs`: task name -> dataset folder. Writes results.json, results.md, plots/.
+    Every dataset is opened before any work: the problems of all are reported in one error,
+    or with `skip_missing` the readable ones run and the others are listed in the report.
+    `shard`: extract this share only and return [] (see the module's docstring)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(cache_dir) if cache_dir else out / "cache"
-    loaded = {name: load_task(name, path, (options or {}).get(name)) for name, path in data_dirs.items()}
+    loaded, skipped = load_tasks(data_dirs, options, skip_missing)
+    shard, wait = _shard_of(shard)
+    if shard[1] > 1:
+        _extract_shard(models, loaded, cache_dir, shard, device, progress)
+        if not wait:
+            print(f"shard {shard[0]} of {shard[1]}: features extracted to {cache_dir}; once every shard is done, "
+                  "the same command without --shard probes them", file=sys.stderr)
+            return []
     results: list[TaskResult] = []
     sources: dict[str, dict] = {}
     names: list[str] = []
     failures: list[str] = []
+    notes = [f"{name}: skipped (--skip-missing), {problem}" for name, problem in skipped.items()]
     for spec in models:
         source = open_source(spec, device=device)
         sources[source.name] = source.describe()
@@ -81,6 +124,8 @@ def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | 
             result = _load_saved(saved, key)
             if result is None:
                 cache = FeatureCache(cache_dir, source, name, task.protocol)
+                if wait:
+                    _wait_for_shards(cache, splits.train + splits.valid + splits.test)
                 try:
                     result = probe_task(task, splits, cache, config, progress=progress)
                 except ValueError as error:  # e.g. a metric undefined on a tiny split: report, go on
@@ -91,12 +136,41 @@ def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | 
                 saved.write_text(json.dumps({**key, "result": result.to_dict()}, default=str))
             _print_result(result)
             results.append(result)
-            _write_reports(results, names, sources, config, out, command, data_dirs, plots=False, failures=failures)
-    _write_reports(results, names, sources, config, out, command, data_dirs, plots=True, failures=failures)
+            _write_reports(results, names, sources, config, out, command, data_dirs, plots=False,
+                           failures=notes + failures)
+    _write_reports(results, names, sources, config, out, command, data_dirs, plots=True, failures=notes + failures)
     if failures:
         raise BenchmarkError(f"{len(failures)} of {len(models) * len(loaded)} probes failed: " + "; ".join(failures)
                              + f" (the others are in {out}/results.md)")
     return results
+
+
+def _shard_of(shard: tuple[int, int] | None) -> tuple[tuple[int, int], bool]:
+    """(this process's shard, whether it waits for the others and probes): `shard` as given
+    (array jobs: never waits), else torchrun's RANK / WORLD_SIZE (rank 0 waits), else (0, 1)."""
+    if shard is not None:
+        return shard, False
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return (rank, world), world > 1 and rank == 0
+
+
+def _extract_shard(models: Sequence[str], loaded: dict, cache_dir: Path, shard: tuple[int, int],
+                   device: str | None, progress: bool) -> None:
+    for spec in models:
+        source = open_source(spec, device=device)
+        for name, (task, splits) in loaded.items():
+            cache = FeatureCache(cache_dir, source, name, task.protocol, shard=shard)
+            cache.extract(splits.train + splits.valid + splits.test, progress=progress)
+
+
+def _wait_for_shards(cache: FeatureCache, items, poll_seconds: float = 5.0) -> None:
+    """Until the other ranks have indexed every item (torchrun stops all ranks if one fails)."""
+    while cache.missing(items):
+        print(f"waiting for {len(cache.missing(items))} items from the other shards ({cache.directory})",
+              file=sys.stderr)
+        time.sleep(poll_seconds)
+        cache.refresh()
 
 
 def _write_reports(results, names, sources, config, out: Path, command: str, data_dirs: dict, plots: bool,

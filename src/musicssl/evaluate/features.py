@@ -2,24 +2,30 @@
 
 Each item is cut into the protocol's windows (crop to the first `crop_seconds`, then
 non-overlapping `window_seconds` windows; a last window shorter than `min_window_seconds` is
-dropped unless it is the only one; eval-spec §1.1). Every window is its own forward pass and is
+dropped unless it is the only one; eval-spec §1.1). Every window is seen alone by the model
+(windows of equal length share a forward pass, without padding: `batching.py`) and is
 mean-pooled over time per layer: one cache row `(K, D)` per window. Frame-level tasks (beats)
 keep one row per frame instead, on a grid centred at t / frame_rate (the window is padded by
 half a receptive field at both ends, so frame t's receptive field is centred on time t / fps).
 
 Cache layout, `<cache>/<source>-<fingerprint>/<task>-<settings hash>/`:
-- `rows.f16`: float16 rows `(K, D)`, appended item after item (half the disk of float32; the
-  probe reads them back as float32);
+- `rows.f16`: float16 rows `(K, D)`, appended item after item (half the disk of float32). They
+  stay float16 when read (`load`): memory-mapped when the asked rows are one run of the file,
+  else one float16 copy, never a float32 table (MTG-Jamendo's ~400k windows x 13 x 768 would be
+  16 GB); the probe converts each batch;
 - `index.jsonl`: one line per finished item, `{"key", "start", "count"}` or `{"key", "error"}`.
 A line is written only after its rows, so a killed run resumes where it stopped (rows past the
-last indexed item are truncated). Items are looked up by key, so adding items to a dataset
-extracts only the new ones. The fingerprint follows the weights, not the folder name.
+last indexed item are truncated). Sharded extraction (`shard=(i, n)`: array jobs, torchrun)
+writes `rows-<i>-of-<n>.f16` + `index-<i>-of-<n>.jsonl` per process in the same folder; every
+cache reads all index files, so the single-process layout and shards mix freely. Items are
+looked up by key, so adding items to a dataset extracts only the new ones. The fingerprint follows the weights, not the folder name.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -30,6 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from musicssl import audio
+from musicssl.evaluate.batching import DecodeAhead, batched_rows
 from musicssl.evaluate.sources import Source
 from musicssl.evaluate.tasks.base import Item, Protocol
 
@@ -63,7 +70,8 @@ def settings_of(source: Source, protocol: Protocol) -> dict:
 class CachedFeatures:
     """Rows of the requested items, in item order. `spans[i]` = (start, count) into `rows`."""
 
-    rows: np.ndarray            # (R, K, D) float32, or (R, D) when one layer was asked for
+    rows: np.ndarray            # (R, K, D) float16, or (R, D) when one layer was asked for; may be a
+                                # read-only memmap of the cache file (convert batches, not the table)
     spans: list[tuple[int, int]]
     items: list[Item]           # the items that have features (failed ones are left out)
 
@@ -73,7 +81,15 @@ class CachedFeatures:
 
 
 class FeatureCache:
-    def __init__(self, cache_root: str | Path, source: Source, task_name: str, protocol: Protocol):
+    # Audio per forward pass (windows of equal length are batched up to it; 60 s = two 30-s
+    # windows, ~1 GB of activations for a base model on the CPU), and per write of the cache.
+    batch_seconds: float = 60.0
+    flush_seconds: float = 600.0
+
+    def __init__(self, cache_root: str | Path, source: Source, task_name: str, protocol: Protocol,
+                 shard: tuple[int, int] | None = None):
+        """`shard` = (i, n): this process extracts the i-th of n shares of the items into its
+        own files, `rows-<i>-of-<n>.f16` and `index-<i>-of-<n>.jsonl`; every cache reads all."""
         self.source = source
         self.protocol = protocol
         self.frame_level = protocol.kind == "beats"
@@ -83,34 +99,60 @@ class FeatureCache:
         folder = protocol.feature_set or task_name
         self.directory = Path(cache_root) / f"{safe_name}-{source.fingerprint}" / f"{folder}-{digest}"
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.rows_path = self.directory / "rows.f16"
-        self.index_path = self.directory / "index.jsonl"
+        self.shard = check_shard(shard)
+        suffix = "" if self.shard == (0, 1) else f"-{self.shard[0]}-of-{self.shard[1]}"
+        self.rows_path = self.directory / f"rows{suffix}.f16"
+        self.index_path = self.directory / f"index{suffix}.jsonl"
         meta = {"source": source.describe(), "features_of": folder, "settings": settings}
-        (self.directory / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+        partial = self.directory / f".meta.json.{os.getpid()}"  # shards write it at once: whole or not at all
+        partial.write_text(json.dumps(meta, indent=1, default=str))
+        partial.replace(self.directory / "meta.json")
         self.row_shape = (source.num_layers, source.frame_dim if self.frame_level else source.pooled_dim)
-        self.index = self._read_index()
-        self.num_rows = sum(entry.get("count", 0) for entry in self.index.values())
+        own = self._read_index(self.index_path, self.rows_path)
+        self._truncate_rows(sum(entry.get("count", 0) for entry in own.values()))
+        self.num_rows = sum(entry.get("count", 0) for entry in own.values())
+        self.refresh()
 
     # ------------------------------------------------------------------ index
 
-    def _read_index(self) -> dict[str, dict]:
+    def refresh(self) -> None:
+        """Read every shard's index again (what other processes have finished since)."""
+        self.index = {}
+        for path in sorted(self.directory.glob("index*.jsonl")):
+            match = re.fullmatch(r"index(-\d+-of-\d+)?\.jsonl", path.name)
+            if match:
+                self.index.update(self._read_index(path, self.directory / f"rows{match.group(1) or ''}.f16"))
+        self.index.update(self._read_index(self.index_path, self.rows_path))  # ours win a duplicate key
+
+    @staticmethod
+    def _read_index(index_path: Path, rows_path: Path) -> dict[str, dict]:
         index: dict[str, dict] = {}
-        if not self.index_path.exists():
+        if not index_path.exists():
             return index
-        for line in self.index_path.read_text().splitlines():
+        for line in index_path.read_text().splitlines():
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
-                break  # a line cut by a kill: everything after it is redone
-            index[entry["key"]] = entry
-        self._truncate_rows(sum(entry.get("count", 0) for entry in index.values()))
+                break  # a line cut by a kill (or still being written by another shard)
+            index[entry["key"]] = {**entry, "rows": rows_path}
         return index
 
     def _truncate_rows(self, num_rows: int) -> None:
+        """Rows past our last indexed item were cut by a kill: drop them (our own file only)."""
         size = num_rows * int(np.prod(self.row_shape)) * 2
         if self.rows_path.exists() and self.rows_path.stat().st_size > size:
             with open(self.rows_path, "r+b") as f:
                 f.truncate(size)
+
+    def shard_items(self, items: Sequence[Item]) -> list[Item]:
+        """This shard's share: whole files (one decode each), the j-th file of the sorted file
+        list to shard j mod n, whatever is already cached, so every process agrees."""
+        index, count = self.shard
+        if count == 1:
+            return list(items)
+        paths = sorted({str(item.path) for item in items})
+        mine = {path for j, path in enumerate(paths) if j % count == index}
+        return [item for item in items if str(item.path) in mine]
 
     def missing(self, items: Sequence[Item]) -> list[Item]:
         return [item for item in items if item.key not in self.index]
@@ -122,36 +164,41 @@ class FeatureCache:
 
     def extract(self, items: Sequence[Item], progress: bool = True) -> int:
         """Extract every item not cached yet; returns how many were extracted. Unreadable
-        items are recorded with their error and skipped (reported, never fatal)."""
-        todo = sorted(self.missing(items), key=lambda item: (str(item.path), item.offset))
+        items are recorded with their error and skipped (reported, never fatal). Files are
+        decoded ahead in a thread; windows of equal length share forward passes (at most
+        `batch_seconds` of audio each); rows are written every `flush_seconds` of audio."""
+        todo = sorted(self.missing(self.shard_items(items)), key=lambda item: (str(item.path), item.offset))
         if not todo:
             return 0
-        loaded_path, wav = None, None
-        bar = tqdm(todo, desc=f"features {self.directory.parent.name[:24]}/{self.directory.name}",
+        bar = tqdm(total=len(todo), desc=f"features {self.directory.parent.name[:24]}/{self.directory.name}",
                    unit="item", disable=not progress, file=sys.stderr)
-        with open(self.rows_path, "ab") as rows, open(self.index_path, "a") as index:
-            for item in bar:
+        paths = list(dict.fromkeys(item.path for item in todo))
+        pending: list[tuple[Item, list[np.ndarray] | audio.AudioError]] = []
+        pending_samples, flush_samples = 0, self.flush_seconds * self.source.sample_rate
+        with open(self.rows_path, "ab") as rows, open(self.index_path, "a") as index, \
+                DecodeAhead(paths, self.source.sample_rate) as decoded:
+            files = iter(decoded)
+            loaded_path, wav, error = None, None, None
+            for item in todo:
+                if item.path != loaded_path:
+                    loaded_path, wav, error = next(files)
                 try:
-                    if item.path != loaded_path:
-                        loaded_path, wav = item.path, None
-                        wav = audio.load_audio(item.path, self.source.sample_rate)
-                    features = self._item_rows(item, wav)
+                    if error is not None:
+                        raise error
+                    windows = self._item_windows(item, wav)
+                    pending.append((item, windows))
+                    pending_samples += sum(window.size for window in windows)
                 except (audio.AudioError, OSError) as err:
-                    entry = {"key": item.key, "error": str(err)}
-                    tqdm.write(f"skipped {item.key}: {err}", file=sys.stderr)
-                else:
-                    rows.write(features.astype(np.float16).tobytes())
-                    rows.flush()
-                    entry = {"key": item.key, "start": self.num_rows, "count": len(features)}
-                    self.num_rows += len(features)
-                index.write(json.dumps(entry) + "\n")
-                index.flush()
-                self.index[item.key] = entry
+                    pending.append((item, err))
+                if pending_samples >= flush_samples:
+                    self._write(pending, rows, index, bar)
+                    pending, pending_samples = [], 0
+            self._write(pending, rows, index, bar)
+        bar.close()
         return len(todo)
 
-    def _item_rows(self, item: Item, wav: np.ndarray | None) -> np.ndarray:
-        if wav is None:
-            raise audio.AudioError(item.path, "could not be decoded (see the earlier error)")
+    def _item_windows(self, item: Item, wav: np.ndarray) -> list[np.ndarray]:
+        """The windows of one item (views of the decoded file; frame-level: the padded item)."""
         rate = self.source.sample_rate
         start = int(round(item.offset * rate))
         stop = wav.size if item.duration is None else start + int(round(item.duration * rate))
@@ -161,28 +208,82 @@ class FeatureCache:
                                               f"({wav.size / rate:.2f} s)")
         if self.frame_level:
             pad = self.source.center_pad
-            frames = self.source.frames(np.pad(segment, (pad, pad)))  # (K, T, D)
-            return frames.transpose(1, 0, 2)  # (T, K, D): one row per frame
-        windows = [segment[a:b] for a, b in window_bounds(segment.size, rate, self.protocol)]
-        return np.stack([self.source.pool(self.source.frames(window)) for window in windows])  # (W, K, D)
+            return [np.pad(segment, (pad, pad))]
+        return [segment[a:b] for a, b in window_bounds(segment.size, rate, self.protocol)]
+
+    def _write(self, pending: list, rows, index, bar) -> None:
+        """Run the pending items' windows in batches, then append their rows and index lines."""
+        windows = [window for _, job in pending if isinstance(job, list) for window in job]
+        results = iter(batched_rows(self.source, windows, pooled=not self.frame_level,
+                                    batch_samples=int(self.batch_seconds * self.source.sample_rate)))
+        for item, job in pending:
+            outputs = [next(results) for _ in job] if isinstance(job, list) else [job]
+            failed = [output for output in outputs if isinstance(output, Exception)]
+            if failed:
+                entry = {"key": item.key, "error": str(failed[0])}
+                tqdm.write(f"skipped {item.key}: {failed[0]}", file=sys.stderr)
+            else:
+                # frame-level: (K, T, D) -> (T, K, D), one row per frame; else one (K, D) row per window
+                features = outputs[0].transpose(1, 0, 2) if self.frame_level else np.stack(outputs)
+                rows.write(features.astype(np.float16).tobytes())
+                rows.flush()
+                entry = {"key": item.key, "start": self.num_rows, "count": len(features)}
+                self.num_rows += len(features)
+            index.write(json.dumps(entry) + "\n")
+            index.flush()
+            self.index[item.key] = {**entry, "rows": self.rows_path}
+        bar.update(len(pending))
 
     # ------------------------------------------------------------------ reading
 
     def load(self, items: Sequence[Item], layer: int | None = None) -> CachedFeatures:
-        """Rows of `items` (extract them first); one layer (R, D) or all (R, K, D), float32."""
+        """Rows of `items` (extract them first); one layer (R, D) or all (R, K, D), float16: a
+        read-only view of the cache file when they are one run of it, else one float16 copy."""
         missing = self.missing(items)
         if missing:
             raise RuntimeError(f"{len(missing)} items have no cached features (first: {missing[0].key}); "
                                "call extract() first")
-        table = np.memmap(self.rows_path, dtype=np.float16, mode="r").reshape(-1, *self.row_shape)
         kept = [item for item in items if "error" not in self.index[item.key]]
-        spans, pieces, position = [], [], 0
-        for item in kept:
-            entry = self.index[item.key]
-            block = table[entry["start"]:entry["start"] + entry["count"]]
-            pieces.append(block[:, layer] if layer is not None else block)
-            spans.append((position, entry["count"]))
-            position += entry["count"]
-        shape = (0,) + ((self.row_shape[1],) if layer is not None else self.row_shape)
-        rows = np.concatenate(pieces).astype(np.float32) if pieces else np.zeros(shape, np.float32)
-        return CachedFeatures(rows=rows, spans=spans, items=kept)
+        entries = [self.index[item.key] for item in kept]
+        counts = np.array([entry["count"] for entry in entries], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if entries else counts
+        spans = [(int(start), int(count)) for start, count in zip(starts, counts)]
+        return CachedFeatures(rows=self._gather(entries, layer), spans=spans, items=kept)
+
+    def _gather(self, entries: list[dict], layer: int | None) -> np.ndarray:
+        row_shape = (self.row_shape[1],) if layer is not None else self.row_shape
+        runs: list[list] = []  # [rows file, start, stop): runs of consecutive rows in one file
+        for entry in entries:
+            if runs and runs[-1][0] == entry["rows"] and runs[-1][2] == entry["start"]:
+                runs[-1][2] += entry["count"]
+            else:
+                runs.append([entry["rows"], entry["start"], entry["start"] + entry["count"]])
+        if not runs:
+            return np.zeros((0, *row_shape), np.float16)
+        tables = {path: self._table(path) for path in {run[0] for run in runs}}
+        pick = (lambda block: block[:, layer]) if layer is not None else (lambda block: block)
+        if len(runs) == 1:
+            path, start, stop = runs[0]
+            return pick(tables[path][start:stop])  # a view: no row is read until used
+        rows = np.empty((sum(stop - start for _, start, stop in runs), *row_shape), np.float16)
+        position = 0
+        for path, start, stop in runs:  # filled in place: no list of pieces, no concatenation copy
+            rows[position:position + stop - start] = pick(tables[path][start:stop])
+            position += stop - start
+        return rows
+
+    def _table(self, path: Path) -> np.ndarray:
+        """A rows file as a read-only (N, K, D) float16 memmap (whole rows only: another shard
+        may be appending to it)."""
+        row_bytes = int(np.prod(self.row_shape)) * 2
+        count = path.stat().st_size // row_bytes
+        return np.memmap(path, dtype=np.float16, mode="r", shape=(count, *self.row_shape))
+
+
+def check_shard(shard: tuple[int, int] | None) -> tuple[int, int]:
+    if shard is None:
+        return (0, 1)
+    index, count = shard
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard {index} of {count}: expected 0 <= shard < num_shards")
+    return (int(index), int(count))

@@ -50,6 +50,16 @@ class Source(ABC):
     def pool(self, frames: np.ndarray) -> np.ndarray:
         return frames.mean(axis=1)  # (K, T, D) -> (K, D): MARBLE's `reduction: mean`
 
+    # Batches of windows of equal length, (B, N): a model source runs them in one forward pass;
+    # by default they are taken one at a time.
+    def frames_batch(self, windows: np.ndarray) -> np.ndarray:
+        """(B, N) -> (B, K, T, D)."""
+        return np.stack([self.frames(window) for window in windows])
+
+    def pooled_batch(self, windows: np.ndarray) -> np.ndarray:
+        """(B, N) -> (B, K, D'): `pool(frames(window))` of every window."""
+        return np.stack([self.pool(self.frames(window)) for window in windows])
+
     def describe(self) -> dict:
         return {"name": self.name, "fingerprint": self.fingerprint, "sample_rate": self.sample_rate,
                 "frame_rate_hz": self.frame_rate_hz, "num_layers": self.num_layers}
@@ -57,7 +67,8 @@ class Source(ABC):
 
 class EncoderSource(Source):
     """All hidden states of a frozen backbone (index 0 = Transformer input, as transformers'
-    hidden_states[0]); each window is one forward pass, as in MARBLE's extraction."""
+    hidden_states[0]); each window sees only itself, as in MARBLE's extraction, and windows of
+    equal length share one forward pass (no padding, so nothing leaks between them)."""
 
     def __init__(self, encoder: Encoder, name: str, fingerprint: str):
         self.encoder = encoder
@@ -72,6 +83,12 @@ class EncoderSource(Source):
     def frames(self, wav: np.ndarray) -> np.ndarray:
         return self.encoder.extract(wav, self.sample_rate, layers=None, chunk_seconds=None,
                                     source=self.name).numpy()  # (L+1, T, D)
+
+    def frames_batch(self, windows: np.ndarray) -> np.ndarray:
+        return self.encoder.extract_batch(windows, source=self.name).numpy()  # (B, L+1, T, D)
+
+    def pooled_batch(self, windows: np.ndarray) -> np.ndarray:
+        return self.encoder.extract_batch(windows, pool=True, source=self.name).numpy()  # (B, L+1, D)
 
     def describe(self) -> dict:
         return {**super().describe(), "backbone": dataclasses.asdict(self.encoder.config)}

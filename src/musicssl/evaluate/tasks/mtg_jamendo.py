@@ -3,7 +3,8 @@
 Layout under the data root:
 
     splits/split-0/autotagging_<category>-{train,validation,test}.tsv
-        (or mtg-jamendo-dataset/data/splits/split-0/, as in a clone of the repository)
+        (or data/splits/split-0/ where the data root is a clone of the repository, or
+        mtg-jamendo-dataset/data/splits/split-0/ with the clone inside the data root)
         TAB + CRLF; header TRACK_ID ARTIST_ID ALBUM_ID PATH DURATION TAGS; the tags are the
         remaining fields ("instrument---piano", "mood/theme---happy", "genre---rock")
     audio-low/NN/<id>.low.mp3   the repository's download script, --dataset raw_30s --type audio-low
@@ -30,6 +31,9 @@ from musicssl.evaluate.tasks.base import (
 
 HEADER = ("TRACK_ID", "ARTIST_ID", "ALBUM_ID", "PATH", "DURATION", "TAGS")
 SPLIT_FILES = {"train": "train", "valid": "validation", "test": "test"}
+# Where the split files are looked for: a hand-made folder, the data root being a clone of
+# the repository (its files sit in data/splits/split-0), or the clone inside the data root.
+SPLITS_DIRS = ("splits/split-0", "data/splits/split-0", "mtg-jamendo-dataset/data/splits/split-0")
 CATEGORY_PREFIXES = {"instrument": "instrument---", "moodtheme": "mood/theme---", "genre": "genre---"}
 _SOURCE = ("github.com/MTG/mtg-jamendo-dataset: split files in data/splits/split-0, audio with its "
            "scripts/download/download.py --dataset raw_30s --type audio-low")
@@ -100,15 +104,14 @@ class _MTGTask(Task):
     source = _SOURCE
 
     def load(self, root: Path, **options: str) -> Splits:
-        """Options: splits_dir (default <root>/splits/split-0, else
-        <root>/mtg-jamendo-dataset/data/splits/split-0), audio_dir (default <root>/audio-low,
-        else <root>/audio)."""
+        """Options: splits_dir (default: the first of SPLITS_DIRS under <root> that exists),
+        audio_dir (default <root>/audio-low, else <root>/audio)."""
         check_options(self, options, ("splits_dir", "audio_dir"))
         root = Path(root)
-        splits_dir = _resolve(root, options.get("splits_dir"),
-                              ("splits/split-0", "mtg-jamendo-dataset/data/splits/split-0"))
+        splits_dir = _resolve(root, options.get("splits_dir"), SPLITS_DIRS)
         if not splits_dir.is_dir():
-            looked = "" if "splits_dir" in options else f" (nor {root / 'mtg-jamendo-dataset/data/splits/split-0'})"
+            others = ", ".join(str(root / d) for d in SPLITS_DIRS[1:])
+            looked = "" if "splits_dir" in options else f" (nor {others})"
             raise DatasetError(f"{splits_dir}: MTG-Jamendo split folder not found{looked}. "
                                f"It comes from {_SOURCE}")
         audio_dir = _resolve(root, options.get("audio_dir"), ("audio-low", "audio"))
