@@ -198,7 +198,7 @@ def compare_gradients(table: Table, case: str, ours: dict, ref: dict) -> None:
     tolerance = {k: max(TOL["grad"], 4 * ours[f"floor.{k}"].item()) for k in ref}
     worst = max(differences, key=lambda k: differences[k] / tolerance[k])
     strict = max(differences, key=differences.get)
-    floored = sum(differences[k] > TOL["grad"] for k in ref)
+    floored = sum(TOL["grad"] < differences[k] <= tolerance[k] for k in ref)
     note = f"worst: {worst[5:]} (noise floor {ours['floor.' + worst].item():.1e})"
     if floored:
         note += f"; {floored} above 1e-4 but within 4x their floor, largest {differences[strict]:.1e} ({strict[5:]})"
