@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-portability demo venv clean-venv bench fairseq-venv parity-convert
+.PHONY: test test-portability demo venv clean-venv bench fairseq-venv parity-convert parity-fairseq
 
 venv: $(STAMP)
 
@@ -54,6 +54,14 @@ $(FAIRSEQ_STAMP):
 # checkpoints at tiny and base shapes, every layer within 1e-4 (a few minutes on 2 cores).
 parity-convert: $(STAMP) $(FAIRSEQ_STAMP)
 	OMP_NUM_THREADS=2 $(FAIRSEQ_VENV)/bin/python benchmarks/fairseq_convert_parity.py --main-python $(PY)
+
+# Objective parity with fairseq (MusicHuBERT vs HubertModel + hubert criterion, Music2Vec vs
+# data2vec audio, span masks, LR/EMA schedules): prints each comparison's max difference and exits
+# non-zero when one fails. PARITY_ARGS=--write-fixtures also rewrites the fairseq reference values
+# that tests/models/test_fairseq_reference.py pins our side to; --skip-base leaves out the 95M cases.
+PARITY_ARGS ?=
+parity-fairseq: $(STAMP) $(FAIRSEQ_STAMP)
+	OMP_NUM_THREADS=2 FAIRSEQ_VENV=$(FAIRSEQ_VENV) $(PY) benchmarks/fairseq_parity.py $(PARITY_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -86,6 +86,18 @@ def test_unmasked_weight_and_padding_are_respected():
     assert abs(result["loss"].item() - sum(terms).item()) <= tolerance
 
 
+@pytest.mark.parametrize("masked_weight, unmasked_weight", [(1.0, 0.0), (1.0, 0.5), (0.0, 1.0)])
+def test_sample_size_counts_the_frames_of_each_loss_that_is_on_as_fairseq(masked_weight, unmasked_weight):
+    # fairseq hubert_criterion: sample_size += masked count if pred_masked_weight > 0, += unmasked
+    # count if pred_nomask_weight > 0; the feature penalty is multiplied by that sample size.
+    model = micro_model(masked_weight=masked_weight, unmasked_weight=unmasked_weight).eval()
+    result = model(torch.randn(2, 8000), torch.tensor([8000, 4000]), torch.randint(0, 7, (2, 48)), generator=0)
+    expected = result["masked_count"] * (masked_weight > 0) + result["unmasked_count"] * (unmasked_weight > 0)
+    assert result["sample_size"] == expected
+    terms = masked_weight * result["masked_loss_sum"] + unmasked_weight * result["unmasked_loss_sum"]
+    torch.testing.assert_close(result["loss"], terms + 10 * result["feature_penalty"] * expected)
+
+
 def test_span_masking_is_seeded_and_hubert_sized():
     model = micro_model()
     wav, labels = torch.randn(4, 16000 * 5), torch.randint(0, 7, (4, 498))

@@ -116,7 +116,8 @@ class MusicHubert(nn.Module):
         """wav (B, N), lengths (B,) samples, labels (B, T_label) cluster ids (-1 = none), or
         (B, T_label, S) with one column per codebook.
         mask (B, T) bool overrides span masking (drawn with `generator` otherwise).
-        Returns sums, not means: `loss` (summed over the batch), `sample_size` (masked frames)
+        Returns sums, not means: `loss` (summed over the batch), `sample_size` (masked frames, plus
+        the unmasked ones when unmasked_weight > 0, as fairseq)
         and metric counts, so the trainer can normalise by the global count across ranks
         and micro-batches exactly as fairseq does."""
         lengths = lengths if lengths is not None else torch.full((wav.shape[0],), wav.shape[1], device=wav.device)
@@ -145,7 +146,10 @@ class MusicHubert(nn.Module):
                 result.update({f"{name}_{key}{suffix}": value for key, value in terms.items()})
             # fairseq sums the codebooks' losses
             result[f"{name}_loss_sum"] = sum(result[f"{name}_ce_sum{suffix}"] for suffix in suffixes)
-        sample_size = result["masked_count"]
+        # fairseq's sample_size counts the frames of each prediction loss that is on (the unmasked
+        # ones only with unmasked_weight > 0); it scales the penalty and divides the gradient.
+        sample_size = (result["masked_count"] * (self.config.masked_weight > 0)
+                       + result["unmasked_count"] * (self.config.unmasked_weight > 0))
         penalty = out.cnn_features.float().pow(2).mean()
         loss = (self.config.masked_weight * result["masked_loss_sum"]
                 + self.config.unmasked_weight * result["unmasked_loss_sum"]
