@@ -200,3 +200,27 @@ def test_standardiser_accumulates_float16_rows_in_float64():
     np.testing.assert_allclose(mean.numpy(), reference.mean(0), rtol=1e-7)
     np.testing.assert_allclose(std.numpy(), reference.std(0, ddof=1), rtol=1e-7)
     assert mean.dtype == std.dtype == torch.float32 and mean.shape == (3, 4)
+
+
+def test_rows_gathered_on_the_device_equal_rows_gathered_on_the_host():
+    # on an accelerator GridSplit.on_device moves the float16 table once and gathers batches
+    # there: the same rows, standardised the same way (exact: the same float32 operations)
+    cached = layered(blobs(50, seed=0, windows=2), 0)
+    host = GridSplit(cached.rows, torch.zeros(100), np.zeros(100, dtype=np.int64), cached.items)
+    device = GridSplit(torch.from_numpy(cached.rows), host.y, host.row_item, host.items)
+    mean, std = standardiser(cached.rows)
+    index = np.array([7, 3, 99, 3])
+    torch.testing.assert_close(device.batch(index, mean, std), host.batch(index, mean, std), rtol=0, atol=0)
+    torch.testing.assert_close(device.batch(slice(10, 20), mean, std), host.batch(slice(10, 20), mean, std),
+                               rtol=0, atol=0)
+    assert host.on_device(torch.device("cpu")) is host  # on the CPU a memory map stays on disk
+    assert ProbeConfig(device=None).torch_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_grid_on_cuda_equals_runs_one_by_one_on_the_cpu():
+    # TF32 is off for float32 matmuls by default (torch.backends.cuda.matmul.allow_tf32), so the
+    # float32 rounding argument of TOLERANCE holds on the GPU too
+    task = ToyTask("regression", ("arousal", "valence"))
+    data = three_splits(regressed, 200, 60, 60)
+    assert_same_runs(one_by_one(task, data, GRID), batched(task, data, GRID.replace(device="cuda")))

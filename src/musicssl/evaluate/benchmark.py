@@ -65,6 +65,7 @@ def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | 
     """`data_dirs`: task name -> dataset folder. Writes results.json, results.md, plots/."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    config = config if config.device or not device else config.replace(device=device)  # probes where features run
     cache_dir = Path(cache_dir) if cache_dir else out / "cache"
     loaded = {name: load_task(name, path, (options or {}).get(name)) for name, path in data_dirs.items()}
     results: list[TaskResult] = []

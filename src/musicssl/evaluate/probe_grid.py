@@ -57,8 +57,19 @@ class GridSplit:
 
     def batch(self, index: np.ndarray | slice, mean: Tensor, std: Tensor) -> Tensor:
         """(B, K, D) float32 standardised rows on mean's device."""
-        block = torch.from_numpy(np.ascontiguousarray(self.rows[index]))
-        return (block.to(mean.device, non_blocking=True).float() - mean) / std
+        if isinstance(self.rows, Tensor):  # already on the device (see on_device)
+            block = self.rows[index if isinstance(index, slice) else torch.as_tensor(index, device=self.rows.device)]
+        else:
+            block = torch.from_numpy(np.ascontiguousarray(self.rows[index])).to(mean.device, non_blocking=True)
+        return (block.float() - mean) / std
+
+    def on_device(self, device: torch.device) -> "GridSplit":
+        """On an accelerator the whole table goes over once, as stored (float16: MTT's 56k windows
+        x 13 x 768 are 1.1 GB): batches are then gathered there, not copied from the host each step.
+        On the CPU the rows stay where they are (an np.memmap stays on disk)."""
+        if device.type == "cpu":
+            return self
+        return GridSplit(torch.from_numpy(np.ascontiguousarray(self.rows)).to(device), self.y, self.row_item, self.items)
 
 
 def grid_data(task: Task, splits, cache, fps: float, widen: int) -> list[GridSplit]:
@@ -82,7 +93,9 @@ class ProbeGroup:
         self.params = {name: value.detach().clone().requires_grad_() for name, value in params.items()}
         self.exp_avg = {name: torch.zeros_like(value) for name, value in params.items()}
         self.exp_avg_sq = {name: torch.zeros_like(value) for name, value in params.items()}
-        self.steps = {name: [torch.tensor(0.0) for _ in members] for name in params}
+        # Adam's step count, per probe and tensor as torch.optim.Adam keeps it (float32, on the
+        # parameters' device, as its fused kernels want)
+        self.steps = {name: [torch.zeros((), device=value.device) for _ in members] for name, value in params.items()}
 
     def forward(self, x: Tensor, dropout: float = 0.0) -> Tensor:
         """x: (B, K, D) standardised rows of every layer -> (n, B, C) logits of every probe."""
@@ -224,6 +237,7 @@ def train_grid(task: Task, train: GridSplit, valid: GridSplit, test: GridSplit, 
 
     device = config.torch_device()
     mean, std = (value.to(device) for value in standardiser(train.rows))
+    train, valid, test = (split.on_device(device) for split in (train, valid, test))
     groups, runs = build_groups(layers, config, task, train.rows.shape[-1], train.rows.shape[1], device)
     max_epochs, patience, batch = schedule(task, config, fps)
     monitor_name = task.protocol.metrics[0]
