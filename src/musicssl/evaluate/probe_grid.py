@@ -29,12 +29,12 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.stats
 import torch
 import torch.nn.functional as F
 from torch.optim.adam import adam as functional_adam
 from torch import Tensor
 
-from musicssl.evaluate import metrics
 from musicssl.evaluate.probe import (
     WEIGHTED, item_outputs, item_targets, MLPProbe, ProbeConfig, RunResult, plateau_scheduler, row_targets, schedule,
     score_logits, standardiser,
@@ -337,8 +337,23 @@ def epoch_monitor(task: Task, logits: Tensor, split: GridSplit, targets: np.ndar
         outputs = item_outputs(logits, split.row_item, len(split.items))
         return float(np.mean(outputs.argmax(1) == targets))
     if plain and protocol.kind == "multilabel":  # the monitor, ROC-AUC, without average precision
-        return metrics.roc_auc_macro(targets, item_outputs(logits, split.row_item, len(split.items)))
+        return roc_auc_by_ranks(targets, item_outputs(logits, split.row_item, len(split.items)))
     return score_logits(task, logits, split.row_item, split.items, fps, decoder)[0][protocol.metrics[0]]
+
+
+def roc_auc_by_ranks(targets: np.ndarray, scores: np.ndarray) -> float:
+    """metrics.roc_auc_macro's number (mean over tags with both classes of sklearn's ROC-AUC) from
+    the Mann-Whitney statistic, all tags at once: ties take their mean rank, as the ROC curve's
+    diagonal steps give them half credit. sklearn validates and sorts tag by tag: 0.1 s a run on
+    MTT's 50 tags, every epoch of every run. Final scores still come from metrics.roc_auc_macro."""
+    positives = targets.sum(0)
+    defined = (positives > 0) & (positives < len(targets))
+    if not defined.any():
+        raise ValueError("roc_auc: no tag has both classes on this split")
+    ranks = scipy.stats.rankdata(scores[:, defined], axis=0)  # (N, T) 1-based, ties averaged
+    n_pos = positives[defined]
+    u = (ranks * targets[:, defined]).sum(0) - n_pos * (n_pos + 1) / 2
+    return float(np.mean(u / (n_pos * (len(targets) - n_pos))))
 
 
 def _final_scores(task: Task, runs: list[RunState], valid: GridSplit, test: GridSplit, mean: Tensor, std: Tensor,
