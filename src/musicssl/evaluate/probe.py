@@ -16,6 +16,9 @@ starts every seed from the plain mean of the layers instead (SUPERB's choice): o
 datasets the weights hardly move from their start, and N(0, 1) then gives each seed a different
 random mixture of layers.
 
+probe_task trains all runs of the grid at once (probe_grid.py: the same protocol per run, one
+batched model); train_run, one run alone, is the reference it is tested against.
+
 Deviation, on purpose: features are standardised with the training split's mean and std per
 dimension (per layer). It is affine, so an MLP could learn it, but it lets one learning-rate
 grid serve sources whose scales differ by orders of magnitude (MFCC statistics vs. layer-normed

@@ -179,8 +179,8 @@ def adam_step(groups: Sequence[ProbeGroup], learning_rates: dict[int, float]) ->
     with torch.no_grad():
         for lr, (params, grads, avgs, squares, steps) in buckets.items():
             functional_adam(params, grads, avgs, squares, [], steps, fused=fused, foreach=False if fused else None,
-                                  amsgrad=False, beta1=0.9, beta2=0.999, lr=lr, weight_decay=0.0, eps=1e-8,
-                                  maximize=False)
+                            amsgrad=False, beta1=0.9, beta2=0.999, lr=lr, weight_decay=0.0, eps=1e-8,
+                            maximize=False)
 
 
 def initial_params(layer: int | str, dim: int, outputs: int, layers: int, config: ProbeConfig,
