@@ -100,6 +100,7 @@ def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | 
     `shard`: extract this share only and return [] (see the module's docstring)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    config = config if config.device or not device else config.replace(device=device)  # probes where features run
     cache_dir = Path(cache_dir) if cache_dir else out / "cache"
     loaded, skipped = load_tasks(data_dirs, options, skip_missing)
     shard, wait = _shard_of(shard)

@@ -16,6 +16,9 @@ starts every seed from the plain mean of the layers instead (SUPERB's choice): o
 datasets the weights hardly move from their start, and N(0, 1) then gives each seed a different
 random mixture of layers.
 
+probe_task trains all runs of the grid at once (probe_grid.py: the same protocol per run, one
+batched model); train_run, one run alone, is the reference it is tested against.
+
 Deviation, on purpose: features are standardised with the training split's mean and std per
 dimension (per layer). It is affine, so an MLP could learn it, but it lets one learning-rate
 grid serve sources whose scales differ by orders of magnitude (MFCC statistics vs. layer-normed
@@ -63,7 +66,10 @@ class ProbeConfig:
     beat_crop_seconds: float = 10.0    # MARBLE trains beats on 10-s crops: sets frames per batch
     beat_decoder: str = "dbn"          # "dbn" (madmom's DBN, MARBLE) or "peaks"
     layer_weight_init: str = "normal"  # "weighted" layer logits: "normal" N(0, 1) (MARBLE) or "zeros"
-    device: str = "cpu"
+    device: str | None = None          # None: cuda if present, else cpu (as extraction)
+    # True: every (layer, lr, seed) run of the grid trained at once (probe_grid.py), the same
+    # protocol per run; False: one run after another (the reference the batched path is tested on)
+    batched: bool = True
 
     def __post_init__(self):
         if self.layer_weight_init not in LAYER_WEIGHT_INITS:
@@ -74,6 +80,9 @@ class ProbeConfig:
 
     def replace(self, **changes) -> "ProbeConfig":
         return dataclasses.replace(self, **changes)
+
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 class MLPProbe(nn.Module):
@@ -128,29 +137,42 @@ def frame_targets(item: Item, num_frames: int, fps: float, widen: int) -> np.nda
     return labels
 
 
-def split_data(task: Task, cached: CachedFeatures, fps: float, widen: int,
-               mean: Tensor, std: Tensor) -> SplitData:
+def row_targets(task: Task, cached: CachedFeatures, fps: float, widen: int) -> tuple[Tensor, np.ndarray]:
+    """(targets of every row: (R,) long | (R, C) float, (R,) item position of every row)."""
     row_item = cached.item_index()
     kind = task.protocol.kind
     if kind == "beats":
         y = np.concatenate([frame_targets(item, count, fps, widen)
                             for item, (_, count) in zip(cached.items, cached.spans)])
-        y_tensor = torch.from_numpy(y)
-    elif kind == "multiclass":
-        y_tensor = torch.tensor([int(item.target) for item in cached.items], dtype=torch.long)[row_item]
-    else:
-        targets = np.stack([np.asarray(item.target, dtype=np.float32) for item in cached.items])
-        y_tensor = torch.from_numpy(targets)[torch.from_numpy(row_item)]
-    x = (torch.from_numpy(cached.rows) - mean) / std
-    return SplitData(x=x, y=y_tensor, row_item=row_item, items=list(cached.items))
+        return torch.from_numpy(y), row_item
+    if kind == "multiclass":
+        return torch.tensor([int(item.target) for item in cached.items], dtype=torch.long)[row_item], row_item
+    targets = np.stack([np.asarray(item.target, dtype=np.float32) for item in cached.items])
+    return torch.from_numpy(targets)[torch.from_numpy(row_item)], row_item
 
 
-def standardiser(train_rows: np.ndarray) -> tuple[Tensor, Tensor]:
-    """Per-dimension (and per-layer) mean and std of the training rows."""
-    rows = torch.from_numpy(train_rows)
-    mean = rows.mean(0)
-    std = rows.std(0).clamp_min(1e-6)
-    return mean, std
+def split_data(task: Task, cached: CachedFeatures, fps: float, widen: int,
+               mean: Tensor, std: Tensor) -> SplitData:
+    y, row_item = row_targets(task, cached, fps, widen)
+    x = (torch.from_numpy(np.asarray(cached.rows)).float() - mean) / std
+    return SplitData(x=x, y=y, row_item=row_item, items=list(cached.items))
+
+
+def standardiser(train_rows: np.ndarray, chunk: int = 4096) -> tuple[Tensor, Tensor]:
+    """Per-dimension (and per-layer) mean and std (unbiased, as torch.std) of the training rows,
+    float16 or float32, memory-mapped or not. Accumulated in float64 over chunks of rows: no
+    float32 copy of the table is made, and the sums of ~10^5 rows lose nothing to rounding."""
+    if len(train_rows) < 2:
+        raise ValueError(f"the training split has {len(train_rows)} feature rows: a probe needs at least 2")
+    total = np.zeros(train_rows.shape[1:])
+    for start in range(0, len(train_rows), chunk):
+        total += train_rows[start:start + chunk].sum(0, dtype=np.float64)
+    mean = total / len(train_rows)
+    squares = np.zeros_like(mean)
+    for start in range(0, len(train_rows), chunk):
+        squares += np.square(train_rows[start:start + chunk].astype(np.float64) - mean).sum(0)
+    std = np.sqrt(squares / (len(train_rows) - 1))
+    return torch.from_numpy(mean).float(), torch.from_numpy(std).float().clamp_min(1e-6)
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -211,21 +233,28 @@ def score_split(task: Task, model: nn.Module, data: SplitData, fps: float, decod
     """Scores of one split; `ensemble` fixes the GiantSteps strategy (None: best on this split,
     which is how validation chooses it). Returns (scores, extra)."""
     model.eval()
+    device = next(model.parameters()).device
     with torch.no_grad():
-        logits = torch.cat([model(chunk) for chunk in torch.split(data.x, 8192)])
+        logits = torch.cat([model(chunk.to(device)).cpu() for chunk in torch.split(data.x, 8192)])
+    return score_logits(task, logits, data.row_item, data.items, fps, decoder, ensemble)
+
+
+def score_logits(task: Task, logits: Tensor, row_item: np.ndarray, items: Sequence[Item], fps: float,
+                 decoder: str, ensemble: str | None = None) -> tuple[dict[str, float], dict]:
+    """Scores of one split from its rows' (R, C) logits (on the CPU); see score_split."""
     if task.protocol.kind == "beats":
         probability = torch.softmax(logits, -1)[:, 1].numpy()
         # an item's frames are contiguous rows: cut at the item boundaries
-        per_item = np.split(probability, np.cumsum(np.bincount(data.row_item, minlength=len(data.items)))[:-1])
+        per_item = np.split(probability, np.cumsum(np.bincount(row_item, minlength=len(items)))[:-1])
         estimates = decode_beats(per_item, fps, decoder)
-        references = [np.asarray(item.target, dtype=np.float64) for item in data.items]
+        references = [np.asarray(item.target, dtype=np.float64) for item in items]
         return metrics.beat_f_measure(references, estimates), {}
-    outputs = item_outputs(logits, data.row_item, len(data.items))
-    targets = item_targets(task, data.items)
+    outputs = item_outputs(logits, row_item, len(items))
+    targets = item_targets(task, items)
     if not task.protocol.song_ensemble:
         return task.score(targets, outputs), {}
     per_strategy = {name: task.score(song_targets, song_scores)
-                    for name, (song_scores, song_targets) in song_ensembles(outputs, targets, data.items).items()}
+                    for name, (song_scores, song_targets) in song_ensembles(outputs, targets, items).items()}
     monitor = task.protocol.metrics[0]
     chosen = ensemble or max(ENSEMBLES, key=lambda name: per_strategy[name][monitor])
     scores = dict(per_strategy[chosen])
@@ -242,24 +271,40 @@ def loss_function(kind: str) -> nn.Module:
             "multilabel": nn.BCEWithLogitsLoss(), "regression": nn.MSELoss()}[kind]
 
 
-def train_run(task: Task, train: SplitData, valid: SplitData, test: SplitData, layer: int | str,
-              learning_rate: float, seed: int, config: ProbeConfig, fps: float) -> RunResult:
+def plateau_scheduler(optimizer: torch.optim.Optimizer, task: Task, config: ProbeConfig):
+    """ReduceLROnPlateau on the validation monitor, as MARBLE (factor 0.5, the protocol's patience)."""
+    patience = config.plateau_patience if config.plateau_patience is not None else task.protocol.plateau_patience
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.plateau_factor,
+                                                      patience=patience)
+
+
+def schedule(task: Task, config: ProbeConfig, fps: float) -> tuple[int, int, int]:
+    """(max epochs, early-stopping patience, rows per batch) of a run of this task."""
     protocol = task.protocol
+    max_epochs = config.max_epochs or protocol.max_epochs
+    patience = config.early_stop_patience if config.early_stop_patience is not None else protocol.early_stop_patience
+    batch = config.batch_size
+    if protocol.kind == "beats":  # batches of 64 crops of 10 s, as frames
+        batch = int(config.batch_size * config.beat_crop_seconds * fps)
+    return max_epochs, patience, batch
+
+
+def train_run(task: Task, train: SplitData, valid: SplitData, test: SplitData, layer: int | str,
+              learning_rate: float, seed: int, config: ProbeConfig, fps: float,
+              curve: list[float] | None = None) -> RunResult:
+    """One run of the grid, alone (the reference for probe_grid.train_grid). `curve`, if given,
+    receives the validation monitor of every epoch."""
+    protocol = task.protocol
+    device = config.torch_device()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     weighted = train.x.shape[1] if train.x.ndim == 3 else 0
     outputs = 2 if protocol.kind == "beats" else protocol.num_outputs
     model = MLPProbe(train.x.shape[-1], outputs, config.hidden_size, config.dropout, weighted,
-                     config.layer_weight_init)
+                     config.layer_weight_init).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=config.plateau_factor,
-        patience=config.plateau_patience if config.plateau_patience is not None else protocol.plateau_patience)
-    max_epochs = config.max_epochs or protocol.max_epochs
-    patience = config.early_stop_patience if config.early_stop_patience is not None else protocol.early_stop_patience
-    batch = config.batch_size
-    if protocol.kind == "beats":
-        batch = int(config.batch_size * config.beat_crop_seconds * fps)
+    scheduler = plateau_scheduler(optimizer, task, config)
+    max_epochs, patience, batch = schedule(task, config, fps)
     # Beats are monitored with the decoder that scores them. Peak picking at 0.5 is no monitor:
     # with ~11 % beat frames a probe's P(beat) stays under 0.5, F is 0 at every epoch, and early
     # stopping kept the first epoch's weights.
@@ -271,13 +316,15 @@ def train_run(task: Task, train: SplitData, valid: SplitData, test: SplitData, l
         order = torch.randperm(len(train.y), generator=generator)
         for start in range(0, len(order), batch):
             rows = order[start:start + batch]
-            loss = loss_fn(model(train.x[rows]), train.y[rows])
+            loss = loss_fn(model(train.x[rows].to(device)), train.y[rows].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         with warnings.catch_warnings():  # metric caveats (e.g. constant tags) are reported once, below
             warnings.simplefilter("ignore")
             monitor = score_split(task, model, valid, fps, config.beat_decoder)[0][monitor_name]
+        if curve is not None:
+            curve.append(monitor)
         scheduler.step(monitor)
         if monitor > best:
             best, best_epoch, best_state = monitor, epoch, copy.deepcopy(model.state_dict())
@@ -352,8 +399,6 @@ def select(runs: Sequence[RunResult], monitor: str) -> tuple[int | str, float, l
 
 def probe_task(task: Task, splits, cache, config: ProbeConfig, progress: bool = True) -> TaskResult:
     """Extract what is missing, then run the grid of layers x learning rates x seeds."""
-    from tqdm import tqdm
-
     everything = splits.train + splits.valid + splits.test
     cache.extract(everything, progress=progress)
     notes = list(splits.notes)
@@ -364,8 +409,28 @@ def probe_task(task: Task, splits, cache, config: ProbeConfig, progress: bool = 
     source = cache.source
     fps = source.frame_rate_hz
     layers = layer_choices(source.num_layers, config.layers)
-    grid = [(layer, lr, seed) for layer in layers for lr in config.learning_rates for seed in config.seeds]
-    bar = tqdm(total=len(grid), desc=f"probe {task.protocol.name}", unit="run", disable=not progress)
+    if config.batched:
+        from musicssl.evaluate.probe_grid import grid_data, train_grid
+
+        runs = train_grid(task, *grid_data(task, splits, cache, fps, config.beat_widen), layers=layers,
+                          config=config, fps=fps, progress=progress)
+    else:
+        runs = _sequential_runs(task, splits, cache, layers, config, fps, progress)
+    monitor = task.protocol.metrics[0]
+    layer, lr, chosen = select(runs, monitor)
+    valid, _ = _mean_scores(chosen, "valid")
+    test, test_std = _mean_scores(chosen, "test")
+    return TaskResult(task=task.protocol.name, model=source.name, monitor=monitor, runs=runs, layer=layer,
+                      learning_rate=lr, valid=valid, test=test, test_std=test_std,
+                      sizes={name: len(splits[name]) for name in ("train", "valid", "test")}, notes=notes)
+
+
+def _sequential_runs(task: Task, splits, cache, layers: Sequence[int | str], config: ProbeConfig, fps: float,
+                     progress: bool) -> list[RunResult]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(layers) * len(config.learning_rates) * len(config.seeds), desc=f"probe {task.protocol.name}",
+               unit="run", disable=not progress)
     runs: list[RunResult] = []
     for layer in layers:
         data = _layer_data(task, splits, cache, layer, fps, config.beat_widen)
@@ -374,13 +439,7 @@ def probe_task(task: Task, splits, cache, config: ProbeConfig, progress: bool = 
                 runs.append(train_run(task, *data, layer=layer, learning_rate=lr, seed=seed, config=config, fps=fps))
                 bar.update()
     bar.close()
-    monitor = task.protocol.metrics[0]
-    layer, lr, chosen = select(runs, monitor)
-    valid, _ = _mean_scores(chosen, "valid")
-    test, test_std = _mean_scores(chosen, "test")
-    return TaskResult(task=task.protocol.name, model=source.name, monitor=monitor, runs=runs, layer=layer,
-                      learning_rate=lr, valid=valid, test=test, test_std=test_std,
-                      sizes={name: len(splits[name]) for name in ("train", "valid", "test")}, notes=notes)
+    return runs
 
 
 def _layer_data(task: Task, splits, cache, layer: int | str, fps: float, widen: int) -> list[SplitData]:
