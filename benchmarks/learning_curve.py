@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from musicssl.demo import DEMO_PRESETS, DEMO_TASKS, DemoConfig
+from musicssl.demo import DEMO_PRESETS, DEMO_TASKS, DemoConfig, make_manifest_and_labels
 from musicssl.evaluate.report import column_title, display_metrics, ordered_tasks
 
 MODELS = {"musichubert": "MusicHuBERT", "music2vec": "Music2Vec"}
@@ -41,25 +41,11 @@ def cpu_name() -> str:
 
 def prepare(out: Path, config: DemoConfig, progress: bool) -> tuple[Path, list[Path]]:
     """Generated corpus and probe datasets, manifest, MFCC (+ pitch) labels: the demo's stages 1-2."""
-    from musicssl.data.manifest import build_manifest
     from musicssl.data.synth import synthesize
-    from musicssl.targets.kmeans import KMeansConfig
-    from musicssl.targets.labels import MfccFeatures, PitchFeatures, make_labels
 
-    data = out / "data"
-    if not (data / "synth.json").exists():
-        synthesize(data, config.synth_preset, seed=config.seed, progress=progress)
-    manifest = out / "manifest"
-    if not (manifest / "train.tsv").exists():
-        build_manifest(data / "corpus", manifest, valid_percent=5.0, seed=config.seed, progress=progress)
-    label_sets = [(out / "labels", MfccFeatures("mfcc39"))]
-    if config.pitch_preset:
-        label_sets.append((out / "labels_pitch", PitchFeatures(config.pitch_preset)))
-    for directory, features in label_sets:
-        if not (directory / "train.km").exists():
-            make_labels(manifest, directory, features, KMeansConfig(k=config.k, seed=config.seed),
-                        fit_fraction=1.0, progress=progress)
-    return manifest, [directory for directory, _ in label_sets]
+    if not (out / "data" / "synth.json").exists():
+        synthesize(out / "data", config.synth_preset, seed=config.seed, progress=progress)
+    return make_manifest_and_labels(out, config, progress)
 
 
 def checkpoint_every(steps: list[int]) -> int:

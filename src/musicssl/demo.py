@@ -103,15 +103,32 @@ def _write_verdict(out: Path, comparisons: list, probe_seeds: tuple[int, ...]) -
     (out / "verdict.json").write_text(json.dumps([dataclasses.asdict(c) for c in comparisons], indent=1) + "\n")
 
 
+def make_manifest_and_labels(out: Path, config: DemoConfig, progress: bool = True) -> tuple[Path, list[Path]]:
+    """The manifest of the generated corpus (`out/data/corpus`) and its MFCC (+ pitch) k-means
+    labels; skips what exists. Returns the manifest folder and the label folders."""
+    from musicssl.data.manifest import build_manifest
+    from musicssl.targets.kmeans import KMeansConfig
+    from musicssl.targets.labels import MfccFeatures, PitchFeatures, make_labels
+
+    manifest = out / "manifest"
+    if not (manifest / "train.tsv").exists():
+        build_manifest(out / "data" / "corpus", manifest, valid_percent=5.0, seed=config.seed, progress=progress)
+    label_sets = [(out / "labels", MfccFeatures("mfcc39"))]
+    if config.pitch_preset:
+        label_sets.append((out / "labels_pitch", PitchFeatures(config.pitch_preset)))
+    for directory, features in label_sets:
+        if not (directory / "train.km").exists():
+            make_labels(manifest, directory, features, KMeansConfig(k=config.k, seed=config.seed),
+                        fit_fraction=1.0, progress=progress)
+    return manifest, [directory for directory, _ in label_sets]
+
+
 def run_demo(out: str | Path = "runs/demo", preset: str = "demo", device: str | None = None,
              progress: bool = True) -> Path:
     """Run every stage; returns the results folder (`out`)."""
-    from musicssl.data.manifest import build_manifest
     from musicssl.data.synth import synthesize
     from musicssl.evaluate.benchmark import run_benchmark
     from musicssl.evaluate.report import compare
-    from musicssl.targets.kmeans import KMeansConfig
-    from musicssl.targets.labels import MfccFeatures, PitchFeatures, make_labels
     from musicssl.train.launch import pretrain
     from musicssl.train.trainer import INITIAL
 
@@ -134,21 +151,12 @@ def run_demo(out: str | Path = "runs/demo", preset: str = "demo", device: str | 
     clock = lap("generate", clock)
 
     _stage("2/5 manifest and MFCC k-means labels")
-    manifest, labels = out / "manifest", out / "labels"
-    if not (manifest / "train.tsv").exists():
-        build_manifest(data / "corpus", manifest, valid_percent=5.0, seed=config.seed, progress=progress)
-    label_sets = [(labels, MfccFeatures("mfcc39"))]
-    if config.pitch_preset:
-        label_sets.append((out / "labels_pitch", PitchFeatures(config.pitch_preset)))
-    for directory, features in label_sets:
-        if not (directory / "train.km").exists():
-            make_labels(manifest, directory, features, KMeansConfig(k=config.k, seed=config.seed),
-                        fit_fraction=1.0, progress=progress)
+    manifest, label_dirs = make_manifest_and_labels(out, config, progress)
     clock = lap("labels", clock)
 
     codebooks = "MFCC and pitch codebooks" if config.pitch_preset else "MFCC codebook"
     _stage(f"3/5 pre-training a tiny MusicHuBERT ({config.hubert_steps} steps, {codebooks})")
-    pretrain("musichubert", "tiny", str(manifest), [str(d) for d, _ in label_sets], str(out / "musichubert"),
+    pretrain("musichubert", "tiny", str(manifest), [str(d) for d in label_dirs], str(out / "musichubert"),
              [f"trainer.max_steps={config.hubert_steps}", *config.hubert_overrides], progress=progress)
     clock = lap("musichubert", clock)
     _stage(f"4/5 pre-training a tiny Music2Vec ({config.music2vec_steps} steps)")

@@ -81,28 +81,17 @@ def knf_mfcc(wav: np.ndarray, num_ceps: int) -> np.ndarray:
     return np.array([computer.get_frame(i) for i in range(computer.num_frames_ready)], dtype=np.float32)
 
 
-def reference_deltas_magnitude(x: np.ndarray, window: int = 5) -> np.ndarray:
-    """The deltas' formula on |x| with every term positive: sum_n n (|x[t+n]| + |x[t-n]|) / denom,
-    the magnitude that scales their rounding error."""
+def reference_deltas(x: np.ndarray, window: int = 5, magnitude: bool = False) -> np.ndarray:
+    """Written out independently: loop over t with clamped indices. `magnitude`: every term
+    taken positive, sum_n n (|x[t+n]| + |x[t-n]|) / denom, the scale of the deltas' rounding."""
     half = (window - 1) // 2
     denom = 2 * sum(n * n for n in range(1, half + 1))
     last = x.shape[0] - 1
     out = np.zeros_like(x, dtype=np.float64)
     for t in range(x.shape[0]):
         for n in range(1, half + 1):
-            out[t] += n * (np.abs(x[min(t + n, last)]) + np.abs(x[max(t - n, 0)]))
-    return out / denom
-
-
-def reference_deltas(x: np.ndarray, window: int = 5) -> np.ndarray:
-    """Written out independently: loop over t with clamped indices."""
-    half = (window - 1) // 2
-    denom = 2 * sum(n * n for n in range(1, half + 1))
-    last = x.shape[0] - 1
-    out = np.zeros_like(x, dtype=np.float64)
-    for t in range(x.shape[0]):
-        for n in range(1, half + 1):
-            out[t] += n * (x[min(t + n, last)] - x[max(t - n, 0)])
+            ahead, behind = x[min(t + n, last)], x[max(t - n, 0)]
+            out[t] += n * (np.abs(ahead) + np.abs(behind) if magnitude else ahead - behind)
     return out / denom
 
 
@@ -160,9 +149,9 @@ def test_feature_layout_is_static_delta_delta_delta():
     # float32 deltas vs float64 ones of the same float32 cepstra: each is a 2 * half-term weighted sum
     # (weights n / sum n^2 rounded too): error <= gamma(2 * window) of the weighted magnitudes; the
     # delta-deltas also carry the deltas' error through the same weights.
-    delta_bound = gamma(10) * reference_deltas_magnitude(static)
+    delta_bound = gamma(10) * reference_deltas(static, magnitude=True)
     assert np.all(np.abs(delta - reference_deltas(static)) <= delta_bound)
-    delta2_bound = reference_deltas_magnitude(delta_bound) + gamma(10) * reference_deltas_magnitude(delta)
+    delta2_bound = reference_deltas(delta_bound, magnitude=True) + gamma(10) * reference_deltas(delta, magnitude=True)
     assert np.all(np.abs(delta2 - reference_deltas(reference_deltas(static))) <= delta2_bound)
 
 
