@@ -50,3 +50,24 @@ def float64_calibrated(ours: torch.Tensor, reference: torch.Tensor, truth: torch
     floor = 4 * U32 * float(truth.abs().max())
     error = float((ours - reference).abs().max())
     return error, factor * (reference_error + floor)
+
+
+def adam_step_bound(step: int, betas: tuple[float, float]) -> float:
+    """The largest |m_hat / sqrt(v_hat)| Adam can take at update `step` (1-based), whatever the
+    gradients: m_hat = sum a_i g_i and v_hat = sum b_i g_i^2 with the bias-corrected weights
+    a_i, b_i (each summing to 1), so by Cauchy-Schwarz |m_hat| <= sqrt(sum a_i^2 / b_i) sqrt(v_hat)."""
+    beta1, beta2 = betas
+    ages = np.arange(step)  # how many updates ago each gradient came
+    a = (1 - beta1) * beta1**ages / (1 - beta1**step)
+    b = (1 - beta2) * beta2**ages / (1 - beta2**step)
+    return float(np.sqrt(np.sum(a * a / b)))
+
+
+def adamw_divergence_bound(learning_rates: list[float], betas: tuple[float, float]) -> float:
+    """How far one parameter of two AdamW runs can drift apart when their gradients differ (by
+    rounding or otherwise): each update moves a parameter by lr_t times a normalised step of at
+    most `adam_step_bound`, in either direction, so two runs differ by at most twice the sum.
+    (Weight decay shrinks a difference, it cannot grow it.) A test of equality that has only this
+    is weak, by the nature of Adam near a zero gradient: use it only where the two runs' batches
+    are composed differently, so that bit-for-bit equality is not to be had."""
+    return 2 * sum(lr * adam_step_bound(t + 1, betas) for t, lr in enumerate(learning_rates))

@@ -14,6 +14,9 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
+from musicssl.train.schedules import ScheduleConfig, learning_rate
+from tests.numerics import adamw_divergence_bound
+
 MUSICSSL = str(Path(sys.executable).parent / "musicssl")
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 # A model small enough for CPU tests, and no randomness besides the data and masks.
@@ -170,8 +173,13 @@ def test_ddp_rank_that_reads_nothing_in_an_update_still_syncs_and_equals_one_pro
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert ddp.stderr.count("(undecodable)") == 2 and log(tmp_path / "ddp")[-1]["skipped_items"] == 2
     single, ddp_state = final_state(tmp_path / "single"), final_state(tmp_path / "ddp")
+    # Not the same computation: rank 1 forwards a weight-0 stand-in that one process never runs, so
+    # the gradients may differ by rounding; bound the drift that 3 AdamW updates allow (tests/numerics.py).
+    config = json.loads((tmp_path / "single" / "config.json").read_text())["trainer"]
+    schedule = ScheduleConfig(**config["schedule"])
+    tolerance = adamw_divergence_bound([learning_rate(schedule, step) for step in range(3)], tuple(config["betas"]))
     for name in single:
-        assert torch.equal(ddp_state[name], single[name]), (name, (ddp_state[name] - single[name]).abs().max())
+        assert (ddp_state[name] - single[name]).abs().max() <= tolerance, name
 
 
 def test_checkpoint_backbone_loads_in_transformers(prepared, tmp_path):
