@@ -23,8 +23,9 @@ test: $(STAMP)
 # one kernel's rounding fails here before a user's machine finds it.
 PORTABLE_TESTS := tests/interop tests/test_audio.py tests/test_extract.py tests/targets tests/models \
 	tests/evaluate/test_metrics.py tests/evaluate/test_beats.py
+# (The base-size shapes are left to the first pass: the unvectorised kernels make them minutes long.)
 test-portability: $(STAMP)
-	ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=2 $(PY) -m pytest -q -p no:cacheprovider $(PORTABLE_TESTS)
+	ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=2 $(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PORTABLE_TESTS)
 	ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=2 $(PY) -m pytest -q -p no:cacheprovider tests/train \
 		-k "resume or ddp or equals or exactly"
 
