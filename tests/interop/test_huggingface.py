@@ -85,7 +85,11 @@ def test_imported_model_matches_transformers_on_a_padded_batch(name, tmp_path):
 @pytest.mark.parametrize("name", sorted(REFERENCES))
 def test_isolated_padding_gives_transformers_unpadded_result(name, tmp_path):
     # Our default: a padded item's valid frames equal transformers' result on that item alone.
-    reference, directory = saved_reference(name, tmp_path)
+    assert_padded_items_match_the_reference_alone(*saved_reference(name, tmp_path))
+
+
+def assert_padded_items_match_the_reference_alone(reference, directory) -> None:
+    """Our padded batch (isolated padding) vs transformers on each item alone, every layer."""
     ours = import_pretrained(directory).eval()
     wav, lengths, _ = padded_batch()
     with torch.no_grad():

@@ -22,7 +22,8 @@ from tests.conftest import perturb_, tone  # noqa: E402
 from tests.evaluate.test_benchmark_cli import FAST, gtzan_root  # noqa: E402, F401
 from tests.interop.mert_reference import (MERT_95M, MERT_330M, MERT_MICRO, build_reference,  # noqa: E402
                                           reference_hidden_states, save_mert_format)
-from tests.interop.test_huggingface import (SMALL, assert_state_matches, padded_batch,  # noqa: E402
+from tests.interop.test_huggingface import (SMALL, assert_padded_items_match_the_reference_alone,  # noqa: E402
+                                           assert_state_matches, padded_batch,
                                            reference_states)
 
 # Tolerances: as in test_huggingface, each float32 hidden state is compared with the float32
@@ -121,16 +122,7 @@ def test_conv_pos_batch_norm_matches_transformers_on_a_padded_batch(tmp_path):
 
 
 def test_conv_pos_batch_norm_isolated_padding_gives_the_unpadded_result(tmp_path):
-    reference, directory = batch_norm_hubert(tmp_path)
-    ours = import_pretrained(directory).eval()
-    wav, lengths, _ = padded_batch()
-    with torch.no_grad():
-        out = ours(wav, lengths)
-    for item, length in enumerate(lengths.tolist()):
-        alone = reference_states(reference, wav[item:item + 1, :length], None)
-        frames = int(out.lengths[item])
-        for layer, (got, (want, truth)) in enumerate(zip(out.layers, alone)):
-            assert_state_matches(got[item, :frames], want[0], truth[0], f"{layer}/{item}")
+    assert_padded_items_match_the_reference_alone(*batch_norm_hubert(tmp_path))
 
 
 def test_extract_and_benchmark_cli_run_on_a_mert_directory(tmp_path, gtzan_root):  # noqa: F811
