@@ -2,7 +2,11 @@
 
 Tolerances: these are float64 computations of a few hundred terms at most, on the same inputs as
 the reference, so they agree to ~1e-14; pytest.approx's default (1e-6 relative) and abs=1e-12 are
-far above that and far below any real difference (a mis-ranked item moves a score by >= 1/n)."""
+far above that and far below any real difference (a mis-ranked item moves a score by >= 1/n).
+ROC-AUC and AP are computed all tags at once (not by sklearn's per-tag calls): the same rational
+numbers as sklearn's, summed in another order. Each is a mean over T tags of a sum of at most N
+terms in [0, 1] whose total is at most 1, so the two float64 results differ by at most
+gamma(N + T) in float64 (Higham), `sum_tolerance` below: ~1e-13 for these sizes."""
 
 from __future__ import annotations
 
@@ -14,6 +18,13 @@ import pytest
 from sklearn.metrics import accuracy_score, average_precision_score, r2_score, roc_auc_score
 
 from musicssl.evaluate import metrics
+from tests.numerics import gamma
+
+U64 = 2.0 ** -53
+
+
+def sum_tolerance(targets: np.ndarray) -> float:
+    return 2 * gamma(sum(targets.shape), U64)
 
 
 def _multilabel(seed: int, n: int = 60, tags: int = 5) -> tuple[np.ndarray, np.ndarray]:
@@ -47,9 +58,26 @@ def test_roc_auc_and_ap_equal_sklearn_macro(seed):
         warnings.simplefilter("error")  # no tag is excluded, so nothing may warn
         roc = metrics.roc_auc_macro(targets, scores)
         ap = metrics.average_precision_macro(targets, scores)
-    assert roc == roc_auc_score(targets, scores, average="macro")
-    assert ap == average_precision_score(targets, scores, average="macro")
+    assert roc == pytest.approx(roc_auc_score(targets, scores, average="macro"), rel=0, abs=sum_tolerance(targets))
+    assert ap == pytest.approx(average_precision_score(targets, scores, average="macro"), rel=0, abs=sum_tolerance(targets))
     assert 0.6 < roc < 0.95 and 0.4 < ap < 0.95
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_roc_auc_and_ap_equal_sklearn_with_ties_and_float32(seed):
+    """Tied scores (coarse float32 steps, whole blocks of equal values, a tag of only positives
+    for AP) and a size like MTT's validation split: the all-tags-at-once sums against sklearn."""
+    rng = np.random.default_rng(seed)
+    targets = (rng.random((1825, 50)) < 0.1).astype(np.int64)
+    targets[0], targets[1] = 1, 0
+    scores = np.round(rng.normal(size=targets.shape) + targets, 1).astype(np.float32)  # ~60 distinct values
+    scores[:200, 3] = 0.5  # a block of ties across both classes
+    roc = metrics.roc_auc_macro(targets, scores)
+    ap = metrics.average_precision_macro(targets, scores)
+    assert roc == pytest.approx(roc_auc_score(targets, scores, average="macro"), rel=0, abs=sum_tolerance(targets))
+    assert ap == pytest.approx(average_precision_score(targets, scores, average="macro"), rel=0, abs=sum_tolerance(targets))
+    only_positive = np.ones((40, 1), dtype=np.int64)
+    assert metrics.average_precision_macro(only_positive, scores[:40, :1]) == 1.0
 
 
 def test_roc_auc_is_the_same_on_logits_and_probabilities():
@@ -64,10 +92,12 @@ def test_constant_tags_are_excluded_with_a_warning():
     targets[:, 2] = 1  # no negative: undefined for ROC-AUC only (AP = 1)
     with pytest.warns(UserWarning, match="excluded 2 of 4 tags"):
         roc = metrics.roc_auc_macro(targets, scores)
-    assert roc == roc_auc_score(targets[:, [0, 3]], scores[:, [0, 3]], average="macro")
+    assert roc == pytest.approx(roc_auc_score(targets[:, [0, 3]], scores[:, [0, 3]], average="macro"), rel=0,
+                                abs=sum_tolerance(targets))
     with pytest.warns(UserWarning, match="excluded 1 of 4 tags"):
         ap = metrics.average_precision_macro(targets, scores)
-    assert ap == average_precision_score(targets[:, [0, 2, 3]], scores[:, [0, 2, 3]], average="macro")
+    assert ap == pytest.approx(average_precision_score(targets[:, [0, 2, 3]], scores[:, [0, 2, 3]], average="macro"),
+                               rel=0, abs=sum_tolerance(targets))
     assert average_precision_score(targets[:, [2]], scores[:, [2]]) == 1.0
 
 
@@ -75,7 +105,8 @@ def test_a_single_defined_tag_is_scored_alone():
     targets, scores = _multilabel(5, tags=3)
     targets[:, 1:] = 0
     with pytest.warns(UserWarning, match="excluded 2 of 3"):
-        assert metrics.roc_auc_macro(targets, scores) == roc_auc_score(targets[:, 0], scores[:, 0])
+        assert metrics.roc_auc_macro(targets, scores) == pytest.approx(roc_auc_score(targets[:, 0], scores[:, 0]),
+                                                                       rel=0, abs=sum_tolerance(targets))
 
 
 def test_no_defined_tag_raises():
@@ -85,6 +116,15 @@ def test_no_defined_tag_raises():
         metrics.roc_auc_macro(targets, np.random.default_rng(0).random((10, 3)))
     with pytest.raises(ValueError, match="0/1"):
         metrics.average_precision_macro(targets * 2, np.zeros((10, 3)))
+
+
+def test_non_finite_scores_are_refused():
+    targets, scores = _multilabel(7)
+    scores[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        metrics.roc_auc_macro(targets, scores)
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        metrics.average_precision_macro(targets, scores)
 
 
 def test_r2_per_output_equals_sklearn_raw_values():

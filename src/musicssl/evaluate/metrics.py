@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import mir_eval
 import numpy as np
 import scipy.special
-from sklearn.metrics import accuracy_score, average_precision_score, r2_score, roc_auc_score
+from sklearn.metrics import accuracy_score, r2_score
 
 BEAT_WINDOW_SECONDS = 0.07  # MARBLE's f_measure_threshold (eval-spec §2.9), also mir_eval's default
 TRIM_SECONDS = 5.0          # mir_eval.beat.trim_beats default, used by the per-track mean only
@@ -61,12 +61,21 @@ def roc_auc_macro(targets: np.ndarray, scores: np.ndarray) -> float:
     torchmetrics AUROC scores such a tag 0 (it warns and keeps it), which lowers the mean: our
     number equals MARBLE's only when every tag has both classes (true of the full test splits).
     Raises ValueError if no tag is left.
+
+    Computed for all tags at once as the Mann-Whitney statistic (tied scores take their mean
+    rank, the half credit of the ROC curve's diagonal steps): the same rational number as
+    sklearn's trapezoids, ~1e-16 apart in float64 (tests/evaluate/test_metrics.py). sklearn
+    validates and sorts tag by tag: ~2 ms a tag, and a probe grid scores 250 runs x 50 tags.
     """
     targets, scores = _check_multilabel(targets, scores, "roc_auc_macro")
     positives = targets.sum(axis=0)
     defined = (positives > 0) & (positives < targets.shape[0])
     _warn_excluded("roc_auc_macro", int((~defined).sum()), targets.shape[1], "constant targets (all 0 or all 1)")
-    return float(roc_auc_score(targets[:, defined], scores[:, defined], average="macro"))
+    hits, start, end = _tied_blocks(targets[:, defined], scores[:, defined])
+    n_pos = positives[defined].astype(np.float64)
+    mean_rank = (start + end) / 2 + 1  # 1-based rank, ties averaged
+    u = (hits * mean_rank).sum(axis=1) - n_pos * (n_pos + 1) / 2
+    return float(np.mean(u / (n_pos * (targets.shape[0] - n_pos))))
 
 
 def average_precision_macro(targets: np.ndarray, scores: np.ndarray) -> float:
@@ -76,11 +85,42 @@ def average_precision_macro(targets: np.ndarray, scores: np.ndarray) -> float:
     warns and scores it 0, torchmetrics returns NaN and drops it from the mean): we exclude such
     tags and warn how many. A tag with only positives is defined (AP = 1) and kept.
     Raises ValueError if no tag is left.
+
+    sklearn's step sum, AP = sum over distinct thresholds t (descending) of
+    (R(t) - R(t_prev)) P(t), for all tags at once: every positive counts 1/positives times the
+    precision at the end of its block of tied scores. Equal to sklearn's within float64 rounding
+    (tests/evaluate/test_metrics.py), without its per-tag validation.
     """
     targets, scores = _check_multilabel(targets, scores, "average_precision_macro")
     defined = targets.sum(axis=0) > 0
     _warn_excluded("average_precision_macro", int((~defined).sum()), targets.shape[1], "no positive target")
-    return float(average_precision_score(targets[:, defined], scores[:, defined], average="macro"))
+    hits, start, _ = _tied_blocks(targets[:, defined], scores[:, defined])
+    positives = hits.sum(axis=1)
+    # precision at a score = positives / items scoring at least that much, counted from its block's start
+    positives_before = np.cumsum(hits, axis=1) - hits
+    at_least = positives[:, None] - np.take_along_axis(positives_before, start, 1)
+    precision = at_least / (hits.shape[1] - start)
+    return float(np.mean((hits * precision).sum(axis=1) / positives))
+
+
+def _tied_blocks(targets: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every tag's items sorted by ascending score: (hits, start, end), each (T, N): the sorted
+    targets, and the first and last sorted position of each item's block of equal scores. One
+    unstable sort of tag-major rows (the order inside a block does not matter here): several
+    times faster than a stable sort or than sorting strided columns."""
+    scores = np.ascontiguousarray(scores.T)  # (T, N)
+    order = np.argsort(scores, axis=1, kind="quicksort")
+    ranked = np.take_along_axis(scores, order, 1)
+    hits = np.take_along_axis(np.ascontiguousarray(targets.T), order, 1)
+    size = ranked.shape[1]
+    position = np.arange(size)
+    first = np.ones_like(ranked, dtype=bool)
+    first[:, 1:] = ranked[:, 1:] != ranked[:, :-1]
+    last = np.ones_like(first)
+    last[:, :-1] = first[:, 1:]
+    start = np.maximum.accumulate(np.where(first, position, 0), axis=1)
+    end = np.minimum.accumulate(np.where(last, position, size)[:, ::-1], axis=1)[:, ::-1]
+    return hits, start, end
 
 
 def r2_per_output(targets: np.ndarray, predictions: np.ndarray) -> np.ndarray:
@@ -175,6 +215,8 @@ def _check_multilabel(targets: np.ndarray, scores: np.ndarray, caller: str) -> t
         raise ValueError(f"{caller}: targets {targets.shape} and scores {scores.shape} differ")
     if not np.isin(targets, (0, 1)).all():
         raise ValueError(f"{caller}: targets must be 0/1, found values {np.unique(targets)[:10]}")
+    if not np.isfinite(scores).all():  # as sklearn: a NaN would make every comparison of the ranking false
+        raise ValueError(f"{caller}: scores contain NaN or infinity ({int((~np.isfinite(scores)).sum())} values)")
     return targets.astype(np.int64), scores
 
 

@@ -164,15 +164,19 @@ def standardiser(train_rows: np.ndarray, chunk: int = 4096) -> tuple[Tensor, Ten
     float32 copy of the table is made, and the sums of ~10^5 rows lose nothing to rounding."""
     if len(train_rows) < 2:
         raise ValueError(f"the training split has {len(train_rows)} feature rows: a probe needs at least 2")
-    total = np.zeros(train_rows.shape[1:])
-    for start in range(0, len(train_rows), chunk):
-        total += train_rows[start:start + chunk].sum(0, dtype=np.float64)
+    def chunks():  # float64 tensors (torch's reductions use every thread; numpy's float16 -> float64 one)
+        for start in range(0, len(train_rows), chunk):
+            yield torch.from_numpy(np.ascontiguousarray(train_rows[start:start + chunk])).double()
+
+    total = torch.zeros(train_rows.shape[1:], dtype=torch.float64)
+    for rows in chunks():
+        total += rows.sum(0)
     mean = total / len(train_rows)
-    squares = np.zeros_like(mean)
-    for start in range(0, len(train_rows), chunk):
-        squares += np.square(train_rows[start:start + chunk].astype(np.float64) - mean).sum(0)
-    std = np.sqrt(squares / (len(train_rows) - 1))
-    return torch.from_numpy(mean).float(), torch.from_numpy(std).float().clamp_min(1e-6)
+    squares = torch.zeros_like(mean)
+    for rows in chunks():
+        squares += rows.sub_(mean).square_().sum(0)
+    std = (squares / (len(train_rows) - 1)).sqrt_()
+    return mean.float(), std.float().clamp_min(1e-6)
 
 
 # ---------------------------------------------------------------------------- evaluation

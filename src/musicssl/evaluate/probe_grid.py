@@ -29,12 +29,11 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-import scipy.stats
 import torch
-import torch.nn.functional as F
 from torch.optim.adam import adam as functional_adam
 from torch import Tensor
 
+from musicssl.evaluate import metrics
 from musicssl.evaluate.probe import (
     WEIGHTED, item_outputs, item_targets, MLPProbe, ProbeConfig, RunResult, plateau_scheduler, row_targets, schedule,
     score_logits, standardiser,
@@ -87,44 +86,83 @@ def grid_data(task: Task, splits, cache, fps: float, widen: int) -> list[GridSpl
 
 class ProbeGroup:
     """Probes that read the same input: one seed's batches and one layer choice. Parameters are
-    stacked on a first probe axis: w1 (n, H, D), b1 (n, H), w2 (n, C, H), b2 (n, C), mix (n, K-1)."""
+    stacked on a first probe axis: w1 (n, H, D), b1 (n, H), w2 (n, C, H), b2 (n, C), mix (n, K-1).
+
+    Forward and backward are written out (no autograd): the gradients go into buffers kept from
+    step to step, and the first layer of the n probes of one layer is one GEMM forward, W (nH, D)
+    @ x^T, and one backward. Hidden units are laid out (n, H, B): both GEMMs then read them as
+    they lie (on an AMD EPYC this orientation ran at 142 GFLOP/s where x @ W^T ran at 118).
+    The arithmetic is MLPProbe's (tests/evaluate/test_probe_grid.py compares every run with
+    train_run's autograd)."""
 
     def __init__(self, layer: int | str, seed: int, members: list[int], params: dict[str, Tensor],
                  trainable: bool = True):
         """`params` are taken over (not copied); `trainable` False: for scoring only, no Adam state."""
         self.layer, self.seed, self.members = layer, seed, members
-        self.params = {name: value.requires_grad_(trainable) for name, value in params.items()}
+        self.params = params
+        self.saved: tuple | None = None  # what backward needs from the last training forward
         if not trainable:
             return
+        self.grads = {name: torch.zeros_like(value) for name, value in params.items()}
         self.exp_avg = {name: torch.zeros_like(value) for name, value in params.items()}
         self.exp_avg_sq = {name: torch.zeros_like(value) for name, value in params.items()}
         # Adam's step count, per probe and tensor as torch.optim.Adam keeps it (float32, on the
         # parameters' device, as its fused kernels want)
         self.steps = {name: [torch.zeros((), device=value.device) for _ in members] for name, value in params.items()}
 
-    def forward(self, x: Tensor, dropout: Dropout | None = None) -> Tensor:
+    def forward(self, x: Tensor, dropout: Dropout | None = None, train: bool = False) -> Tensor:
         """x: (B, K, D) standardised rows of every layer -> (n, B, C) logits of every probe;
-        `dropout` None in evaluation."""
+        `dropout` None in evaluation; `train` keeps what backward needs."""
         p = self.params
         n, hidden, dim = p["w1"].shape
         if self.layer == WEIGHTED:  # layers 1..L, as MLPProbe's weighted sum
-            mixed = torch.einsum("nk,bkd->nbd", torch.softmax(p["mix"], -1), x[:, 1:])  # (n, B, D)
-            h = torch.baddbmm(p["b1"].unsqueeze(1), mixed, p["w1"].transpose(1, 2))  # (n, B, H)
-        else:  # one GEMM for the n probes of this layer
-            h = F.linear(x[:, self.layer], p["w1"].reshape(n * hidden, dim), p["b1"].reshape(n * hidden))
-            h = h.view(len(x), n, hidden).transpose(0, 1)  # (n, B, H)
-        h = torch.relu(h) if dropout is None else dropout(torch.relu(h))
-        return torch.baddbmm(p["b2"].unsqueeze(1), h, p["w2"].transpose(1, 2))  # (n, B, C)
+            weights = torch.softmax(p["mix"], -1)  # (n, K-1)
+            inputs = torch.einsum("nk,bkd->nbd", weights, x[:, 1:])  # (n, B, D)
+            z = torch.baddbmm(p["b1"].unsqueeze(2), p["w1"], inputs.transpose(1, 2))  # (n, H, B)
+        else:  # one GEMM for the n probes of this layer: W (nH, D) @ x^T
+            weights, inputs = None, x[:, self.layer]  # (B, D)
+            z = torch.addmm(p["b1"].view(n * hidden, 1), p["w1"].view(n * hidden, dim), inputs.t())
+            z = z.view(n, hidden, len(x))  # (n, H, B)
+        gate = z > 0  # ReLU's derivative (bool), and dropout's mask in training
+        scale = 1.0
+        if dropout is not None:
+            gate, scale = dropout.apply_to(gate)
+        h = z.mul_(gate) if scale == 1.0 else z.mul_(gate).mul_(scale)  # (n, H, B)
+        logits = torch.baddbmm(p["b2"].unsqueeze(2), p["w2"], h)  # (n, C, B)
+        self.saved = (x, inputs, weights, gate, scale, h) if train else None
+        return logits.transpose(1, 2)  # (n, B, C)
+
+    def backward(self, grad_logits: Tensor) -> None:
+        """Gradients of sum over probes of each probe's loss into self.grads, from grad_logits
+        (n, B, C) = d loss / d logits of the last training forward."""
+        x, inputs, weights, gate, scale, h = self.saved
+        p, g = self.params, self.grads
+        n, hidden, dim = p["w1"].shape
+        grad_t = grad_logits.transpose(1, 2)  # (n, C, B)
+        torch.bmm(grad_t, h.transpose(1, 2), out=g["w2"])  # (n, C, H)
+        torch.sum(grad_t, 2, out=g["b2"])
+        grad_z = torch.bmm(p["w2"].transpose(1, 2), grad_t).mul_(gate)  # (n, H, B)
+        if scale != 1.0:
+            grad_z.mul_(scale)
+        torch.sum(grad_z, 2, out=g["b1"])
+        if self.layer == WEIGHTED:
+            torch.bmm(grad_z, inputs, out=g["w1"])  # (n, H, D)
+            grad_inputs = torch.bmm(grad_z.transpose(1, 2), p["w1"])  # (n, B, D)
+            grad_weights = torch.einsum("nbd,bkd->nk", grad_inputs, x[:, 1:])  # (n, K-1)
+            # softmax's backward: s * (g - <s, g>)
+            torch.mul(weights, grad_weights - (weights * grad_weights).sum(-1, keepdim=True), out=g["mix"])
+        else:  # one GEMM for the n probes' first-layer weights
+            torch.mm(grad_z.view(n * hidden, -1), inputs, out=g["w1"].view(n * hidden, dim))
+        self.saved = None
 
     def keep(self, positions: list[int]) -> None:
         """Drop the probes not at `positions` (stopped ones), with their optimiser state."""
         index = torch.tensor(positions, device=self.params["w1"].device)
         self.members = [self.members[i] for i in positions]
-        for name in self.params:
-            self.params[name] = self.params[name].detach()[index].requires_grad_()
-            self.exp_avg[name] = self.exp_avg[name][index]
-            self.exp_avg_sq[name] = self.exp_avg_sq[name][index]
-            self.steps[name] = [self.steps[name][i] for i in positions]
+        for state in (self.params, self.grads, self.exp_avg, self.exp_avg_sq):
+            for name in state:
+                state[name] = state[name][index]
+        self.steps = {name: [steps[i] for i in positions] for name, steps in self.steps.items()}
 
 
 class Dropout:
@@ -132,55 +170,71 @@ class Dropout:
     torch's Bernoulli draws cost ~30 ns a unit (a third of a small grid's step); the masks come
     instead from numpy's PCG64 as 16-bit integers (~1 ns a unit): a unit is dropped with
     probability round(p * 2^16) / 2^16 (p = 0.2: 0.199997) and kept ones are scaled by the inverse
-    of the keep probability, as nn.Dropout. On an accelerator, torch's own dropout (Philox)."""
+    of the keep probability, as nn.Dropout. On an accelerator, torch's own Bernoulli draws (Philox)."""
 
     def __init__(self, p: float, seed: int):
         self.threshold = round(p * 2 ** 16)
         self.scale = 1.0 / (1.0 - self.threshold / 2 ** 16)
         self.p, self.rng = p, np.random.default_rng(seed)
 
-    def __call__(self, h: Tensor) -> Tensor:
+    def apply_to(self, gate: Tensor) -> tuple[Tensor, float]:
+        """(gate and this step's mask of kept units, the scale of kept units), gate bool."""
         if self.threshold == 0:
-            return h
-        if h.device.type != "cpu":
-            return F.dropout(h, self.p, training=True)
-        bits = np.frombuffer(self.rng.bytes(2 * h.numel()), dtype=np.uint16).reshape(h.shape)
-        keep = torch.from_numpy(bits >= self.threshold)
-        return h * (keep.to(h.dtype) * self.scale)
+            return gate, 1.0
+        if gate.device.type != "cpu":
+            keep = torch.empty(gate.shape, device=gate.device).bernoulli_(1 - self.p).bool()
+            return gate.logical_and_(keep), 1 / (1 - self.p)
+        bits = np.frombuffer(self.rng.bytes(2 * gate.numel()), dtype=np.uint16).reshape(gate.shape)
+        return gate.logical_and_(torch.from_numpy(bits >= self.threshold)), self.scale
 
 
-def group_loss(kind: str, logits: Tensor, y: Tensor) -> Tensor:
-    """Sum over the n probes of each probe's mean loss (the loss train_run minimises), so each
-    probe's gradient is its own. logits: (n, B, C); y: (B,) classes or (B, C) targets."""
+def loss_gradient(kind: str, logits: Tensor, y: Tensor) -> Tensor:
+    """d/d logits of each probe's mean loss (the loss train_run minimises: cross-entropy, binary
+    cross-entropy with logits, mean squared error, each averaged over its B rows (x C outputs)).
+    logits: (n, B, C); y: (B,) classes or (B, C) targets. Overwrites nothing."""
     n, batch, classes = logits.shape
     if kind in ("multiclass", "beats"):
-        return F.cross_entropy(logits.reshape(n * batch, classes), y.repeat(n), reduction="sum") / batch
-    target = y.unsqueeze(0).expand(n, batch, classes)
+        grad = torch.softmax(logits, -1)
+        grad[:, torch.arange(batch, device=y.device), y] -= 1
+        return grad.div_(batch)
     if kind == "multilabel":
-        return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / (batch * classes)
-    return F.mse_loss(logits, target, reduction="sum") / (batch * classes)
+        return torch.sigmoid(logits).sub_(y).div_(batch * classes)
+    return (logits - y).mul_(2 / (batch * classes))
 
 
-def adam_step(groups: Sequence[ProbeGroup], learning_rates: dict[int, float]) -> None:
+class GridAdam:
     """torch.optim.Adam's update (defaults: betas 0.9/0.999, eps 1e-8) on every probe, one fused
     (CPU, CUDA) call per distinct learning rate. All live probes have taken the same number of
-    steps, so only the learning rate tells them apart."""
-    buckets: dict[float, tuple[list, list, list, list, list]] = {}
-    for group in groups:
-        for name, param in group.params.items():
-            values, grads = param.detach().unbind(0), param.grad.unbind(0)
-            avgs, squares = group.exp_avg[name].unbind(0), group.exp_avg_sq[name].unbind(0)
-            for position, member in enumerate(group.members):
-                bucket = buckets.setdefault(learning_rates[member], ([], [], [], [], []))
-                for column, tensor in zip(bucket, (values[position], grads[position], avgs[position],
-                                                   squares[position], group.steps[name][position])):
-                    column.append(tensor)
-    fused = groups[0].params["w1"].device.type in ("cpu", "cuda")
-    with torch.no_grad():
-        for lr, (params, grads, avgs, squares, steps) in buckets.items():
-            functional_adam(params, grads, avgs, squares, [], steps, fused=fused, foreach=False if fused else None,
-                            amsgrad=False, beta1=0.9, beta2=0.999, lr=lr, weight_decay=0.0, eps=1e-8,
-                            maximize=False)
+    steps, so only the learning rate tells them apart. The per-probe views are bucketed once and
+    again only when a learning rate changes or probes stop."""
+
+    def __init__(self):
+        self.key: tuple | None = None
+        self.buckets: dict[float, tuple[list, list, list, list, list]] = {}
+
+    def step(self, groups: Sequence[ProbeGroup], learning_rates: dict[int, float]) -> None:
+        key = tuple((id(group), tuple(group.members)) for group in groups) + tuple(sorted(learning_rates.items()))
+        if key != self.key:
+            self.key, self.buckets = key, self._bucket(groups, learning_rates)
+        fused = groups[0].params["w1"].device.type in ("cpu", "cuda")
+        with torch.no_grad():
+            for lr, (params, grads, avgs, squares, steps) in self.buckets.items():
+                functional_adam(params, grads, avgs, squares, [], steps, fused=fused, foreach=False if fused else None,
+                                amsgrad=False, beta1=0.9, beta2=0.999, lr=lr, weight_decay=0.0, eps=1e-8,
+                                maximize=False)
+
+    @staticmethod
+    def _bucket(groups: Sequence[ProbeGroup], learning_rates: dict[int, float]) -> dict:
+        buckets: dict[float, tuple[list, list, list, list, list]] = {}
+        for group in groups:
+            for name in group.params:
+                views = [group.params[name].unbind(0), group.grads[name].unbind(0), group.exp_avg[name].unbind(0),
+                         group.exp_avg_sq[name].unbind(0), group.steps[name]]
+                for position, member in enumerate(group.members):
+                    bucket = buckets.setdefault(learning_rates[member], ([], [], [], [], []))
+                    for column, tensors in zip(bucket, views):
+                        column.append(tensors[position])
+        return buckets
 
 
 def initial_params(layer: int | str, dim: int, outputs: int, layers: int, config: ProbeConfig,
@@ -273,6 +327,7 @@ def train_grid(task: Task, train: GridSplit, valid: GridSplit, test: GridSplit, 
     generators = {seed: torch.Generator().manual_seed(seed) for seed in config.seeds}
     targets = train.y.to(device)
     dropout = Dropout(config.dropout, seed=config.seeds[0])
+    adam = GridAdam()
     bar = tqdm(total=max_epochs, desc=f"probe {task.protocol.name} ({len(runs)} runs at once)", unit="epoch",
                disable=not progress)
     for epoch in range(1, max_epochs + 1):
@@ -282,18 +337,13 @@ def train_grid(task: Task, train: GridSplit, valid: GridSplit, test: GridSplit, 
                   for seed in sorted({group.seed for group in groups})}
         learning_rates = {index: run.lr for index, run in enumerate(runs)}
         for start in range(0, len(train), batch):
-            loss = 0.0
             for seed, order in orders.items():
                 rows = order[start:start + batch]
                 x, y = train.batch(rows.numpy(), mean, std), targets[rows.to(device)]
                 for group in groups:
                     if group.seed == seed:
-                        loss = loss + group_loss(task.protocol.kind, group.forward(x, dropout), y)
-            for group in groups:
-                for param in group.params.values():
-                    param.grad = None
-            loss.backward()
-            adam_step(groups, learning_rates)
+                        group.backward(loss_gradient(task.protocol.kind, group.forward(x, dropout, train=True), y))
+            adam.step(groups, learning_rates)
         groups = _end_epoch(task, groups, runs, valid, mean, std, epoch, patience, fps, config, monitor_name)
         bar.update()
     bar.close()
@@ -337,23 +387,8 @@ def epoch_monitor(task: Task, logits: Tensor, split: GridSplit, targets: np.ndar
         outputs = item_outputs(logits, split.row_item, len(split.items))
         return float(np.mean(outputs.argmax(1) == targets))
     if plain and protocol.kind == "multilabel":  # the monitor, ROC-AUC, without average precision
-        return roc_auc_by_ranks(targets, item_outputs(logits, split.row_item, len(split.items)))
+        return metrics.roc_auc_macro(targets, item_outputs(logits, split.row_item, len(split.items)))
     return score_logits(task, logits, split.row_item, split.items, fps, decoder)[0][protocol.metrics[0]]
-
-
-def roc_auc_by_ranks(targets: np.ndarray, scores: np.ndarray) -> float:
-    """metrics.roc_auc_macro's number (mean over tags with both classes of sklearn's ROC-AUC) from
-    the Mann-Whitney statistic, all tags at once: ties take their mean rank, as the ROC curve's
-    diagonal steps give them half credit. sklearn validates and sorts tag by tag: 0.1 s a run on
-    MTT's 50 tags, every epoch of every run. Final scores still come from metrics.roc_auc_macro."""
-    positives = targets.sum(0)
-    defined = (positives > 0) & (positives < len(targets))
-    if not defined.any():
-        raise ValueError("roc_auc: no tag has both classes on this split")
-    ranks = scipy.stats.rankdata(scores[:, defined], axis=0)  # (N, T) 1-based, ties averaged
-    n_pos = positives[defined]
-    u = (ranks * targets[:, defined]).sum(0) - n_pos * (n_pos + 1) / 2
-    return float(np.mean(u / (n_pos * (len(targets) - n_pos))))
 
 
 def _final_scores(task: Task, runs: list[RunState], valid: GridSplit, test: GridSplit, mean: Tensor, std: Tensor,
