@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import mir_eval
 import numpy as np
 import scipy.special
-from sklearn.metrics import accuracy_score, r2_score
+from sklearn.metrics import r2_score
 
 BEAT_WINDOW_SECONDS = 0.07  # MARBLE's f_measure_threshold (eval-spec §2.9), also mir_eval's default
 TRIM_SECONDS = 5.0          # mir_eval.beat.trim_beats default, used by the per-track mean only
@@ -41,14 +41,15 @@ def accuracy(targets: np.ndarray, logits: np.ndarray) -> float:
     """Micro accuracy of argmax(logits) (GTZAN, NSynth, VocalSet; eval-spec §2.3, §2.5-2.8).
 
     targets: (N,) class ids; logits: (N, C) logits or probabilities (argmax is the same).
-    Equals sklearn.metrics.accuracy_score(targets, logits.argmax(1)).
+    Equals sklearn.metrics.accuracy_score(targets, logits.argmax(1)): the same float64 mean of
+    the hits, without its input validation (~1.5 ms a call; a probe grid scores hundreds of runs).
     """
     targets = np.asarray(targets)
     logits = _check_2d(logits, "logits")
     if targets.shape != (logits.shape[0],):
         raise ValueError(f"accuracy: targets must have shape ({logits.shape[0]},) to match logits "
                          f"{logits.shape}, found {targets.shape}")
-    return float(accuracy_score(targets, logits.argmax(axis=1)))
+    return float(np.mean(targets == logits.argmax(axis=1)))
 
 
 def roc_auc_macro(targets: np.ndarray, scores: np.ndarray) -> float:

@@ -123,27 +123,28 @@ class ProbeGroup:
             weights, inputs = None, x[:, self.layer]  # (B, D)
             z = torch.addmm(p["b1"].view(n * hidden, 1), p["w1"].view(n * hidden, dim), inputs.t())
             z = z.view(n, hidden, len(x))  # (n, H, B)
-        gate = z > 0  # ReLU's derivative (bool), and dropout's mask in training
+        h = z.relu_()  # (n, H, B)
         scale = 1.0
         if dropout is not None:
-            gate, scale = dropout.apply_to(gate)
-        h = z.mul_(gate) if scale == 1.0 else z.mul_(gate).mul_(scale)  # (n, H, B)
-        logits = torch.baddbmm(p["b2"].unsqueeze(2), p["w2"], h)  # (n, C, B)
-        self.saved = (x, inputs, weights, gate, scale, h) if train else None
+            h, scale = dropout.apply_to(h)  # h * mask; the kept units' scale 1/(1-p) goes into W2 below
+        w2 = p["w2"] if scale == 1.0 else p["w2"] * scale  # (n, C, H): smaller than h
+        logits = torch.baddbmm(p["b2"].unsqueeze(2), w2, h)  # (n, C, B)
+        self.saved = (x, inputs, weights, w2, scale, h) if train else None
         return logits.transpose(1, 2)  # (n, B, C)
 
     def backward(self, grad_logits: Tensor) -> None:
         """Gradients of sum over probes of each probe's loss into self.grads, from grad_logits
         (n, B, C) = d loss / d logits of the last training forward."""
-        x, inputs, weights, gate, scale, h = self.saved
+        x, inputs, weights, w2, scale, h = self.saved
         p, g = self.params, self.grads
         n, hidden, dim = p["w1"].shape
         grad_t = grad_logits.transpose(1, 2)  # (n, C, B)
         torch.bmm(grad_t, h.transpose(1, 2), out=g["w2"])  # (n, C, H)
-        torch.sum(grad_t, 2, out=g["b2"])
-        grad_z = torch.bmm(p["w2"].transpose(1, 2), grad_t).mul_(gate)  # (n, H, B)
         if scale != 1.0:
-            grad_z.mul_(scale)
+            g["w2"].mul_(scale)
+        torch.sum(grad_t, 2, out=g["b2"])
+        # through ReLU and dropout at once: a unit passed on iff its output is > 0
+        grad_z = torch.ops.aten.threshold_backward(torch.bmm(w2.transpose(1, 2), grad_t), h, 0)  # (n, H, B)
         torch.sum(grad_z, 2, out=g["b1"])
         if self.layer == WEIGHTED:
             torch.bmm(grad_z, inputs, out=g["w1"])  # (n, H, D)
@@ -177,15 +178,15 @@ class Dropout:
         self.scale = 1.0 / (1.0 - self.threshold / 2 ** 16)
         self.p, self.rng = p, np.random.default_rng(seed)
 
-    def apply_to(self, gate: Tensor) -> tuple[Tensor, float]:
-        """(gate and this step's mask of kept units, the scale of kept units), gate bool."""
+    def apply_to(self, h: Tensor) -> tuple[Tensor, float]:
+        """(h with this step's dropped units zeroed in place, the scale 1/(1-p) of kept ones)."""
         if self.threshold == 0:
-            return gate, 1.0
-        if gate.device.type != "cpu":
-            keep = torch.empty(gate.shape, device=gate.device).bernoulli_(1 - self.p).bool()
-            return gate.logical_and_(keep), 1 / (1 - self.p)
-        bits = np.frombuffer(self.rng.bytes(2 * gate.numel()), dtype=np.uint16).reshape(gate.shape)
-        return gate.logical_and_(torch.from_numpy(bits >= self.threshold)), self.scale
+            return h, 1.0
+        if h.device.type != "cpu":
+            return h.mul_(torch.empty_like(h).bernoulli_(1 - self.p)), 1 / (1 - self.p)
+        # the generator's raw 64-bit words as four 16-bit draws each: the stream rng.bytes gives, ~7x faster
+        bits = self.rng.bit_generator.random_raw(-(-h.numel() // 4)).view(np.uint16)[:h.numel()].reshape(h.shape)
+        return h.mul_(torch.from_numpy(bits >= self.threshold)), self.scale
 
 
 def loss_gradient(kind: str, logits: Tensor, y: Tensor) -> Tensor:
