@@ -12,6 +12,14 @@ init (RUN/initial). Every stage skips what is done, so a killed run resumes. Out
 `curve.md` (the table: test score x100 per task, mean over probe seeds with their std, and the
 7-task average), `curve.json`, `curve.png` (score vs updates, one panel per task plus the
 average), and the benchmark's own results.md / results.json.
+
+Then why the curve goes where it goes, in `why.md` / `why.json` (skip with --no-why):
+- the pretext task at each checkpoint: masked accuracy of each codebook (MusicHuBERT) or the
+  regression loss and the spread of targets and predictions (Music2Vec), averaged over the
+  logged steps of the last `--pretext-window` updates before it;
+- per-layer probes: every layer and the weighted sum, on `--layer-tasks` (the same probe
+  settings and seeds, features from the same cache);
+- collapse statistics per layer (musicssl.evaluate.diagnostics) of the GTZAN clips' cached rows.
 """
 
 from __future__ import annotations
@@ -24,12 +32,16 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from musicssl.demo import DEMO_PRESETS, DEMO_TASKS, DemoConfig, make_manifest_and_labels
 from musicssl.evaluate.report import column_title, display_metrics, ordered_tasks
 
 MODELS = {"musichubert": "MusicHuBERT", "music2vec": "Music2Vec"}
+# what each recipe logs about its pretext task (train/trainer.py's log.jsonl)
+PRETEXT_KEYS = {"musichubert": ("accuracy/masked", "accuracy/masked_1", "loss/masked_ce", "loss/masked_ce_1"),
+                "music2vec": ("loss", "target_std", "prediction_std")}
 
 
 def cpu_name() -> str:
@@ -149,6 +161,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the smoke demo's probe (for a test run)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-why", dest="why", action="store_false", help="skip why.md (pretext, layers, collapse)")
+    parser.add_argument("--layer-tasks", default="nsynth_pitch,nsynth_instrument,gtzan",
+                        help="tasks of the per-layer probes (why.md)")
+    parser.add_argument("--pretext-window", type=int, default=100, help="updates averaged before each checkpoint")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -194,6 +210,103 @@ def main() -> None:
     (out / "curve.json").write_text(json.dumps({"rows": rows, "timings": timings, "cpu": cpu}, indent=1))
     drawn = plot(rows, tasks, out / "curve.png")
     print(summary + (f"plot: {out / 'curve.png'}" if drawn else "plot skipped: matplotlib is not installed"))
+    if args.why:
+        clock = time.perf_counter()
+        text = why(out, names, args, probe, options)
+        print(text + f"\n(why: {time.perf_counter() - clock:.0f} s)")
+
+
+def why(out: Path, names: dict[str, tuple[str, int]], args, probe, options) -> str:
+    """Pretext accuracy, per-layer probes and collapse statistics of every checkpoint: why.md."""
+    from musicssl.evaluate.benchmark import run_benchmark
+
+    data = out / "data"
+    report: dict = {"pretext": pretext_rows(out, names, args.pretext_window)}
+    tasks = [t for t in args.layer_tasks.split(",") if t]
+    results = run_benchmark(list(names), {task: data / DEMO_TASKS[task] for task in tasks}, out / "layers",
+                            probe.replace(layers=None), cache_dir=out / "cache", options=options,
+                            device=args.device, progress=True, command="learning_curve.py (per-layer probes)")
+    report["layers"] = layer_rows(results)
+    report["collapse"] = collapse_rows(out, names, options)
+    (out / "why.json").write_text(json.dumps(report, indent=1))
+    text = why_markdown(report, args.pretext_window)
+    (out / "why.md").write_text(text)
+    return text
+
+
+def pretext_rows(out: Path, names: dict[str, tuple[str, int]], window: int) -> list[dict]:
+    """Per checkpoint, the mean of each logged pretext number over the steps (step - window, step]."""
+    rows = []
+    for name, (model, step) in names.items():
+        kind = next(k for k, v in MODELS.items() if v == model)
+        if step == 0:
+            continue
+        records = [json.loads(line) for line in (out / kind / "log.jsonl").read_text().splitlines() if line.strip()]
+        near = [r for r in records if step - window < r.get("step", -1) <= step]
+        values = {key: sum(r[key] for r in near if key in r) / max(1, sum(key in r for r in near))
+                  for key in PRETEXT_KEYS[kind] if any(key in r for r in near)}
+        chance = next((r["chance/masked"] for r in near if "chance/masked" in r), None)
+        rows.append({"model": model, "step": step, "values": values, "chance": chance, "logged_steps": len(near)})
+    return rows
+
+
+def layer_rows(results) -> list[dict]:
+    """Per (model@step, task): each layer choice's test score x100, mean over probe seeds."""
+    rows = []
+    for result in results:
+        metric = display_metrics(result.task)[0]
+        by_layer: dict[str, list[float]] = {}
+        for run in result.runs:
+            by_layer.setdefault(str(run.layer), []).append(100 * run.test[metric])
+        rows.append({"model": result.model, "task": result.task, "metric": metric,
+                     "layers": {layer: sum(v) / len(v) for layer, v in by_layer.items()}})
+    return rows
+
+
+def collapse_rows(out: Path, names: dict[str, tuple[str, int]], options) -> list[dict]:
+    """collapse_stats of every layer on the GTZAN clips' cached windows (all splits)."""
+    from musicssl.evaluate.benchmark import load_tasks
+    from musicssl.evaluate.diagnostics import collapse_stats
+    from musicssl.evaluate.features import FeatureCache
+    from musicssl.evaluate.sources import open_source
+
+    loaded, _ = load_tasks({"gtzan": out / "data" / DEMO_TASKS["gtzan"]}, options)
+    task, splits = loaded["gtzan"]
+    items = [item for name in ("train", "valid", "test") for item in splits[name]]
+    rows = []
+    for spec in names:
+        source = open_source(spec)
+        cache = FeatureCache(out / "cache", source, "gtzan", task.protocol)
+        cache.extract(cache.missing(items), progress=False)
+        stats = collapse_stats(np.asarray(cache.load(items, layer=None).rows))
+        rows.append({"model": source.name, **stats})
+    return rows
+
+
+def why_markdown(report: dict, window: int) -> str:
+    lines = [f"Pretext task (mean over the logged steps of the last {window} updates before each checkpoint):", ""]
+    keys = sorted({key for row in report["pretext"] for key in row["values"]})
+    lines += ["| model | updates | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 2)]
+    for row in report["pretext"]:
+        cells = [f"{row['values'][k]:.3f}" if k in row["values"] else "-" for k in keys]
+        lines.append(f"| {row['model']} | {row['step']} | " + " | ".join(cells) + " |")
+    chance = next((row["chance"] for row in report["pretext"] if row["chance"] is not None), None)
+    if chance is not None:
+        lines.append(f"\nChance masked accuracy (1/k of the MFCC codebook): {chance:.3f}.")
+    lines += ["", "Per-layer probes (test x100, mean over probe seeds; layer 0 = the CNN's output):", ""]
+    layers = sorted({layer for row in report["layers"] for layer in row["layers"]}, key=lambda v: (not v.isdigit(), v))
+    lines += ["| model | task | " + " | ".join(layers) + " |", "|" + "---|" * (len(layers) + 2)]
+    for row in report["layers"]:
+        cells = [f"{row['layers'][layer]:.1f}" if layer in row["layers"] else "-" for layer in layers]
+        lines.append(f"| {row['model']} | {row['task']} {row['metric']} | " + " | ".join(cells) + " |")
+    lines += ["", "Collapse statistics per layer (GTZAN windows; musicssl.evaluate.diagnostics):", "",
+              "| model | mean cosine per layer | effective rank per layer | top-1 variance share per layer |",
+              "|---|---|---|---|"]
+    for row in report["collapse"]:
+        lines.append(f"| {row['model']} | " + " | ".join(" / ".join(f"{v:.2f}" if key != "effective_rank" else f"{v:.1f}"
+                                                                    for v in row[key])
+                                                         for key in ("cosine", "effective_rank", "top_share")) + " |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
