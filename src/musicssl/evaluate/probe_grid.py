@@ -106,9 +106,6 @@ class ProbeGroup:
         self.grads = {name: torch.zeros_like(value) for name, value in params.items()}
         self.exp_avg = {name: torch.zeros_like(value) for name, value in params.items()}
         self.exp_avg_sq = {name: torch.zeros_like(value) for name, value in params.items()}
-        # Adam's step count, per probe and tensor as torch.optim.Adam keeps it (float32, on the
-        # parameters' device, as its fused kernels want)
-        self.steps = {name: [torch.zeros((), device=value.device) for _ in members] for name, value in params.items()}
 
     def forward(self, x: Tensor, dropout: Dropout | None = None, train: bool = False) -> Tensor:
         """x: (B, K, D) standardised rows of every layer -> (n, B, C) logits of every probe;
@@ -163,7 +160,6 @@ class ProbeGroup:
         for state in (self.params, self.grads, self.exp_avg, self.exp_avg_sq):
             for name in state:
                 state[name] = state[name][index]
-        self.steps = {name: [steps[i] for i in positions] for name, steps in self.steps.items()}
 
 
 class Dropout:
@@ -205,34 +201,43 @@ def loss_gradient(kind: str, logits: Tensor, y: Tensor) -> Tensor:
 
 class GridAdam:
     """torch.optim.Adam's update (defaults: betas 0.9/0.999, eps 1e-8) on every probe, one fused
-    (CPU, CUDA) call per distinct learning rate. All live probes have taken the same number of
-    steps, so only the learning rate tells them apart. The per-probe views are bucketed once and
-    again only when a learning rate changes or probes stop."""
+    (CPU, CUDA) kernel call per distinct learning rate. All live probes have taken the same
+    number of steps (a stopped probe leaves the grid), so one step count serves them all, and
+    only the learning rate tells them apart: torch.optim.Adam keeps a step tensor per parameter
+    and increments each (a third of a small grid's optimiser time went there). The per-probe
+    views are bucketed once, and again only when a learning rate changes or probes stop."""
 
-    def __init__(self):
+    def __init__(self, device: torch.device):
+        self.step_count = torch.zeros((), device=device)  # float32 on the device, as the fused kernels want
+        self.fused = device.type in ("cpu", "cuda")  # torch's fused Adam kernels exist for these
         self.key: tuple | None = None
-        self.buckets: dict[float, tuple[list, list, list, list, list]] = {}
+        self.buckets: dict[float, tuple[list, list, list, list]] = {}
 
     def step(self, groups: Sequence[ProbeGroup], learning_rates: dict[int, float]) -> None:
         key = tuple((id(group), tuple(group.members)) for group in groups) + tuple(sorted(learning_rates.items()))
         if key != self.key:
             self.key, self.buckets = key, self._bucket(groups, learning_rates)
-        fused = groups[0].params["w1"].device.type in ("cpu", "cuda")
+        self.step_count += 1
         with torch.no_grad():
-            for lr, (params, grads, avgs, squares, steps) in self.buckets.items():
-                functional_adam(params, grads, avgs, squares, [], steps, fused=fused, foreach=False if fused else None,
-                                amsgrad=False, beta1=0.9, beta2=0.999, lr=lr, weight_decay=0.0, eps=1e-8,
-                                maximize=False)
+            for lr, (params, grads, avgs, squares) in self.buckets.items():
+                if self.fused:  # the kernel functional_adam(fused=True) calls, after it increments the steps
+                    torch._fused_adam_(params, grads, avgs, squares, [], [self.step_count] * len(params), lr=lr,
+                                       beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8, amsgrad=False,
+                                       maximize=False)
+                else:  # functional_adam increments each step tensor: give it its own copies
+                    steps = [self.step_count.clone() - 1 for _ in params]
+                    functional_adam(params, grads, avgs, squares, [], steps, foreach=True, amsgrad=False, beta1=0.9,
+                                    beta2=0.999, lr=lr, weight_decay=0.0, eps=1e-8, maximize=False)
 
     @staticmethod
     def _bucket(groups: Sequence[ProbeGroup], learning_rates: dict[int, float]) -> dict:
-        buckets: dict[float, tuple[list, list, list, list, list]] = {}
+        buckets: dict[float, tuple[list, list, list, list]] = {}
         for group in groups:
             for name in group.params:
                 views = [group.params[name].unbind(0), group.grads[name].unbind(0), group.exp_avg[name].unbind(0),
-                         group.exp_avg_sq[name].unbind(0), group.steps[name]]
+                         group.exp_avg_sq[name].unbind(0)]
                 for position, member in enumerate(group.members):
-                    bucket = buckets.setdefault(learning_rates[member], ([], [], [], [], []))
+                    bucket = buckets.setdefault(learning_rates[member], ([], [], [], []))
                     for column, tensors in zip(bucket, views):
                         column.append(tensors[position])
         return buckets
@@ -328,7 +333,7 @@ def train_grid(task: Task, train: GridSplit, valid: GridSplit, test: GridSplit, 
     generators = {seed: torch.Generator().manual_seed(seed) for seed in config.seeds}
     targets = train.y.to(device)
     dropout = Dropout(config.dropout, seed=config.seeds[0])
-    adam = GridAdam()
+    adam = GridAdam(device)
     bar = tqdm(total=max_epochs, desc=f"probe {task.protocol.name} ({len(runs)} runs at once)", unit="epoch",
                disable=not progress)
     for epoch in range(1, max_epochs + 1):
