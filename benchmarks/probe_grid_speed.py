@@ -18,12 +18,9 @@ weight gradients, the input gradients the weighted sums and second layers need; 
 test forwards) per second, against the fp32 matmul peak measured here (a 2048^3 GEMM, best of 5).
 On a GPU the timings synchronise the device; no GPU figure has been measured yet.
 
-Measured (AMD EPYC, 2 cores, torch capability AVX2, shared with other jobs, load average 4-5;
-`--threads 1`: with 2 threads under that load OpenMP barriers stalled every op):
-`--small-epochs 3 --mtt-fraction 0.03`: small 12.4 s -> 4.4 s (2.8x); MTT 155.8 s -> 96.9 s
-(1.6x), MFU 4 % of 74.8 GFLOP/s. `--small-epochs 1 --mtt-fraction 0.1`: MTT 142.3 s -> 92.3 s
-(1.5x), MFU 14 % of 81.2 GFLOP/s, batched peak memory 3.14 GB. The issue's targets (5x, 2x,
-50 %) are not met here; the full size (`--threads 2 --mtt-fraction 1`) has not been run.
+Measured (AMD EPYC, 2 cores, torch capability AVX2, 2 threads, quiet machine), the defaults:
+small 8.6 s -> 2.4 s (3.6x; target 5x: missed); MTT 239.5 s -> 121.1 s (1.98x), MFU 52 % of
+163.7 GFLOP/s, peak memory 3.06 GB sequential, 4.53 GB batched.
 """
 
 from __future__ import annotations
