@@ -586,11 +586,6 @@ PRESETS = {
     # writers; EMO gets more, shorter clips: a regression needs more examples than it needs seconds
     "demo": SynthConfig(corpus_clips=180, key_tracks=120, key_seconds=10.5, genre_seconds=8.0, tag_clips=150,
                         tag_seconds=6.0, emotion_clips=180, emotion_seconds=6.0, proportions=(0.5, 0.25, 0.25)),
-    # benchmarks/learning_curve.py: the demo's probe datasets beside a pre-training corpus four
-    # times the demo's (~1.5 h instead of ~22 min), so 8k updates do not cycle 20-s batches
-    # through the same 180 clips hundreds of times
-    "curve": SynthConfig(corpus_clips=720, key_tracks=120, key_seconds=10.5, genre_seconds=8.0, tag_clips=150,
-                         tag_seconds=6.0, emotion_clips=180, emotion_seconds=6.0, proportions=(0.5, 0.25, 0.25)),
     "tests": SynthConfig(corpus_clips=4, corpus_seconds=(2.0, 3.0), nsynth_per_family=3, nsynth_instruments=3,
                          key_tracks=6, key_seconds=3.0, genre_clips=6, genre_seconds=4.0, tag_clips=12,
                          tag_seconds=2.0, emotion_clips=6, emotion_seconds=2.0),
@@ -598,6 +593,11 @@ PRESETS = {
     "smoke": SynthConfig(corpus_clips=8, corpus_seconds=(3.0, 4.0), nsynth_per_family=4, nsynth_instruments=4,
                          key_tracks=12, key_seconds=3.0, genre_clips=12, genre_seconds=4.0, tag_clips=40,
                          tag_seconds=2.0, emotion_clips=12, emotion_seconds=3.0),
+    # benchmarks/learning_curve.py: the demo's probe datasets beside a pre-training corpus four
+    # times the demo's (~1.5 h instead of ~22 min), so 8k updates do not cycle 20-s batches
+    # through the same 180 clips hundreds of times
+    "curve": SynthConfig(corpus_clips=720, key_tracks=120, key_seconds=10.5, genre_seconds=8.0, tag_clips=150,
+                         tag_seconds=6.0, emotion_clips=180, emotion_seconds=6.0, proportions=(0.5, 0.25, 0.25)),
 }
 
 
