@@ -3,8 +3,9 @@ Music2Vec: pre-train on generated music, keep checkpoints along the way, probe e
 generated tasks (several probe seeds) beside MFCC statistics, print a table and draw a plot.
 
     python benchmarks/learning_curve.py --out runs/curve                      # 0..4000 updates
-    python benchmarks/learning_curve.py --out runs/curve --steps 0,1000,2000,4000,8000
-    python benchmarks/learning_curve.py --out runs/curve_smoke --synth-preset smoke --steps 0,4 --quick
+    python benchmarks/learning_curve.py --out runs/curve8k --synth-preset curve \
+        --steps 0,1000,2000,4000,8000 --max-steps music2vec=4000          # README's run
+    python benchmarks/learning_curve.py --out runs/curve_smoke --synth-preset smoke --steps 0,3,6 --quick
 
 Each model is its demo recipe (src/musicssl/demo.py: overrides, labels, probe), trained once for
 the longest step count with a checkpoint at every requested step; step 0 is the run's own random
@@ -155,6 +156,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/curve")
     parser.add_argument("--steps", default="0,500,1000,2000,4000", help="updates at which to probe (0 = init)")
     parser.add_argument("--models", default="musichubert,music2vec")
+    parser.add_argument("--max-steps", default="", help="a model's own last step, e.g. music2vec=4000: its "
+                        "run (and learning-rate schedule) ends there and it is probed at the steps up to it")
     parser.add_argument("--synth-preset", default="demo")
     parser.add_argument("--seed", type=int, default=1337, help="pre-training seed (the demo's)")
     parser.add_argument("--probe-seeds", default="1,2,3")
@@ -181,9 +184,11 @@ def main() -> None:
     timings["prepare"] = round(time.perf_counter() - started, 1)
 
     names: dict[str, tuple[str, int | None]] = {}
+    caps = {kind: int(value) for kind, value in (pair.split("=") for pair in args.max_steps.split(",") if pair)}
     for kind in args.models.split(","):
         clock = time.perf_counter()
-        checkpoints = pretrain_run(kind, out, manifest, labels, steps, config, args.seed, progress=True)
+        own_steps = [s for s in steps if s <= caps.get(kind, max(steps))]
+        checkpoints = pretrain_run(kind, out, manifest, labels, own_steps, config, args.seed, progress=True)
         timings[f"pretrain {kind}"] = round(time.perf_counter() - clock, 1)
         for step, path in checkpoints.items():
             names[f"{MODELS[kind]}@{step}={path}"] = (MODELS[kind], step)
