@@ -10,14 +10,14 @@ monitor, its own early stopping and best-validation weights. What runs share is 
   rate. Runs are grouped by seed; each seed's generator draws the same permutations as
   train_run's, so a run here sees exactly the batches it sees alone.
 - Matmuls. The probes of one seed that read the same layer take the same batch: their first
-  layers are one weight (n*H, D) and one GEMM (B, D) @ (D, n*H); the second layers are one bmm
-  over the n probes. Weighted-sum probes mix the layers each with its own weights, (n, B, D), and
-  take a bmm. Adam runs fused over all probes that share a learning rate (a handful of calls per
-  step, however many probes).
-- Dropout masks are drawn for all probes at once from the global generator, so with dropout a
-  run here is a different draw than alone (the same distribution; tests compare the selected
-  configuration within the seed spread). With dropout 0 a run is the same computation as alone,
-  up to float32 rounding in the order of the reductions.
+  layers are one weight (n*H, D) and one GEMM W @ x^T forward, one for the weight gradients;
+  the second layers are one bmm over the n probes. Weighted-sum probes mix the layers each with
+  its own weights, (n, B, D), and take a bmm. Forward and backward are written out (ProbeGroup),
+  and Adam is torch's fused kernel once per learning rate (GridAdam), however many probes.
+- Dropout masks come from one numpy generator (Dropout), so with dropout a run here is a
+  different draw than alone (the same distribution; tests compare the selected configuration
+  within the seed spread). With dropout 0 a run is the same computation as alone, up to float32
+  rounding in the order of the reductions.
 A run that stops early leaves the batched model at the end of that epoch (its best weights are
 kept aside), so the others do not pay for it.
 """
