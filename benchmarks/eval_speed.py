@@ -104,8 +104,31 @@ def extraction(preset: str, count: int, seconds: float, window: float, device: s
             print(f"  {name:13s} {value:7.2f} s  {audio_seconds / value:7.1f} audio s/s")
         ratio = best["transformers"] / best["ours"]
         print(f"  ratio ours/transformers (throughput): {ratio:.2f}x")
+        ceiling(preset, window, device, audio_seconds / best["transformers"])
         return (f"extraction: ours {audio_seconds / best['ours']:.1f} audio-s/s, "
                 f"transformers {audio_seconds / best['transformers']:.1f} audio-s/s, {ratio:.2f} x")
+
+
+def ceiling(preset: str, window: float, device: str, reference_rate: float) -> float:
+    """The compute ceiling of extraction on this device: the forward's floating-point operations
+    (convolutions, matmuls, attention; torch's FlopCounterMode, one window, every layer) at the
+    fp32 GEMM peak measured now. No fp32 implementation of this model extracts faster than that
+    (the elementwise work, decoding and pooling only add to it). Returns audio-s/s."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from musicssl.models.backbone import Backbone, backbone_preset
+    from probe_grid_speed import matmul_peak  # benchmarks/ is on sys.path when a script runs from it
+
+    model = Backbone(backbone_preset(preset)).eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, int(window * 16000)))  # every hidden state, as extraction keeps them
+    flops = counter.get_total_flops()
+    peak = matmul_peak(device, torch.get_num_threads())
+    rate = window / (flops / peak)
+    print(f"  compute ceiling: {flops / 1e9:.0f} GFLOP a {window:g}-s window at the fp32 GEMM peak "
+          f"{peak / 1e9:.1f} GFLOP/s = {rate:.1f} audio s/s = {rate / reference_rate:.2f}x transformers")
+    return rate
 
 
 def probe_times(rows: int, epochs: int) -> None:

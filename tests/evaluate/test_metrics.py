@@ -127,6 +127,28 @@ def test_non_finite_scores_are_refused():
         metrics.average_precision_macro(targets, scores)
 
 
+def test_per_probe_metrics_equal_one_probe_at_a_time():
+    """A grid validates P probes at once: accuracy_each and roc_auc_macro_each equal the
+    one-probe calls (accuracy exactly: integer hit counts; ROC-AUC: the same columns sorted, then
+    a mean over each probe's tags, within the float64 sum tolerance), with a constant tag and ties."""
+    rng = np.random.default_rng(7)
+    classes = rng.integers(0, 4, 50)
+    logits = rng.normal(size=(6, 50, 4)).round(1)  # ties in argmax are broken the same way
+    assert metrics.accuracy_each(classes, logits).tolist() == [metrics.accuracy(classes, one) for one in logits]
+    targets, _ = _multilabel(3, n=50, tags=6)
+    targets[:, 2] = 0  # excluded from every probe's mean
+    scores = rng.normal(size=(5, 50, 6)).round(1) + targets
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        each = metrics.roc_auc_macro_each(targets, scores)
+        one_by_one = [metrics.roc_auc_macro(targets, one) for one in scores]
+    assert each == pytest.approx(one_by_one, rel=0, abs=sum_tolerance(targets))
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        metrics.roc_auc_macro_each(targets, np.where(scores > 2, np.nan, scores))
+    with pytest.raises(ValueError, match="3-D"):
+        metrics.roc_auc_macro_each(targets, scores[0])
+
+
 def test_r2_per_output_equals_sklearn_raw_values():
     rng = np.random.default_rng(6)
     targets = rng.normal(size=(80, 2))

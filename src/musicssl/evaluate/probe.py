@@ -183,9 +183,10 @@ def standardiser(train_rows: np.ndarray, chunk: int = 4096) -> tuple[Tensor, Ten
 
 
 def item_outputs(logits: Tensor, row_item: np.ndarray, num_items: int) -> np.ndarray:
-    """Average the rows (windows) of each item: (R, C) -> (num_items, C)."""
+    """Average the rows (windows) of each item: (R, C) -> (num_items, C), or (P, R, C) -> (P,
+    num_items, C) for P probes at once."""
     index = torch.from_numpy(row_item)
-    sums = torch.zeros(num_items, logits.shape[1]).index_add_(0, index, logits)
+    sums = torch.zeros(*logits.shape[:-2], num_items, logits.shape[-1]).index_add_(-2, index, logits)
     counts = torch.bincount(index, minlength=num_items).clamp_min(1)
     return (sums / counts[:, None]).numpy()
 
