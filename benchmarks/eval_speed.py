@@ -9,7 +9,10 @@
    transformers' HubertModel / Data2VecAudioModel holding the same weights (one forward per
    window, `output_hidden_states=True`, the same pooling, decoding in the same thread), on
    `--device`, in the same run, alternating. Printed as audio seconds per second and as a
-   ratio (ours / transformers; > 1 = faster); the last line of the script repeats it.
+   ratio (ours / transformers; > 1 = faster); the last line of the script repeats it. Then
+   the compute ceiling: the forward's FLOPs per window at the fp32 GEMM peak measured in the
+   same run, as audio-s/s and as a ratio to transformers (no fp32 extraction can beat it;
+   AMD EPYC, 2 threads: 500 GFLOP a 30-s window, 11.1 audio-s/s = 1.43x transformers).
 2. Probe: for every registered task, one probe run (one layer, one learning rate, a fixed
    number of epochs, no early stop) on cached-feature-shaped random rows with the task's
    output count, `--rows` training windows and a quarter of that for valid and test; printed
@@ -114,13 +117,19 @@ def ceiling(preset: str, window: float, device: str, reference_rate: float) -> f
     (convolutions, matmuls, attention; torch's FlopCounterMode, one window, every layer) at the
     fp32 GEMM peak measured now. No fp32 implementation of this model extracts faster than that
     (the elementwise work, decoding and pooling only add to it). Returns audio-s/s."""
+    from torch.utils import flop_counter
     from torch.utils.flop_counter import FlopCounterMode
 
     from musicssl.models.backbone import Backbone, backbone_preset
     from probe_grid_speed import matmul_peak  # benchmarks/ is on sys.path when a script runs from it
 
     model = Backbone(backbone_preset(preset)).eval()
-    counter = FlopCounterMode(display=False)
+    # torch counts SDPA's FLOPs for the CUDA kernels only; the CPU kernel does the same products
+    def attention(query, key, value, *args, out_shape=None, **kwargs) -> int:  # called with shapes
+        return flop_counter.sdpa_flop_count(query, key, value)
+
+    cpu_attention = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention}
+    counter = FlopCounterMode(display=False, custom_mapping=cpu_attention)
     with torch.no_grad(), counter:
         model(torch.zeros(1, int(window * 16000)))  # every hidden state, as extraction keeps them
     flops = counter.get_total_flops()

@@ -18,9 +18,9 @@ weight gradients, the input gradients the weighted sums and second layers need; 
 test forwards) per second, against the fp32 matmul peak measured here (a 2048^3 GEMM, best of 5).
 On a GPU the timings synchronise the device; no GPU figure has been measured yet.
 
-Measured (AMD EPYC, 2 cores, torch capability AVX2, 2 threads, quiet machine), the defaults:
-small 8.6 s -> 2.4 s (3.6x; target 5x: missed); MTT 239.5 s -> 121.1 s (1.98x), MFU 52 % of
-163.7 GFLOP/s, peak memory 3.06 GB sequential, 4.53 GB batched.
+Measured (AMD EPYC, 2 cores, torch capability AVX2, 2 threads, quiet machine, 2026-12-03), the
+defaults: small 9.7 s -> 2.2 s (4.4x; target 5x: missed, see README); MTT 220.7 s -> 107.3 s
+(2.06x), MFU 54 % of 177.7 GFLOP/s, peak memory 3.10 GB sequential, 4.54 GB batched.
 """
 
 from __future__ import annotations

@@ -60,7 +60,10 @@ class GridSplit:
         if isinstance(self.rows, Tensor):  # already on the device (see on_device)
             block = self.rows[index if isinstance(index, slice) else torch.as_tensor(index, device=self.rows.device)]
         else:
-            block = torch.from_numpy(np.ascontiguousarray(self.rows[index])).to(mean.device, non_blocking=True)
+            rows = np.ascontiguousarray(self.rows[index])
+            if not rows.flags.writeable:  # a slice of a read-only memory map: torch warns of (never made) writes
+                rows = rows.copy()
+            block = torch.from_numpy(rows).to(mean.device, non_blocking=True)
         return (block.float() - mean) / std
 
     def on_device(self, device: torch.device) -> "GridSplit":
