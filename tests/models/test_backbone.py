@@ -61,6 +61,29 @@ def test_padding_does_not_change_valid_frames(variant, changes):
                 assert error <= tolerance
 
 
+@pytest.mark.parametrize("changes", [{"extractor_norm": "group"}, {"extractor_norm": "layer", "conv_bias": True}])
+def test_channels_last_cnn_equals_the_convolutions(variant, changes, monkeypatch):
+    """Inference on the CPU takes the CNN's GEMM path (strided row views x[j::s] on (T, C)
+    frames); with gradients it is F.conv1d's. Both are float32 roundings of the same sums,
+    checked against the float64 model (tests/numerics.py), for both extractor norms."""
+    import musicssl.models.backbone as backbone_module
+
+    applies = backbone_module._channels_last_applies
+    backbone = micro_backbone(variant, **changes)
+    exact = copy.deepcopy(backbone).double()
+    wav = torch.randn(2, 9600)
+    assert not applies(wav)  # with gradients (training): F.conv1d
+    with torch.no_grad():
+        assert applies(wav) and not applies(wav.to(torch.bfloat16))
+        fast = backbone.feature_extractor(wav, None)
+        truth = exact.feature_extractor(wav.double(), None)
+        monkeypatch.setattr(backbone_module, "_channels_last_applies", lambda wav: False)
+        conv = backbone.feature_extractor(wav, None)
+    assert fast.shape == conv.shape
+    error, tolerance = float64_calibrated(fast, conv, truth)
+    assert error <= tolerance
+
+
 def test_without_isolation_group_norm_padding_changes_every_frame():
     # Documented effect of the group-norm CNN as transformers/fairseq run it: its per-channel
     # statistics span the whole padded length, so every valid frame of a padded item moves.

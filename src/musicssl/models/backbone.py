@@ -218,6 +218,12 @@ class ConvBlock(nn.Module):
         return (x32 * self.norm.weight[:, None] + self.norm.bias[:, None]).type_as(x)
 
 
+def _channels_last_applies(wav: Tensor) -> bool:
+    """FeatureExtractor's GEMM path: inference on the CPU (extraction), fp32 or fp64, no autocast."""
+    return (wav.device.type == "cpu" and not torch.is_grad_enabled() and wav.dtype in (torch.float32, torch.float64)
+            and not torch.is_autocast_enabled("cpu"))
+
+
 class FeatureExtractor(nn.Module):
     def __init__(self, conv_layers: tuple[tuple[int, int, int], ...], norm: str, bias: bool):
         super().__init__()
@@ -230,11 +236,42 @@ class FeatureExtractor(nn.Module):
         self.layer_specs = conv_layers
 
     def forward(self, wav: Tensor, lengths: Tensor | None) -> Tensor:
+        if lengths is None and _channels_last_applies(wav):
+            return self._forward_channels_last(wav)
         x = wav[:, None, :]  # (B, 1, N)
         for block, spec in zip(self.conv_layers, self.layer_specs):
             lengths = None if lengths is None else frame_lengths(lengths, (spec,))
             x = block(x, lengths)
         return x  # (B, C, T)
+
+    def _forward_channels_last(self, wav: Tensor) -> Tensor:
+        """The same blocks on unpadded input without gradients, on the CPU, as GEMMs on (T, C)
+        frames after the first: a kernel-k, stride-s convolution is k products of strided row
+        views x[j::s] (row stride s*C, which BLAS reads in place) with the weight's slices. On an
+        AMD EPYC (2 threads) the k = 3 layers run at ~168 GFLOP/s this way against ~125 through
+        F.conv1d (oneDNN). The first block (one input channel, and the group norm, whose
+        per-channel statistics over time F.group_norm computes accurately only channels-first)
+        runs as is. Returns (B, C, T), a view of (B, T, C) memory (the backbone transposes it
+        back for free)."""
+        x = self.conv_layers[0](wav[:, None, :], None).transpose(1, 2).contiguous()  # (B, T, C)
+        for block in self.conv_layers[1:]:
+            conv = block.conv
+            kernel, stride = conv.kernel_size[0], conv.stride[0]
+            frames = (x.shape[1] - kernel) // stride + 1
+            last = stride * (frames - 1) + 1  # rows j, j + s, ..., j + last - 1 feed tap j
+            y = x.new_empty(x.shape[0], frames, conv.out_channels)
+            for item, rows in zip(y, x):
+                torch.mm(rows[0:last:stride], conv.weight[:, :, 0].t(), out=item)
+                for j in range(1, kernel):
+                    item.addmm_(rows[j:j + last:stride], conv.weight[:, :, j].t())
+            if conv.bias is not None:
+                y += conv.bias
+            if block.norm_kind == "layer":
+                y = block.norm(y)
+            elif block.norm_kind is not None:
+                raise ValueError(f"channels-last CNN: unexpected {block.norm_kind!r} norm after the first block")
+            x = F.gelu(y)
+        return x.transpose(1, 2)  # (B, C, T)
 
 
 class FeatureProjection(nn.Module):
