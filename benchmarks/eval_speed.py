@@ -130,7 +130,9 @@ def ceiling(preset: str, window: float, device: str, reference_rate: float) -> f
 
     cpu_attention = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention}
     counter = FlopCounterMode(display=False, custom_mapping=cpu_attention)
-    with torch.no_grad(), counter:
+    # with gradients enabled the CNN runs as F.conv1d, which the counter knows (its inference
+    # path's in-place GEMMs it does not count); nothing is backpropagated
+    with counter:
         model(torch.zeros(1, int(window * 16000)))  # every hidden state, as extraction keeps them
     flops = counter.get_total_flops()
     peak = matmul_peak(device, torch.get_num_threads())

@@ -116,8 +116,9 @@ def batched(task, splits, config) -> None:
     train_grid(task, *grid, layers=layer_choices(splits[0].rows.shape[1], None), config=config, fps=50.0)
 
 
-def measure(job: tuple) -> tuple[float, float]:
-    """One (size, path) in this (child) process: (seconds, peak memory in GB)."""
+def measure(job: tuple) -> tuple[float, float, float]:
+    """One (size, path) in this (child) process: (seconds, peak memory in GB of this process, and
+    of the largest of the processes it forked: the batched grid's CPU workers)."""
     size, path, amount, epochs, device, threads = job
     import musicssl.evaluate.probe_grid  # noqa: F401  (imports are not what is measured:
     torch.optim.SGD([torch.zeros(1, requires_grad=True)])  # the first optimiser imports torch._dynamo, ~10 s)
@@ -131,8 +132,10 @@ def measure(job: tuple) -> tuple[float, float]:
     synchronize(device)
     seconds = time.perf_counter() - started
     if device.startswith("cuda"):
-        return seconds, torch.cuda.max_memory_allocated() / 1e9
-    return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KB on Linux
+        return seconds, torch.cuda.max_memory_allocated() / 1e9, 0.0
+    # KB on Linux; a forked worker's pages shared with this process count in both
+    return (seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6)
 
 
 def synchronize(device: str) -> None:
@@ -185,10 +188,11 @@ def main() -> None:
                                  ("MTT", args.mtt_fraction, args.mtt_epochs)):
         for path in ("sequential", "batched"):
             with context.Pool(1) as pool:
-                seconds, memory = pool.apply(measure, ((size.lower(), path, amount, epochs, args.device,
-                                                        args.threads),))
+                seconds, memory, workers = pool.apply(measure, ((size.lower(), path, amount, epochs, args.device,
+                                                                 args.threads),))
             results[size, path] = seconds
-            print(f"{size} {path}: {seconds:.1f} s, peak memory {memory:.2f} GB", flush=True)
+            forked = f" + forked workers of at most {workers:.2f} GB each" if workers else ""
+            print(f"{size} {path}: {seconds:.1f} s, peak memory {memory:.2f} GB{forked}", flush=True)
     with context.Pool(1) as pool:
         peak = pool.apply(matmul_peak, (args.device, args.threads))
     rows = tuple(max(64, int(n * args.mtt_fraction)) for n in MTT["splits"])

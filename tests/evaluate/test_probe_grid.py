@@ -171,7 +171,7 @@ def weak_blobs(n: int, seed: int) -> CachedFeatures:
 
 
 def test_with_dropout_the_grid_selects_the_same_configuration_within_the_seed_spread():
-    # With dropout the batched grid draws other masks than the runs alone (one draw for all
+    # With dropout the batched grid draws other masks than the runs alone (a stream per group of
     # probes): the same distribution, not the same numbers. The configuration chosen on
     # validation must be the same, and the chosen test score the same within the spread that
     # the probe seeds themselves give.
@@ -190,6 +190,45 @@ def test_with_dropout_the_grid_selects_the_same_configuration_within_the_seed_sp
     assert abs(grid.mean() - alone.mean()) <= max(3 * spread * np.sqrt(2 / 3), 1 / 300)
     print(f"selected layer {layer}, lr {lr}: test {alone.mean():.4f} alone, {grid.mean():.4f} batched, "
           f"seed spread {spread:.4f}")
+
+
+def test_forked_workers_give_the_runs_of_one_process():
+    """The CPU grid's groups shared out over forked workers of one thread: each group has its own
+    batches, dropout stream, Adam and early stopping, so with one torch thread on both sides (the
+    same kernels) every run is bit-identical to one process's, dropout included, and in grid order."""
+    task = ToyTask()
+    data = three_splits(weak_blobs, 120, 60, 60)
+    config = GRID.replace(dropout=0.2, max_epochs=4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = batched(task, data, config.replace(workers=1))
+        forked = batched(task, data, config.replace(workers=3))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(alone) == len(forked) == len(layer_choices(LAYERS, None)) * 2 * 2
+    for (one, one_curve), (other, other_curve) in zip(alone, forked):
+        assert (one.layer, one.learning_rate, one.seed, one.epochs, one.best_epoch) == (
+            other.layer, other.learning_rate, other.seed, other.epochs, other.best_epoch)
+        assert one_curve == other_curve and one.valid == other.valid and one.test == other.test
+        assert one.extra == other.extra
+
+
+def test_a_worker_failure_is_raised_in_the_caller_with_its_type():
+    from musicssl.evaluate.probe_grid import in_forked_workers
+
+    assert in_forked_workers(3, lambda index: {"square": index * index}) == [{"square": i * i} for i in range(3)]
+
+    def work(index: int) -> int:
+        if index == 1:
+            raise ValueError("rows of split 'valid' are NaN")
+        return index
+
+    with pytest.raises(ValueError, match="NaN") as raised:
+        in_forked_workers(2, work)
+    assert any("worker 1" in note for note in raised.value.__notes__)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        ProbeConfig(workers=0)
 
 
 def test_standardiser_accumulates_float16_rows_in_float64():

@@ -70,6 +70,9 @@ class ProbeConfig:
     # True: every (layer, lr, seed) run of the grid trained at once (probe_grid.py), the same
     # protocol per run; False: one run after another (the reference the batched path is tested on)
     batched: bool = True
+    # batched grid on the CPU: forked worker processes sharing its groups (None: one per torch
+    # thread under Linux, else 1; probe_grid.grid_workers)
+    workers: int | None = None
 
     def __post_init__(self):
         if self.layer_weight_init not in LAYER_WEIGHT_INITS:
@@ -77,6 +80,8 @@ class ProbeConfig:
                              f"got {self.layer_weight_init!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be >= 1 (or None: automatic), got {self.workers}")
 
     def replace(self, **changes) -> "ProbeConfig":
         return dataclasses.replace(self, **changes)

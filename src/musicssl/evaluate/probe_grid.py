@@ -14,19 +14,25 @@ monitor, its own early stopping and best-validation weights. What runs share is 
   the second layers are one bmm over the n probes. Weighted-sum probes mix the layers each with
   its own weights, (n, B, D), and take a bmm. Forward and backward are written out (ProbeGroup),
   and Adam is torch's fused kernel once per learning rate (GridAdam), however many probes.
-- Dropout masks come from one numpy generator (Dropout), so with dropout a run here is a
-  different draw than alone (the same distribution; tests compare the selected configuration
-  within the seed spread). With dropout 0 a run is the same computation as alone, up to float32
+- Dropout masks come from a numpy generator per group (Dropout), so with dropout a run here is
+  a different draw than alone (the same distribution; tests compare the selected configuration
+  within the seed spread), and the same draw whatever else trains beside it. With dropout 0 a run is the same computation as alone, up to float32
   rounding in the order of the reductions.
 A run that stops early leaves the batched model at the end of that epoch (its best weights are
-kept aside), so the others do not pay for it.
+kept aside), so the others do not pay for it. On the CPU the groups are shared out over forked
+worker processes of one thread each (train_grid): a group step is a dozen ops of 20-300 us,
+which two threads of one process split poorly.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import pickle
+import signal
+import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -104,6 +110,7 @@ class ProbeGroup:
         self.layer, self.seed, self.members = layer, seed, members
         self.params = params
         self.saved: tuple | None = None  # what backward needs from the last training forward
+        self.dropout: Dropout | None = None  # its training draws (build_groups gives each group its own)
         if not trainable:
             return
         self.grads = {name: torch.zeros_like(value) for name, value in params.items()}
@@ -322,6 +329,9 @@ def build_groups(layers: Sequence[int | str], config: ProbeConfig, task: Task, d
                    initial_params(layer, dim, outputs, num_layers, config, seed).items()}
         stacked = {name: value.unsqueeze(0).repeat(len(indices), *([1] * value.ndim)) for name, value in initial.items()}
         groups.append(ProbeGroup(layer, seed, indices, stacked))
+        # each group its own dropout stream, from its seed and layer choice: the same draws
+        # whatever else trains beside it, and in whichever worker
+        groups[-1].dropout = Dropout(config.dropout, seed=[seed, layers.index(layer)])
         for index in indices:  # a run's best weights start as its initial ones (shared, never written)
             runs[index] = RunState(*grid[index], task, config, initial)
     return groups, runs
@@ -331,42 +341,149 @@ def train_grid(task: Task, train: GridSplit, valid: GridSplit, test: GridSplit, 
                config: ProbeConfig, fps: float, progress: bool = False,
                curves: dict[tuple, list[float]] | None = None) -> list[RunResult]:
     """The runs of probe_task's grid (layers x learning rates x seeds, in that order), trained at
-    once. `curves`, if given, receives each run's validation monitor per epoch, keyed (layer, lr, seed)."""
+    once. `curves`, if given, receives each run's validation monitor per epoch, keyed (layer, lr, seed).
+
+    On the CPU the groups are shared out over `grid_workers` forked processes of one thread
+    each (every group is independent of the others: its own batches, dropout draws, Adam and
+    early stopping), so a run's result does not depend on the number of workers."""
+    workers = grid_workers(config, config.torch_device())
+
+    def shard(index: int) -> tuple[dict[int, RunResult], dict[tuple, list[float]]]:
+        return _train_shard(task, train, valid, test, layers, config, fps, progress and index == 0, (index, workers))
+
+    if workers > 1 and progress:  # worker 0's bar: tqdm's lock (a multiprocessing semaphore) made
+        from tqdm import tqdm        # here, not in a child that leaves by os._exit without unregistering it
+        tqdm.get_lock()
+    parts = [shard(0)] if workers == 1 else in_forked_workers(workers, shard)
+    results = {index: result for part, _ in parts for index, result in part.items()}
+    if curves is not None:
+        for _, part_curves in parts:
+            curves.update(part_curves)
+    return [results[index] for index in range(len(results))]
+
+
+def grid_workers(config: ProbeConfig, device: torch.device) -> int:
+    """config.workers, or by default: on the CPU under Linux one process per torch thread, each
+    of one thread (a group step is a dozen ops of 20-300 us: two processes ran the small grid
+    1.13x faster than one of two threads on an AMD EPYC); elsewhere 1."""
+    if config.workers is not None:
+        return config.workers
+    if device.type != "cpu" or sys.platform != "linux":
+        return 1
+    return max(1, torch.get_num_threads())
+
+
+def in_forked_workers(count: int, work: Callable[[int], object]) -> list:
+    """[work(0), ..., work(count - 1)], each in a child process forked from this one (os.fork:
+    the data is shared, not copied, and a daemonic caller such as a Pool worker may fork too),
+    running torch with one thread (a forked child must not start OpenMP threads of its own: GNU
+    libgomp is not fork-safe). Each result comes back pickled through a pipe from our own child.
+    An exception in a child is raised here, with a note naming the worker."""
+    children: list[tuple[int, int]] = []
+    try:
+        for index in range(count):
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: never returns
+                os.close(read_end)
+                _worker(work, index, write_end)
+            os.close(write_end)
+            children.append((pid, read_end))
+        outputs, failure = [], None
+        for index, (pid, read_end) in enumerate(children):
+            with os.fdopen(read_end, "rb") as pipe:
+                data = pipe.read()
+            _, status = os.waitpid(pid, 0)
+            ok, value = pickle.loads(data) if data else (
+                False, RuntimeError(f"probe grid worker {index} died (wait status {status})"))
+            if not ok and failure is None:
+                failure = value
+            outputs.append(value)
+            children[index] = (0, -1)  # collected
+    finally:  # an interrupt here: no child outlives its parent's wait
+        for pid, read_end in children:
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                os.close(read_end)
+    if failure is not None:
+        raise failure
+    return outputs
+
+
+def _worker(work: Callable[[int], object], index: int, write_end: int) -> None:
+    """A forked child's whole life: the work, its pickled result (or exception), exit."""
+    try:
+        torch.set_num_threads(1)
+        payload = pickle.dumps((True, work(index)))
+    except BaseException as error:  # noqa: BLE001 (handed to the parent, which raises it)
+        error.add_note(f"(in probe grid worker {index} of a forked grid)")
+        try:
+            payload = pickle.dumps((False, error))
+        except Exception:  # an exception that does not pickle: its text
+            payload = pickle.dumps((False, RuntimeError(f"probe grid worker {index}: {error!r}")))
+    try:
+        with os.fdopen(write_end, "wb") as pipe:
+            pipe.write(payload)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(0)  # no atexit handlers, no buffers of the parent's flushed twice
+
+
+def _train_shard(task: Task, train: GridSplit, valid: GridSplit, test: GridSplit, layers: Sequence[int | str],
+                 config: ProbeConfig, fps: float, progress: bool,
+                 shard: tuple[int, int]) -> tuple[dict[int, RunResult], dict[tuple, list[float]]]:
+    """Train the groups of share shard[0] of shard[1]; returns their runs' results and curves by
+    run index."""
     from tqdm import tqdm
 
     device = config.torch_device()
     mean, std = (value.to(device) for value in standardiser(train.rows))
     train, valid, test = (split.on_device(device) for split in (train, valid, test))
     groups, runs = build_groups(layers, config, task, train.rows.shape[-1], train.rows.shape[1], device)
+    groups = share(groups, *shard)
+    mine = {member: runs[member] for group in groups for member in group.members}
     max_epochs, patience, batch = schedule(task, config, fps)
     monitor_name = task.protocol.metrics[0]
     generators = {seed: torch.Generator().manual_seed(seed) for seed in config.seeds}
     targets = gradient_targets(task.protocol.kind, train.y.to(device), groups[0].params["b2"].shape[1])
-    dropout = Dropout(config.dropout, seed=config.seeds[0])
     adam = GridAdam(device)
-    bar = tqdm(total=max_epochs, desc=f"probe {task.protocol.name} ({len(runs)} runs at once)", unit="epoch",
-               disable=not progress)
+    # no tqdm at all without a bar: even a disabled one makes a multiprocessing lock, which a
+    # forked worker would leave registered
+    bar = tqdm(total=max_epochs, desc=f"probe {task.protocol.name} ({len(runs)} runs at once)",
+               unit="epoch") if progress else None
     for epoch in range(1, max_epochs + 1):
         if not groups:
             break
         orders = {seed: torch.randperm(len(train), generator=generators[seed])
                   for seed in sorted({group.seed for group in groups})}
-        learning_rates = {index: run.lr for index, run in enumerate(runs)}
+        learning_rates = {index: run.lr for index, run in mine.items()}
         for start in range(0, len(train), batch):
             for seed, order in orders.items():
                 rows = order[start:start + batch]
                 x, y = train.batch(rows.numpy(), mean, std), targets[rows.to(device)]
                 for group in groups:
                     if group.seed == seed:
-                        group.backward(loss_gradient(task.protocol.kind, group.forward(x, dropout, train=True), y))
+                        logits = group.forward(x, group.dropout, train=True)
+                        group.backward(loss_gradient(task.protocol.kind, logits, y))
             adam.step(groups, learning_rates)
         groups = _end_epoch(task, groups, runs, valid, mean, std, epoch, patience, fps, config, monitor_name)
-        bar.update()
-    bar.close()
-    results = _final_scores(task, runs, valid, test, mean, std, fps, config, device)
-    if curves is not None:
-        curves.update({(run.layer, run.learning_rate, run.seed): run.curve for run in runs})
-    return results
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+    results = _final_scores(task, mine, valid, test, mean, std, fps, config)
+    return results, {(run.layer, run.learning_rate, run.seed): run.curve for run in mine.values()}
+
+
+def share(groups: list[ProbeGroup], index: int, count: int) -> list[ProbeGroup]:
+    """Share `index` of `count` of the groups, balanced by cost: weighted-sum groups (their
+    layer mix and its backward) first, then round-robin, in build_groups' order otherwise."""
+    if count == 1:
+        return groups
+    ordered = sorted(groups, key=lambda group: group.layer != WEIGHTED)  # stable: weighted first
+    return [group for position, group in enumerate(ordered) if position % count == index]
 
 
 def _end_epoch(task: Task, groups: list[ProbeGroup], runs: list[RunState], valid: GridSplit, mean: Tensor,
@@ -407,25 +524,25 @@ def epoch_monitors(task: Task, logits: Tensor, split: GridSplit, targets: np.nda
             for one in logits]
 
 
-def _final_scores(task: Task, runs: list[RunState], valid: GridSplit, test: GridSplit, mean: Tensor, std: Tensor,
-                  fps: float, config: ProbeConfig, device: torch.device) -> list[RunResult]:
-    """Each run's best-validation weights scored on valid and test, as train_run does."""
+def _final_scores(task: Task, runs: dict[int, RunState], valid: GridSplit, test: GridSplit, mean: Tensor,
+                  std: Tensor, fps: float, config: ProbeConfig) -> dict[int, RunResult]:
+    """Each run's best-validation weights scored on valid and test, as train_run does; by run index."""
     members: dict[tuple, list[int]] = {}
-    for index, run in enumerate(runs):
+    for index, run in runs.items():
         members.setdefault((run.seed, run.layer), []).append(index)
     groups = [ProbeGroup(layer, seed, indices, {name: torch.stack([runs[i].best_params[name] for i in indices])
                                                  for name in runs[indices[0]].best_params}, trainable=False)
               for (seed, layer), indices in members.items()]
     valid_logits, test_logits = ({member: logits for group, stacked in zip(groups, grid_logits(groups, split, mean, std))
                                   for member, logits in zip(group.members, stacked)} for split in (valid, test))
-    results = []
-    for index, run in enumerate(runs):
+    results = {}
+    for index, run in runs.items():
         valid_scores, extra = score_logits(task, valid_logits[index], valid.row_item, valid.items, fps,
                                            config.beat_decoder)
         test_scores, _ = score_logits(task, test_logits[index], test.row_item, test.items, fps, config.beat_decoder,
                                       ensemble=extra.get("ensemble"))
         if "mix" in run.best_params:
             extra["layer_weights"] = torch.softmax(run.best_params["mix"].float().cpu(), 0).tolist()
-        results.append(RunResult(layer=run.layer, learning_rate=run.learning_rate, seed=run.seed, epochs=run.epochs,
-                                 best_epoch=run.best_epoch, valid=valid_scores, test=test_scores, extra=extra))
+        results[index] = RunResult(layer=run.layer, learning_rate=run.learning_rate, seed=run.seed, epochs=run.epochs,
+                                   best_epoch=run.best_epoch, valid=valid_scores, test=test_scores, extra=extra)
     return results
