@@ -19,8 +19,8 @@ test forwards) per second, against the fp32 matmul peak measured here (a 2048^3 
 On a GPU the timings synchronise the device; no GPU figure has been measured yet.
 
 Measured (AMD EPYC, 2 cores, torch capability AVX2, 2 threads, quiet machine, 2026-12-03), the
-defaults: small 9.7 s -> 2.2 s (4.4x; target 5x: missed, see README); MTT 220.7 s -> 107.3 s
-(2.06x), MFU 54 % of 177.7 GFLOP/s, peak memory 3.10 GB sequential, 4.54 GB batched.
+defaults: small 9.2 s -> 1.7 s (5.4x); MTT 257.6 s -> 105.5 s (2.44x), MFU 55 % of 176.4
+GFLOP/s; peak memory 3.03 GB sequential, batched 1.03 GB + 2 forked workers of <= 3.19 GB.
 """
 
 from __future__ import annotations

@@ -52,13 +52,18 @@ class DemoConfig:
                                             "model.ema_end_decay=0.999", "trainer.schedule.peak_lr=0.002")
     # Probes sized for datasets of 60-165 training items. MARBLE's batch of 64 gave 1-3 updates per
     # epoch (beats: 1): best epochs sat at the cap or at 1, and a probe's seed alone moved a
-    # model's 7-task average against its init by 3 points. A batch of 8, the learnt weighted sum
-    # of the layers started from their plain mean (the same for every seed), and 2 probe seeds
-    # averaged: that average moves by ~0.9 points from one pair of seeds to another (1.5 for one
-    # seed, 0.65 for three, which the 15-minute budget does not fit; README). Beats take most of
-    # the probing time (35,000 frames, the DBN on every validation epoch): 40 epochs at most.
-    probe: ProbeConfig = ProbeConfig(learning_rates=(1e-3,), layers=("weighted",), seeds=(1, 2), batch_size=8,
-                                     max_epochs=40, early_stop_patience=10, layer_weight_init="zeros")
+    # model's 7-task average against its init by 3 points. A batch of 8 and the learnt weighted
+    # sum of the layers started from their plain mean (the same for every seed). The full grid
+    # (MARBLE's 6 learning rates x every layer + the weighted sum x 3 probe seeds: 108 runs a
+    # task, trained at once) costs ~67 s a model on the six tasks without beats (AMD EPYC, 2 cores).
+    probe: ProbeConfig = ProbeConfig(seeds=(1, 2, 3), batch_size=8, max_epochs=40, early_stop_patience=10,
+                                     layer_weight_init="zeros")
+    # Beats (35,000 frames, the DBN decoding every run's validation clips every epoch) cost ~50 s
+    # an epoch at the full grid, ~30 min a model: they keep one learning rate, the weighted sum
+    # and 2 seeds (~20 s a model), which the 15-minute budget fits. None: beats as `probe`.
+    beats_probe: ProbeConfig | None = ProbeConfig(learning_rates=(1e-3,), layers=("weighted",), seeds=(1, 2),
+                                                  batch_size=8, max_epochs=40, early_stop_patience=10,
+                                                  layer_weight_init="zeros")
     beat_decoder: str = "dbn"
     # generated GiantSteps tracks are 10.5 s: one 10-s segment each (the real protocol cuts 30 s)
     task_options: tuple[tuple[str, str, str], ...] = (("gs", "segment_seconds", "10"),)
@@ -73,7 +78,7 @@ DEMO_PRESETS: dict[str, DemoConfig] = {
                         music2vec_overrides=("trainer.checkpoint_every=3", "data.batch_seconds=10",
                                              "data.micro_batch_seconds=10", "model.collapse_check_after=100"),
                         probe=ProbeConfig(learning_rates=(1e-3,), layers=(0, "weighted"), max_epochs=3,
-                                          early_stop_patience=2, hidden_size=64),
+                                          early_stop_patience=2, hidden_size=64), beats_probe=None,
                         beat_decoder="peaks", task_options=(("gs", "segment_seconds", "3"),)),
 }
 
@@ -91,16 +96,23 @@ def _final_checkpoint(run_dir: Path) -> Path:
     return checkpoints[-1]
 
 
-def _write_verdict(out: Path, comparisons: list, probe_seeds: tuple[int, ...]) -> None:
+def _write_verdict(out: Path, comparisons: list, probe: ProbeConfig, task_probes: dict[str, ProbeConfig]) -> None:
     """Each pre-trained model against its own initial weights, appended to results.md and saved
     as verdict.json (one run: see README for how far seeds move these)."""
+    grids = [f"{_grid_words(probe)}"] + [f"{task}: {_grid_words(config)}" for task, config in task_probes.items()]
     lines = ["", "## Pre-training vs its own random init", "",
              *(f"- {comparison.line()}" for comparison in comparisons), "",
-             f"One pre-training seed; each score is the mean of {len(probe_seeds)} probe seeds; test sets of "
-             "30-82 items. README shows how other pre-training seeds move this."]
+             f"One pre-training seed; probes: {'; '.join(grids)}; each score is the mean over the probe seeds of "
+             "the configuration chosen on validation; test sets of 30-82 items. README shows how other "
+             "pre-training seeds move this."]
     with (out / "results.md").open("a") as handle:
         handle.write("\n".join(lines) + "\n")
     (out / "verdict.json").write_text(json.dumps([dataclasses.asdict(c) for c in comparisons], indent=1) + "\n")
+
+
+def _grid_words(config: ProbeConfig) -> str:
+    layers = "every layer + weighted" if config.layers is None else ", ".join(map(str, config.layers))
+    return f"{len(config.learning_rates)} learning rates x {layers} x {len(config.seeds)} seeds"
 
 
 def make_manifest_and_labels(out: Path, config: DemoConfig, progress: bool = True) -> tuple[Path, list[Path]]:
@@ -172,14 +184,16 @@ def run_demo(out: str | Path = "runs/demo", preset: str = "demo", device: str | 
               f"random-init HuBERT={out / 'musichubert' / INITIAL}",
               f"random-init data2vec={out / 'music2vec' / INITIAL}", "MFCC stats=mfcc"]
     probe = dataclasses.replace(config.probe, beat_decoder=config.beat_decoder)
+    task_probes = {} if config.beats_probe is None else {
+        "gtzan_beats": dataclasses.replace(config.beats_probe, beat_decoder=config.beat_decoder)}
     options: dict[str, dict[str, str]] = {}
     for task, key, value in config.task_options:
         options.setdefault(task, {})[key] = value
     results = run_benchmark(models, {task: data / folder for task, folder in DEMO_TASKS.items()}, out, probe,
-                            options=options, device=device, progress=progress,
+                            options=options, device=device, progress=progress, task_configs=task_probes,
                             command=f"musicssl demo --preset {preset} --out {out}")
     _write_verdict(out, [compare(results, "MusicHuBERT", "random-init HuBERT"),
-                         compare(results, "Music2Vec", "random-init data2vec")], probe.seeds)
+                         compare(results, "Music2Vec", "random-init data2vec")], probe, task_probes)
     lap("probe", clock)
     timings["total"] = round(time.perf_counter() - started, 1)
     (out / "timings.json").write_text(json.dumps(timings, indent=1))

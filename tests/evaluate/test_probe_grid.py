@@ -212,6 +212,9 @@ def test_forked_workers_give_the_runs_of_one_process():
             other.layer, other.learning_rate, other.seed, other.epochs, other.best_epoch)
         assert one_curve == other_curve and one.valid == other.valid and one.test == other.test
         assert one.extra == other.extra
+    # more workers than groups (one layer choice, one seed): as many workers as groups
+    single = config.replace(workers=4, layers=(2,), seeds=(1,), learning_rates=(1e-3,))
+    assert [run.layer for run, _ in batched(task, data, single)] == [2]
 
 
 def test_a_worker_failure_is_raised_in_the_caller_with_its_type():

@@ -93,14 +93,18 @@ def _load_saved(path: Path, key: dict) -> TaskResult | None:
 def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | Path, config: ProbeConfig,
                   cache_dir: str | Path | None = None, options: dict[str, dict[str, str]] | None = None,
                   device: str | None = None, progress: bool = True, command: str = "",
-                  shard: tuple[int, int] | None = None, skip_missing: bool = False) -> list[TaskResult]:
+                  shard: tuple[int, int] | None = None, skip_missing: bool = False,
+                  task_configs: dict[str, ProbeConfig] | None = None) -> list[TaskResult]:
     """`data_dirs`: task name -> dataset folder. Writes results.json, results.md, plots/.
+    `task_configs`: task name -> the probe configuration for that task instead of `config`.
     Every dataset is opened before any work: the problems of all are reported in one error,
     or with `skip_missing` the readable ones run and the others are listed in the report.
     `shard`: extract this share only and return [] (see the module's docstring)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = config if config.device or not device else config.replace(device=device)  # probes where features run
+    task_configs = {name: task_config if task_config.device or not device else task_config.replace(device=device)
+                    for name, task_config in (task_configs or {}).items()}
     cache_dir = Path(cache_dir) if cache_dir else out / "cache"
     loaded, skipped = load_tasks(data_dirs, options, skip_missing)
     shard, wait = _shard_of(shard)
@@ -121,14 +125,15 @@ def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | 
         names.append(source.name)
         for name, (task, splits) in loaded.items():
             saved = _saved_path(out, source.name, name)
-            key = _reuse_key(config, source, data_dirs[name], (options or {}).get(name))
+            task_config = task_configs.get(name, config)
+            key = _reuse_key(task_config, source, data_dirs[name], (options or {}).get(name))
             result = _load_saved(saved, key)
             if result is None:
                 cache = FeatureCache(cache_dir, source, name, task.protocol)
                 if wait:
                     _wait_for_shards(cache, splits.train + splits.valid + splits.test)
                 try:
-                    result = probe_task(task, splits, cache, config, progress=progress)
+                    result = probe_task(task, splits, cache, task_config, progress=progress)
                 except ValueError as error:  # e.g. a metric undefined on a tiny split: report, go on
                     failures.append(f"{source.name} / {name}: {error}")
                     print(f"{source.name} / {name}: FAILED: {error}", file=sys.stderr)
@@ -138,8 +143,9 @@ def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | 
             _print_result(result)
             results.append(result)
             _write_reports(results, names, sources, config, out, command, data_dirs, plots=False,
-                           failures=notes + failures)
-    _write_reports(results, names, sources, config, out, command, data_dirs, plots=True, failures=notes + failures)
+                           failures=notes + failures, task_configs=task_configs)
+    _write_reports(results, names, sources, config, out, command, data_dirs, plots=True, failures=notes + failures,
+                   task_configs=task_configs)
     if failures:
         raise BenchmarkError(f"{len(failures)} of {len(models) * len(loaded)} probes failed: " + "; ".join(failures)
                              + f" (the others are in {out}/results.md)")
@@ -175,9 +181,11 @@ def _wait_for_shards(cache: FeatureCache, items, poll_seconds: float = 5.0) -> N
 
 
 def _write_reports(results, names, sources, config, out: Path, command: str, data_dirs: dict, plots: bool,
-                   failures: Sequence[str] = ()) -> None:
+                   failures: Sequence[str] = (), task_configs: dict[str, ProbeConfig] | None = None) -> None:
     extra = {"command": command, "data": {name: str(Path(path).resolve()) for name, path in data_dirs.items()},
              "failures": list(failures)}
+    if task_configs:  # the tasks probed otherwise than `config` says
+        extra["task_probe_configs"] = {name: dataclasses.asdict(value) for name, value in task_configs.items()}
     write_json(results, sources, dataclasses.asdict(config), out / "results.json", extra)
     write_markdown(results, names, out / "results.md", command)
     if plots:

@@ -346,7 +346,7 @@ def train_grid(task: Task, train: GridSplit, valid: GridSplit, test: GridSplit, 
     On the CPU the groups are shared out over `grid_workers` forked processes of one thread
     each (every group is independent of the others: its own batches, dropout draws, Adam and
     early stopping), so a run's result does not depend on the number of workers."""
-    workers = grid_workers(config, config.torch_device())
+    workers = min(grid_workers(config, config.torch_device()), len(layers) * len(config.seeds))  # groups
 
     def shard(index: int) -> tuple[dict[int, RunResult], dict[tuple, list[float]]]:
         return _train_shard(task, train, valid, test, layers, config, fps, progress and index == 0, (index, workers))
