@@ -112,7 +112,8 @@ def _write_verdict(out: Path, comparisons: list, probe: ProbeConfig, task_probes
 
 def _grid_words(config: ProbeConfig) -> str:
     layers = "every layer + weighted" if config.layers is None else ", ".join(map(str, config.layers))
-    return f"{len(config.learning_rates)} learning rates x {layers} x {len(config.seeds)} seeds"
+    rates, seeds = len(config.learning_rates), len(config.seeds)
+    return f"{rates} learning rate{'s' * (rates > 1)} x {layers} x {seeds} seed{'s' * (seeds > 1)}"
 
 
 def make_manifest_and_labels(out: Path, config: DemoConfig, progress: bool = True) -> tuple[Path, list[Path]]:
