@@ -7,7 +7,8 @@ generated tasks (several probe seeds) beside MFCC statistics, print a table and 
         --steps 0,1000,2000,4000,8000 --max-steps music2vec=4000          # README's run
     python benchmarks/learning_curve.py --out runs/curve_smoke --synth-preset smoke --steps 0,3,6 --quick
 
-Each model is its demo recipe (src/musicssl/demo.py: overrides, labels, probe), trained once for
+Each model is its demo recipe (src/musicssl/demo.py: overrides, labels; probe: one learning rate
+and the weighted sum on every task, the demo's beats probe), trained once for
 the longest step count with a checkpoint at every requested step; step 0 is the run's own random
 init (RUN/initial). Every stage skips what is done, so a killed run resumes. Output in --out:
 `curve.md` (the table: test score x100 per task, mean over probe seeds with their std, and the
@@ -177,7 +178,10 @@ def main() -> None:
     steps = sorted({int(s) for s in args.steps.split(",")})
     base = DEMO_PRESETS["smoke" if args.quick else "demo"]
     config = dataclasses.replace(base, synth_preset=args.synth_preset)
-    probe = dataclasses.replace(config.probe, seeds=tuple(int(s) for s in args.probe_seeds.split(",")),
+    # the probe the curve was measured with: one learning rate and the learnt weighted sum on every
+    # task (the demo's beats probe; the demo's full grid would cost ~30 min a checkpoint on beats)
+    probe = dataclasses.replace(config.beats_probe or config.probe,
+                                seeds=tuple(int(s) for s in args.probe_seeds.split(",")),
                                 beat_decoder=config.beat_decoder)
     started, timings = time.perf_counter(), {}
     manifest, labels = prepare(out, config, progress=True)
