@@ -232,6 +232,10 @@ def test_a_worker_failure_is_raised_in_the_caller_with_its_type():
     assert any("worker 1" in note for note in raised.value.__notes__)
     with pytest.raises(ValueError, match="workers must be >= 1"):
         ProbeConfig(workers=0)
+    from musicssl.evaluate.probe_grid import grid_workers
+
+    assert grid_workers(ProbeConfig(workers=3), torch.device("cuda")) == 1  # no fork beside a CUDA context
+    assert grid_workers(ProbeConfig(workers=3), torch.device("cpu")) == 3
 
 
 def test_standardiser_accumulates_float16_rows_in_float64():

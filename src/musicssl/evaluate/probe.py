@@ -71,7 +71,7 @@ class ProbeConfig:
     # protocol per run; False: one run after another (the reference the batched path is tested on)
     batched: bool = True
     # batched grid on the CPU: forked worker processes sharing its groups (None: one per torch
-    # thread under Linux, else 1; probe_grid.grid_workers)
+    # thread under Linux, else 1; on an accelerator always 1; probe_grid.grid_workers)
     workers: int | None = None
 
     def __post_init__(self):
