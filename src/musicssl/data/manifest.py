@@ -83,7 +83,9 @@ def read_manifest(path: str | Path) -> Manifest:
 def write_manifest(path: str | Path, root: str | Path, items: Sequence[tuple[str, int]]) -> None:
     path = Path(path)
     lines = [str(Path(root).resolve())] + [f"{relative}\t{count}" for relative, count in items]
-    temporary = path.with_name(path.name + ".tmp")
+    # a temporary name of this process's own: array jobs of `musicssl prepare` write the same
+    # manifest at once, and a shared name let one job rename the other's file away (ENOENT)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text("\n".join(lines) + "\n", encoding="utf-8")
     temporary.replace(path)
 
