@@ -163,6 +163,13 @@ def split_data(task: Task, cached: CachedFeatures, fps: float, widen: int,
     return SplitData(x=x, y=y, row_item=row_item, items=list(cached.items))
 
 
+def rows_tensor(rows: np.ndarray) -> Tensor:
+    """A CPU tensor of cached rows. Rows of a read-only memory map are copied first: torch warns
+    of writes to read-only memory (none are made here, but the warning would reach the user)."""
+    rows = np.ascontiguousarray(rows)
+    return torch.from_numpy(rows if rows.flags.writeable else rows.copy())
+
+
 def standardiser(train_rows: np.ndarray, chunk: int = 4096) -> tuple[Tensor, Tensor]:
     """Per-dimension (and per-layer) mean and std (unbiased, as torch.std) of the training rows,
     float16 or float32, memory-mapped or not. Accumulated in float64 over chunks of rows: no
@@ -171,7 +178,7 @@ def standardiser(train_rows: np.ndarray, chunk: int = 4096) -> tuple[Tensor, Ten
         raise ValueError(f"the training split has {len(train_rows)} feature rows: a probe needs at least 2")
     def chunks():  # float64 tensors (torch's reductions use every thread; numpy's float16 -> float64 one)
         for start in range(0, len(train_rows), chunk):
-            yield torch.from_numpy(np.ascontiguousarray(train_rows[start:start + chunk])).double()
+            yield rows_tensor(train_rows[start:start + chunk]).double()
 
     total = torch.zeros(train_rows.shape[1:], dtype=torch.float64)
     for rows in chunks():

@@ -41,8 +41,8 @@ from torch import Tensor
 
 from musicssl.evaluate import metrics
 from musicssl.evaluate.probe import (
-    WEIGHTED, item_outputs, item_targets, MLPProbe, ProbeConfig, RunResult, plateau_scheduler, row_targets, schedule,
-    score_logits, standardiser,
+    WEIGHTED, item_outputs, item_targets, MLPProbe, ProbeConfig, RunResult, plateau_scheduler, row_targets, rows_tensor,
+    schedule, score_logits, standardiser,
 )
 from musicssl.evaluate.tasks.base import Item, Task
 
@@ -66,10 +66,7 @@ class GridSplit:
         if isinstance(self.rows, Tensor):  # already on the device (see on_device)
             block = self.rows[index if isinstance(index, slice) else torch.as_tensor(index, device=self.rows.device)]
         else:
-            rows = np.ascontiguousarray(self.rows[index])
-            if not rows.flags.writeable:  # a slice of a read-only memory map: torch warns of (never made) writes
-                rows = rows.copy()
-            block = torch.from_numpy(rows).to(mean.device, non_blocking=True)
+            block = rows_tensor(self.rows[index]).to(mean.device, non_blocking=True)
         return (block.float() - mean) / std
 
     def on_device(self, device: torch.device) -> "GridSplit":
