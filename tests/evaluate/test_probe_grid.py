@@ -4,6 +4,7 @@ generated features of every task kind."""
 from __future__ import annotations
 
 import math
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -230,6 +231,17 @@ def test_a_worker_failure_is_raised_in_the_caller_with_its_type():
     with pytest.raises(ValueError, match="NaN") as raised:
         in_forked_workers(2, work)
     assert any("worker 1" in note for note in raised.value.__notes__)
+
+    class LoaderError(KeyError):  # not a builtin: arrives as its nearest builtin class, named
+        pass
+
+    def fails(index: int) -> int:
+        raise LoaderError("split 'test' missing")
+
+    with pytest.raises(KeyError, match="LoaderError"):
+        in_forked_workers(1, fails)
+    with pytest.raises(pickle.UnpicklingError, match="not a result"):  # only results come back
+        in_forked_workers(1, lambda index: Path("x"))
     with pytest.raises(ValueError, match="workers must be >= 1"):
         ProbeConfig(workers=0)
     from musicssl.evaluate.probe_grid import grid_workers

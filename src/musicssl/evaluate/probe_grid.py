@@ -26,6 +26,8 @@ which two threads of one process split poorly.
 
 from __future__ import annotations
 
+import builtins
+import io
 import math
 import os
 import pickle
@@ -394,12 +396,12 @@ def in_forked_workers(count: int, work: Callable[[int], object]) -> list:
             with os.fdopen(read_end, "rb") as pipe:
                 data = pipe.read()
             _, status = os.waitpid(pid, 0)
-            ok, value = pickle.loads(data) if data else (
+            children[index] = (0, -1)  # collected
+            ok, value = _WorkerResult(io.BytesIO(data)).load() if data else (
                 False, RuntimeError(f"probe grid worker {index} died (wait status {status})"))
             if not ok and failure is None:
                 failure = value
             outputs.append(value)
-            children[index] = (0, -1)  # collected
     finally:  # an interrupt here: no child outlives its parent's wait
         for pid, read_end in children:
             if pid:
@@ -411,16 +413,33 @@ def in_forked_workers(count: int, work: Callable[[int], object]) -> list:
     return outputs
 
 
+class _WorkerResult(pickle.Unpickler):
+    """What a grid worker sends back and nothing else: run results (dicts, lists, numbers,
+    strings), numpy scalars, builtin exceptions. Anything else is refused, not imported."""
+    ALLOWED = {("musicssl.evaluate.probe", "RunResult"), ("numpy", "dtype"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module: str, name: str):
+        value = getattr(builtins, name, None) if module == "builtins" else None
+        if (module, name) in self.ALLOWED or (isinstance(value, type) and issubclass(value, BaseException)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"a probe grid worker sent {module}.{name}, which is not a result")
+
+
 def _worker(work: Callable[[int], object], index: int, write_end: int) -> None:
     """A forked child's whole life: the work, its pickled result (or exception), exit."""
     try:
         torch.set_num_threads(1)
         payload = pickle.dumps((True, work(index)))
     except BaseException as error:  # noqa: BLE001 (handed to the parent, which raises it)
-        error.add_note(f"(in probe grid worker {index} of a forked grid)")
+        # as the nearest builtin exception class (what _WorkerResult admits), so that callers
+        # catching e.g. ValueError still catch it
+        kind = next(cls for cls in type(error).__mro__ if cls.__module__ == "builtins")
+        sent = error if kind is type(error) else kind(f"{type(error).__name__}: {error}")
+        sent.add_note(f"(in probe grid worker {index} of a forked grid)")
         try:
-            payload = pickle.dumps((False, error))
-        except Exception:  # an exception that does not pickle: its text
+            payload = pickle.dumps((False, sent))
+        except Exception:  # an exception whose arguments do not pickle: its text
             payload = pickle.dumps((False, RuntimeError(f"probe grid worker {index}: {error!r}")))
     try:
         with os.fdopen(write_end, "wb") as pipe:
