@@ -395,6 +395,7 @@ def in_forked_workers(count: int, work: Callable[[int], object]) -> list:
         for index, (pid, read_end) in enumerate(children):
             with os.fdopen(read_end, "rb") as pipe:
                 data = pipe.read()
+            children[index] = (pid, -1)  # its pipe is closed
             _, status = os.waitpid(pid, 0)
             children[index] = (0, -1)  # collected
             ok, value = _WorkerResult(io.BytesIO(data)).load() if data else (
@@ -407,6 +408,7 @@ def in_forked_workers(count: int, work: Callable[[int], object]) -> list:
             if pid:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
+            if read_end >= 0:
                 os.close(read_end)
     if failure is not None:
         raise failure
