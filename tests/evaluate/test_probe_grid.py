@@ -15,7 +15,7 @@ from musicssl.evaluate.features import CachedFeatures
 from musicssl.evaluate.probe import (
     ProbeConfig, layer_choices, row_targets, select, split_data, standardiser, train_run,
 )
-from musicssl.evaluate.probe_grid import GridSplit, train_grid
+from musicssl.evaluate.probe_grid import GridSplit, grid_workers, in_forked_workers, train_grid
 from musicssl.evaluate.tasks.base import Item, Protocol
 from tests.evaluate.test_probe import ToyTask, beat_clips, blobs
 
@@ -219,8 +219,6 @@ def test_forked_workers_give_the_runs_of_one_process():
 
 
 def test_a_worker_failure_is_raised_in_the_caller_with_its_type():
-    from musicssl.evaluate.probe_grid import in_forked_workers
-
     assert in_forked_workers(3, lambda index: {"square": index * index}) == [{"square": i * i} for i in range(3)]
 
     def work(index: int) -> int:
@@ -244,8 +242,6 @@ def test_a_worker_failure_is_raised_in_the_caller_with_its_type():
         in_forked_workers(1, lambda index: Path("x"))
     with pytest.raises(ValueError, match="workers must be >= 1"):
         ProbeConfig(workers=0)
-    from musicssl.evaluate.probe_grid import grid_workers
-
     assert grid_workers(ProbeConfig(workers=3), torch.device("cuda")) == 1  # no fork beside a CUDA context
     assert grid_workers(ProbeConfig(workers=3), torch.device("cpu")) == 3
 
