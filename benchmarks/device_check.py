@@ -171,13 +171,13 @@ def check_probe_grid(sizes: Sizes) -> dict:
 
     measured = probe_grid_speed.run_sizes(
         sizes.device, threads(), small_items=60 if sizes.quick else 300, small_epochs=2 if sizes.quick else 10,
-        mtt_fraction=0.005 if sizes.quick else 0.25, mtt_epochs=1)
+        mtt_fraction=0.005 if sizes.quick else 0.25, mtt_epochs=1, mtt_sequential=not sizes.quick)
     seconds = measured["seconds"]
     small = seconds["small", "sequential"] / seconds["small", "batched"]
-    mtt = seconds["MTT", "sequential"] / seconds["MTT", "batched"]
+    mtt = seconds["MTT", "sequential"] / seconds["MTT", "batched"] if ("MTT", "sequential") in seconds else None
     return {"figure": f"MTT rows {'/'.join(map(str, measured['rows']))}: batched {seconds['MTT', 'batched']:.1f} s, "
                       f"MFU {measured['mfu']:.0%}",
-            "ratio": f"{mtt:.1f}x MTT, {small:.1f}x small vs runs one by one",
+            "ratio": (f"{mtt:.1f}x MTT, " if mtt else "") + f"{small:.1f}x small vs runs one by one",
             "figures": {"seconds": {f"{size} {path}": s for (size, path), s in seconds.items()},
                         "speed_up": {"small": small, "MTT": mtt}, "mfu": measured["mfu"],
                         "matmul_peak_gflops": measured["peak"] / 1e9, "mtt_rows": measured["rows"]}}

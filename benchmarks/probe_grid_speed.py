@@ -174,13 +174,16 @@ def grid_flops(rows: tuple[int, int, int], layers: int, dim: int, outputs: int, 
 
 
 def run_sizes(device: str, threads: int, small_items: int, small_epochs: int, mtt_fraction: float,
-              mtt_epochs: int) -> dict:
+              mtt_epochs: int, mtt_sequential: bool = True) -> dict:
     """Seconds of every (size, path), each in its own spawned process, the fp32 matmul peak and the
-    batched MTT grid's FLOPs; prints each measurement as it comes."""
+    batched MTT grid's FLOPs; prints each measurement as it comes. `mtt_sequential=False` skips
+    the slowest of them (252 runs one by one), for a quick check of the paths alone."""
     context = multiprocessing.get_context("spawn")
     results = {}
     for size, amount, epochs in (("small", small_items, small_epochs), ("MTT", mtt_fraction, mtt_epochs)):
         for path in ("sequential", "batched"):
+            if (size, path) == ("MTT", "sequential") and not mtt_sequential:
+                continue
             with context.Pool(1) as pool:
                 seconds, memory, workers = pool.apply(measure, ((size.lower(), path, amount, epochs, device,
                                                                  threads),))
