@@ -86,7 +86,8 @@ def transformers_reference(model_dir: Path, paths: list[Path], window: float, de
     return time.perf_counter() - started
 
 
-def extraction(preset: str, count: int, seconds: float, window: float, device: str, rounds: int) -> str:
+def extraction(preset: str, count: int, seconds: float, window: float, device: str, rounds: int) -> dict:
+    """Audio-s/s of ours and of transformers (best of `rounds`), their ratio and the compute ceiling."""
     from musicssl.interop.huggingface import export_pretrained
     from musicssl.models.backbone import Backbone, backbone_preset
 
@@ -107,9 +108,14 @@ def extraction(preset: str, count: int, seconds: float, window: float, device: s
             print(f"  {name:13s} {value:7.2f} s  {audio_seconds / value:7.1f} audio s/s")
         ratio = best["transformers"] / best["ours"]
         print(f"  ratio ours/transformers (throughput): {ratio:.2f}x")
-        ceiling(preset, window, device, audio_seconds / best["transformers"])
-        return (f"extraction: ours {audio_seconds / best['ours']:.1f} audio-s/s, "
-                f"transformers {audio_seconds / best['transformers']:.1f} audio-s/s, {ratio:.2f} x")
+        rate = ceiling(preset, window, device, audio_seconds / best["transformers"])
+        return {"ours": audio_seconds / best["ours"], "transformers": audio_seconds / best["transformers"],
+                "ratio": ratio, "ceiling": rate}
+
+
+def summary(result: dict) -> str:
+    return (f"extraction: ours {result['ours']:.1f} audio-s/s, "
+            f"transformers {result['transformers']:.1f} audio-s/s, {result['ratio']:.2f} x")
 
 
 def ceiling(preset: str, window: float, device: str, reference_rate: float) -> float:
@@ -199,13 +205,13 @@ def main() -> None:
     parser.add_argument("--skip-probe", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    summary = None
+    result = None
     if not args.skip_extraction:
-        summary = extraction(args.preset, args.files, args.seconds, args.window, args.device, args.rounds)
+        result = extraction(args.preset, args.files, args.seconds, args.window, args.device, args.rounds)
     if not args.skip_probe:
         probe_times(args.rows, args.epochs)
-    if summary:
-        print(summary)
+    if result:
+        print(summary(result))
 
 
 if __name__ == "__main__":

@@ -72,15 +72,22 @@ def main() -> None:
     if args.worker:
         worker(args.preset, args.minutes, args.layer, args.chunk_seconds, args.device)
         return
-    rows = {minutes: measure(args.preset, minutes, args.layer, args.chunk_seconds, args.device)
-            for minutes in (1.0, 10.0)}
+    rows = measure_lengths(args.preset, args.layer, args.chunk_seconds, args.device)
     print(f"{args.preset}, layer {args.layer}, chunks of {args.chunk_seconds:g} s, 2 threads, {args.device}")
     for minutes, row in rows.items():
-        working = row["peak_above_model_mb"] - row["output_mb"] - row["input_mb"]
         print(f"  {minutes:4.0f} min: peak {row['peak_above_model_mb']:7.1f} MB above the model "
-              f"(input {row['input_mb']:.1f} MB, output {row['output_mb']:.1f} MB, working {working:.1f} MB)")
-    work = [rows[m]["peak_above_model_mb"] - rows[m]["output_mb"] - rows[m]["input_mb"] for m in (1.0, 10.0)]
+              f"(input {row['input_mb']:.1f} MB, output {row['output_mb']:.1f} MB, working {row['working_mb']:.1f} MB)")
+    work = [row["working_mb"] for row in rows.values()]
     print(f"  working memory 10 min / 1 min: {work[1] / max(work[0], 1e-9):.2f}x (flat = about 1)")
+
+
+def measure_lengths(preset: str, layer: int, chunk_seconds: float, device: str,
+                    lengths: tuple[float, float] = (1.0, 10.0)) -> dict[float, dict]:
+    """One worker per track length (minutes); each row also gets working_mb = peak - output - input."""
+    rows = {minutes: measure(preset, minutes, layer, chunk_seconds, device) for minutes in lengths}
+    for row in rows.values():
+        row["working_mb"] = row["peak_above_model_mb"] - row["output_mb"] - row["input_mb"]
+    return rows
 
 
 if __name__ == "__main__":

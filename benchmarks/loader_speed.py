@@ -113,9 +113,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    torch.set_num_threads(1)
+def measure_rates(args: argparse.Namespace) -> dict:
+    """Audio-s/s of every (format, way) and of the prepared shards, printing each as it comes."""
     device = torch.device(args.device)
     root = args.corpus / f"{args.songs}x{args.song_seconds:g}s"
     started = time.perf_counter()
@@ -140,6 +139,14 @@ def main(argv=None) -> None:
     dataset = PretrainDataset(manifest, SR, crop, SR, seed=0, prepared=PreparedCorpus(shards, "train", SR))
     rates["prepared"] = measure(dataset, args.prepared_crops, device)
     print(f"int16 prepared   {rates['prepared']:9.1f} audio-s/s  ({args.prepared_crops} crops)", flush=True)
+    return rates
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    device = torch.device(args.device)
+    rates = measure_rates(args)
     for extension in ("flac", "mp3"):
         print(f"{extension}: crop-only / today = {rates[extension, 'crop-only'] / rates[extension, 'today']:.1f} x")
     today, crop_only, shard = rates["flac", "today"], rates["flac", "crop-only"], rates["prepared"]

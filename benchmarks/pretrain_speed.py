@@ -14,6 +14,8 @@ no-grad forward of the same model (the teacher's pass).
 Printed: seconds per step (median of interleaved rounds), steps/s, the ratio baseline/ours
 (> 1 = ours faster; targets >= 1.0 in fp32, >= 1.5 for ours in bf16 against transformers in
 fp32) and MFU = model FLOPs per second / measured matmul peak of the same dtype.
+`--compile inductor` runs our step through torch.compile (as `trainer.compile` does); its
+tracing and kernel builds fall in the warm-up round, not in the timed ones.
 """
 
 from __future__ import annotations
@@ -31,21 +33,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import backbone_speed  # noqa: E402
-from backbone_speed import autocast, matmul_gflops, model_flops  # noqa: E402
+from backbone_speed import autocast, conv_frames, matmul_gflops, model_flops  # noqa: E402
 
 from musicssl.interop.huggingface import export_pretrained  # noqa: E402
 from musicssl.models.music2vec import Music2Vec, music2vec_config  # noqa: E402
 from musicssl.models.musichubert import MusicHubert, musichubert_config  # noqa: E402
 
 
-def build(method: str, k: int):
+def build(method: str, k: int, preset: str = "base"):
     torch.manual_seed(0)
     if method == "musichubert":
-        config = musichubert_config("base", num_classes=k, label_rate_hz=100.0)
+        config = musichubert_config(preset, num_classes=k, label_rate_hz=100.0)
         config = dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, layerdrop=0.0))
         ours = MusicHubert(config)
     else:
-        config = music2vec_config("base")
+        config = music2vec_config(preset)
         ours = Music2Vec(dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, layerdrop=0.0)))
     from transformers import AutoModel
 
@@ -64,9 +66,11 @@ def teacher_flops(config, batch: int, frames: int) -> float:
     return batch * (pos_conv + config.num_layers * block)
 
 
-def ours_step(model, optimizer, wav, labels, dtype, update):
+def ours_step(model, optimizer, wav, labels, dtype, update, forward=None):
+    """`forward`: the compiled model where --compile is given (the EMA step stays on `model`)."""
+    forward = model if forward is None else forward  # (a compiled module has no truth value)
     with autocast(dtype):
-        result = model(wav, None, generator=update) if labels is None else model(wav, None, labels, generator=update)
+        result = forward(wav, None, generator=update) if labels is None else forward(wav, None, labels, generator=update)
     (result["loss"] / result["sample_size"]).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -85,46 +89,52 @@ def reference_step(model, optimizer, wav, dtype, teacher_pass: bool):
     optimizer.zero_grad(set_to_none=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--k", type=int, default=500)
-    parser.add_argument("--method", choices=("musichubert", "music2vec"), default="musichubert")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]: both models, batches and optimizers there")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device = backbone_speed.DEVICE = torch.device(args.device)  # autocast, matmul peak and timing follow it
-    ours, reference = build(args.method, args.k)
+def measure(method: str, dtypes: list[str], steps: int, device: torch.device, k: int = 500, preset: str = "base",
+            batch: int = 2, samples: int = 80_000, compile_backend: str = "") -> dict:
+    """Median seconds per step of ours and transformers per dtype (interleaved rounds after the
+    warm-up, which also pays torch.compile's tracing), the matmul peaks and the step's FLOPs."""
+    backbone_speed.DEVICE = device  # autocast, matmul peak and timing follow it
+    ours, reference = build(method, k, preset)
     ours, reference = ours.to(device), reference.to(device)
+    forward = torch.compile(ours, backend=compile_backend) if compile_backend else ours
     trained = [p for p in ours.parameters() if p.requires_grad]
     optimizers = {"ours": torch.optim.AdamW(trained, lr=1e-5),
                   "hf": torch.optim.AdamW(reference.parameters(), lr=1e-5)}
-    wav = torch.randn(2, 80_000, device=device)
-    labels = torch.randint(0, args.k, (2, 498), device=device) if args.method == "musichubert" else None
+    wav = torch.randn(batch, samples, device=device)
+    frames = conv_frames(samples, ours.config.backbone.conv_layers)[-1]
+    # labels at 100 Hz: two per 50 Hz frame (498 for 5 s)
+    labels = torch.randint(0, k, (batch, 2 * frames), device=device) if method == "musichubert" else None
     updates = itertools.count()  # a fresh mask every step, as in training
-    steps = {("ours", d): (lambda d=d: ours_step(ours, optimizers["ours"], wav, labels, d, next(updates)))
-             for d in args.dtypes}
-    teacher = args.method == "music2vec"
-    steps |= {("hf", d): (lambda d=d: reference_step(reference, optimizers["hf"], wav, d, teacher)) for d in args.dtypes}
-    times = {key: [] for key in steps}
-    for round_index in range(args.steps + 1):  # round 0 is the warm-up
-        for key, step in steps.items():
+    step_fns = {("ours", d): (lambda d=d: ours_step(ours, optimizers["ours"], wav, labels, d, next(updates), forward))
+                for d in dtypes}
+    teacher = method == "music2vec"
+    step_fns |= {("hf", d): (lambda d=d: reference_step(reference, optimizers["hf"], wav, d, teacher)) for d in dtypes}
+    times = {key: [] for key in step_fns}
+    # dynamo specialises on the first update number and recompiles for the second (then treats it
+    # as dynamic): two warm-up rounds when compiled, so no timed round pays a compile
+    warm_up = 2 if compile_backend else 1
+    for round_index in range(steps + warm_up):
+        for key, step in step_fns.items():
             start = time.perf_counter()
             step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            if round_index:
+            if round_index >= warm_up:
                 times[key].append(time.perf_counter() - start)
-    peaks = {d: matmul_gflops(torch.float32 if d == "fp32" else torch.bfloat16) for d in args.dtypes}
-    flops = model_flops(ours.config.backbone, 2, 80_000, train=True)
+    peaks = {d: matmul_gflops(torch.float32 if d == "fp32" else torch.bfloat16) for d in dtypes}
+    flops = model_flops(ours.config.backbone, batch, samples, train=True)
     if teacher:  # the teacher's forward: the Transformer only (the CNN and projection are the student's)
-        flops += teacher_flops(ours.config.backbone, 2, 249)
-    print(f"{args.method}: torch {torch.__version__}, device {device}, {args.threads} threads, batch 2 x 5 s, k = {args.k}, "
+        flops += teacher_flops(ours.config.backbone, batch, frames)
+    median = {key: statistics.median(values) for key, values in times.items()}
+    return {"median": median, "peaks": peaks, "flops": flops, "batch": batch, "samples": samples}
+
+
+def print_result(result: dict, method: str, threads: int, k: int, device: torch.device) -> None:
+    median, peaks, flops = result["median"], result["peaks"], result["flops"]
+    print(f"{method}: torch {torch.__version__}, device {device}, {threads} threads, "
+          f"batch {result['batch']} x {result['samples'] / 16_000:g} s, k = {k}, "
           f"matmul peak {', '.join(f'{d} {p:.0f} GFLOP/s' for d, p in peaks.items())}")
     print(f"{'model':6s} {'dtype':5s} {'s/step':>8s} {'steps/s':>8s} {'MFU':>6s}")
-    median = {key: statistics.median(values) for key, values in times.items()}
     for (name, dtype), seconds in median.items():
         print(f"{name:6s} {dtype:5s} {seconds:8.3f} {1 / seconds:8.3f} {flops / seconds / 1e9 / peaks[dtype]:6.1%}")
     if ("hf", "fp32") in median:
@@ -133,6 +143,23 @@ def main() -> None:
                 ratio = median[("hf", "fp32")] / median[("ours", dtype)]
                 print(f"ours {dtype} vs transformers fp32: {ratio:.2f}x (target >= {target}) "
                       f"{'PASS' if ratio >= target else 'MISS'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--k", type=int, default=500)
+    parser.add_argument("--method", choices=("musichubert", "music2vec"), default="musichubert")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]: both models, batches and optimizers there")
+    parser.add_argument("--compile", default="", metavar="BACKEND",
+                        help="torch.compile our model with this backend (inductor on a GPU, eager to trace only)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    result = measure(args.method, args.dtypes, args.steps, device, k=args.k, compile_backend=args.compile)
+    print_result(result, args.method, args.threads, args.k, device)
 
 
 if __name__ == "__main__":

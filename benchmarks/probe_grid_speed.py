@@ -173,6 +173,31 @@ def grid_flops(rows: tuple[int, int, int], layers: int, dim: int, outputs: int, 
     return epochs * train * train_row + ((epochs + 1) * valid + test) * eval_row
 
 
+def run_sizes(device: str, threads: int, small_items: int, small_epochs: int, mtt_fraction: float,
+              mtt_epochs: int, mtt_sequential: bool = True) -> dict:
+    """Seconds of every (size, path), each in its own spawned process, the fp32 matmul peak and the
+    batched MTT grid's FLOPs; prints each measurement as it comes. `mtt_sequential=False` skips
+    the slowest of them (252 runs one by one), for a quick check of the paths alone."""
+    context = multiprocessing.get_context("spawn")
+    results = {}
+    for size, amount, epochs in (("small", small_items, small_epochs), ("MTT", mtt_fraction, mtt_epochs)):
+        for path in ("sequential", "batched"):
+            if (size, path) == ("MTT", "sequential") and not mtt_sequential:
+                continue
+            with context.Pool(1) as pool:
+                seconds, memory, workers = pool.apply(measure, ((size.lower(), path, amount, epochs, device,
+                                                                 threads),))
+            results[size, path] = seconds
+            forked = f" + forked workers of at most {workers:.2f} GB each" if workers else ""
+            print(f"{size} {path}: {seconds:.1f} s, peak memory {memory:.2f} GB{forked}", flush=True)
+    with context.Pool(1) as pool:
+        peak = pool.apply(matmul_peak, (device, threads))
+    rows = tuple(max(64, int(n * mtt_fraction)) for n in MTT["splits"])
+    flops = grid_flops(rows, MTT["layers"], MTT["dim"], MTT["tags"], mtt_epochs)
+    return {"seconds": results, "peak": peak, "rows": rows, "flops": flops,
+            "mfu": flops / results["MTT", "batched"] / peak}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -182,21 +207,9 @@ def main() -> None:
     parser.add_argument("--mtt-fraction", type=float, default=1.0, help="of MTT's clips in every split")
     parser.add_argument("--mtt-epochs", type=int, default=1)
     args = parser.parse_args()
-    context = multiprocessing.get_context("spawn")
-    results = {}
-    for size, amount, epochs in (("small", args.small_items, args.small_epochs),
-                                 ("MTT", args.mtt_fraction, args.mtt_epochs)):
-        for path in ("sequential", "batched"):
-            with context.Pool(1) as pool:
-                seconds, memory, workers = pool.apply(measure, ((size.lower(), path, amount, epochs, args.device,
-                                                                 args.threads),))
-            results[size, path] = seconds
-            forked = f" + forked workers of at most {workers:.2f} GB each" if workers else ""
-            print(f"{size} {path}: {seconds:.1f} s, peak memory {memory:.2f} GB{forked}", flush=True)
-    with context.Pool(1) as pool:
-        peak = pool.apply(matmul_peak, (args.device, args.threads))
-    rows = tuple(max(64, int(n * args.mtt_fraction)) for n in MTT["splits"])
-    flops = grid_flops(rows, MTT["layers"], MTT["dim"], MTT["tags"], args.mtt_epochs)
+    measured = run_sizes(args.device, args.threads, args.small_items, args.small_epochs, args.mtt_fraction,
+                         args.mtt_epochs)
+    results, peak, rows, flops = measured["seconds"], measured["peak"], measured["rows"], measured["flops"]
     achieved = flops / results["MTT", "batched"]
     print(f"fp32 matmul peak ({args.threads} threads, {args.device}): {peak / 1e9:.1f} GFLOP/s; "
           f"batched MTT grid: {flops / 1e12:.2f} TFLOP in {results['MTT', 'batched']:.1f} s = {achieved / 1e9:.1f} GFLOP/s")
