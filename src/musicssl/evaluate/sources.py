@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from musicssl.extract import Encoder, load_model
+from musicssl.frame_features import MfccConfig, mfcc
 from musicssl.interop.huggingface import from_hf_config, read_preprocessing
 from musicssl.models.backbone import Backbone, BackboneConfig, backbone_preset
-from musicssl.targets.features import MfccConfig, mfcc
 
 
 class Source(ABC):
