@@ -144,7 +144,8 @@ def ceiling(preset: str, window: float, device: str, reference_rate: float) -> f
 
 def probe_times(rows: int, epochs: int) -> None:
     from musicssl.evaluate.features import CachedFeatures
-    from musicssl.evaluate.probe import ProbeConfig, split_data, standardiser, train_run
+    from musicssl.evaluate.probe import train_run
+    from musicssl.evaluate.probe_protocol import ProbeConfig, split_data, standardiser
     from musicssl.evaluate.tasks import TASK_NAMES, get_task
     from musicssl.evaluate.tasks.base import Item
 

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from musicssl.evaluate.probe import ProbeConfig
+from musicssl.evaluate.probe_protocol import ProbeConfig
 
 # The generated probe datasets: registry task name -> folder written by data/synth.py.
 DEMO_TASKS = {"mtt": "MTT", "gs": "GS", "gtzan": "GTZAN", "gtzan_beats": "GTZAN", "emo": "EMO",
