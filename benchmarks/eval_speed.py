@@ -88,7 +88,8 @@ def transformers_reference(model_dir: Path, paths: list[Path], window: float, de
 
 def extraction(preset: str, count: int, seconds: float, window: float, device: str, rounds: int) -> str:
     from musicssl.interop.huggingface import export_pretrained
-    from musicssl.models.backbone import Backbone, backbone_preset
+    from musicssl.models.backbone import Backbone
+    from musicssl.models.backbone_config import backbone_preset
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -120,7 +121,8 @@ def ceiling(preset: str, window: float, device: str, reference_rate: float) -> f
     from torch.utils import flop_counter
     from torch.utils.flop_counter import FlopCounterMode
 
-    from musicssl.models.backbone import Backbone, backbone_preset
+    from musicssl.models.backbone import Backbone
+    from musicssl.models.backbone_config import backbone_preset
     from probe_grid_speed import matmul_peak  # benchmarks/ is on sys.path when a script runs from it
 
     model = Backbone(backbone_preset(preset)).eval()

@@ -343,7 +343,7 @@ def add_synth(commands) -> None:
 def run_synth(args) -> int:
     import json
 
-    from musicssl.data.synth import synthesize
+    from musicssl.synth.datasets import synthesize
 
     summary = synthesize(args.out, args.preset, seed=args.seed)
     print(json.dumps(summary, indent=1, default=str))

@@ -31,7 +31,9 @@ from musicssl.data.label_files import (LABELS_JSON, LabelError, LabelGrid, Label
 from musicssl.data.manifest import Manifest, read_manifest
 from musicssl.frame_features import MfccExtractor, PitchExtractor, describe, describe_pitch
 from musicssl.targets.features import MFCC_PRESETS, PITCH_PRESETS, layer_features
-from musicssl.targets.kmeans import FrameSampler, KMeansConfig, KMeansModel, fit_kmeans
+from musicssl.targets.frame_sampler import FrameSampler
+from musicssl.targets.kmeans import KMeansConfig, fit_kmeans
+from musicssl.targets.kmeans_model import KMeansModel
 
 
 # ---------------------------------------------------------------------------------------------
