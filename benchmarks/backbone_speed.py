@@ -63,7 +63,8 @@ from pathlib import Path
 
 import torch
 
-from musicssl.models.backbone import Backbone, BackboneConfig, backbone_preset, count_parameters
+from musicssl.models.backbone import Backbone, count_parameters
+from musicssl.models.backbone_config import BackboneConfig, backbone_preset
 
 SAMPLE_RATE = 16_000
 SEED = 0

@@ -89,7 +89,8 @@ def transformers_reference(model_dir: Path, paths: list[Path], window: float, de
 def extraction(preset: str, count: int, seconds: float, window: float, device: str, rounds: int) -> dict:
     """Audio-s/s of ours and of transformers (best of `rounds`), their ratio and the compute ceiling."""
     from musicssl.interop.huggingface import export_pretrained
-    from musicssl.models.backbone import Backbone, backbone_preset
+    from musicssl.models.backbone import Backbone
+    from musicssl.models.backbone_config import backbone_preset
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -126,7 +127,8 @@ def ceiling(preset: str, window: float, device: str, reference_rate: float) -> f
     from torch.utils import flop_counter
     from torch.utils.flop_counter import FlopCounterMode
 
-    from musicssl.models.backbone import Backbone, backbone_preset
+    from musicssl.models.backbone import Backbone
+    from musicssl.models.backbone_config import backbone_preset
     from probe_grid_speed import matmul_peak  # benchmarks/ is on sys.path when a script runs from it
 
     model = Backbone(backbone_preset(preset)).eval()
@@ -150,7 +152,8 @@ def ceiling(preset: str, window: float, device: str, reference_rate: float) -> f
 
 def probe_times(rows: int, epochs: int) -> None:
     from musicssl.evaluate.features import CachedFeatures
-    from musicssl.evaluate.probe import ProbeConfig, split_data, standardiser, train_run
+    from musicssl.evaluate.probe import train_run
+    from musicssl.evaluate.probe_protocol import ProbeConfig, split_data, standardiser
     from musicssl.evaluate.tasks import TASK_NAMES, get_task
     from musicssl.evaluate.tasks.base import Item
 

@@ -33,7 +33,8 @@ def worker(preset: str, minutes: float, layer: int, chunk_seconds: float, device
     import torch
 
     from musicssl.extract import Encoder
-    from musicssl.models.backbone import Backbone, backbone_preset
+    from musicssl.models.backbone import Backbone
+    from musicssl.models.backbone_config import backbone_preset
 
     torch.set_num_threads(2)
     torch.manual_seed(0)

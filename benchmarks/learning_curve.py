@@ -55,7 +55,7 @@ def cpu_name() -> str:
 
 def prepare(out: Path, config: DemoConfig, progress: bool) -> tuple[Path, list[Path]]:
     """Generated corpus and probe datasets, manifest, MFCC (+ pitch) labels: the demo's stages 1-2."""
-    from musicssl.data.synth import synthesize
+    from musicssl.synth.datasets import synthesize
 
     if not (out / "data" / "synth.json").exists():
         synthesize(out / "data", config.synth_preset, seed=config.seed, progress=progress)

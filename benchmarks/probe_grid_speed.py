@@ -86,7 +86,7 @@ def make_task(size: str, amount: float):
 
 
 def grid_config(epochs: int, device: str):
-    from musicssl.evaluate.probe import ProbeConfig
+    from musicssl.evaluate.probe_protocol import ProbeConfig
 
     return ProbeConfig(learning_rates=LEARNING_RATES, seeds=SEEDS, max_epochs=epochs,
                        early_stop_patience=epochs + 1, device=device)
@@ -95,7 +95,8 @@ def grid_config(epochs: int, device: str):
 def sequential(task, splits, config) -> None:
     """probe_task's sequential path on in-memory rows: per layer choice, every (lr, seed) run."""
     from musicssl.evaluate.features import CachedFeatures
-    from musicssl.evaluate.probe import layer_choices, split_data, standardiser, train_run
+    from musicssl.evaluate.probe import train_run
+    from musicssl.evaluate.probe_protocol import layer_choices, split_data, standardiser
 
     num_layers = splits[0].rows.shape[1]
     for layer in layer_choices(num_layers, None):
@@ -109,7 +110,7 @@ def sequential(task, splits, config) -> None:
 
 
 def batched(task, splits, config) -> None:
-    from musicssl.evaluate.probe import layer_choices, row_targets
+    from musicssl.evaluate.probe_protocol import layer_choices, row_targets
     from musicssl.evaluate.probe_grid import GridSplit, train_grid
 
     grid = [GridSplit(c.rows, *row_targets(task, c, 50.0, 1), c.items) for c in splits]

@@ -10,7 +10,8 @@ import soundfile as sf
 import torch
 
 from musicssl.interop.huggingface import export_pretrained
-from musicssl.models.backbone import Backbone, BackboneConfig, backbone_preset
+from musicssl.models.backbone import Backbone
+from musicssl.models.backbone_config import BackboneConfig, backbone_preset
 
 # Smaller than the `tiny` preset: enough to exercise every code path in milliseconds.
 MICRO = dict(conv_layers=((16, 10, 5),) + ((16, 3, 2),) * 4 + ((16, 2, 2),) * 2,

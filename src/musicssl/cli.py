@@ -242,7 +242,7 @@ def _probe_arguments(parser) -> None:
     parser.add_argument("--beat-decoder", choices=("dbn", "peaks"), default="dbn")
     parser.add_argument("--batch-size", type=int, default=64,
                         help="probe batch (default 64, MARBLE's); a dataset of a few hundred items wants ~8")
-    # the keys of evaluate/probe.py's LAYER_WEIGHT_INITS, spelt out so parsing does not import torch
+    # the keys of evaluate/probe_protocol.py's LAYER_WEIGHT_INITS, spelt out so parsing does not import torch
     parser.add_argument("--layer-weight-init", choices=("normal", "zeros"), default="normal",
                         help="weighted-sum logits: N(0,1) as MARBLE (default), or zeros: the plain layer mean")
     parser.add_argument("--cache", default=None, help="feature cache folder (default: OUT/cache)")
@@ -255,7 +255,7 @@ def _probe_arguments(parser) -> None:
 
 
 def _probe_config(args):
-    from musicssl.evaluate.probe import LEARNING_RATES, ProbeConfig
+    from musicssl.evaluate.probe_protocol import LEARNING_RATES, ProbeConfig
 
     return ProbeConfig(layers=args.layers, learning_rates=args.lrs or LEARNING_RATES,
                        seeds=tuple(1234 + i for i in range(args.seeds)), max_epochs=args.max_epochs,
@@ -343,7 +343,7 @@ def add_synth(commands) -> None:
 def run_synth(args) -> int:
     import json
 
-    from musicssl.data.synth import synthesize
+    from musicssl.synth.datasets import synthesize
 
     summary = synthesize(args.out, args.preset, seed=args.seed)
     print(json.dumps(summary, indent=1, default=str))

@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from musicssl.evaluate.probe import ProbeConfig
+from musicssl.evaluate.probe_protocol import ProbeConfig
 
-# The generated probe datasets: registry task name -> folder written by data/synth.py.
+# The generated probe datasets: registry task name -> folder written by synth/datasets.py.
 DEMO_TASKS = {"mtt": "MTT", "gs": "GS", "gtzan": "GTZAN", "gtzan_beats": "GTZAN", "emo": "EMO",
               "nsynth_instrument": "NSynth", "nsynth_pitch": "NSynth"}
 
@@ -139,7 +139,7 @@ def make_manifest_and_labels(out: Path, config: DemoConfig, progress: bool = Tru
 def run_demo(out: str | Path = "runs/demo", preset: str = "demo", device: str | None = None,
              progress: bool = True) -> Path:
     """Run every stage; returns the results folder (`out`)."""
-    from musicssl.data.synth import synthesize
+    from musicssl.synth.datasets import synthesize
     from musicssl.evaluate.benchmark import run_benchmark
     from musicssl.evaluate.report import compare
     from musicssl.train.launch import pretrain

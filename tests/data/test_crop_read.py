@@ -15,7 +15,7 @@ from musicssl import audio
 from musicssl.data.crop_read import MARGIN_SECONDS, WholeFile, read_span
 from musicssl.data.manifest import read_manifest, write_manifest
 from musicssl.data.pretrain import LabelRows, PretrainDataset, collate
-from musicssl.targets.labels import LabelGrid
+from musicssl.data.label_files import LabelGrid
 
 SR = 16_000
 GRID = LabelGrid(SR, 320, 400)  # 50 Hz

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from musicssl import audio
+from musicssl.data.label_files import LabelError, LabelGrid
 from musicssl.data.manifest import build_manifest, read_manifest, write_manifest
 from musicssl.data.pretrain import (Batch, DataConfig, LabelRows, PretrainDataset, UpdateLoader, UpdatePlan,
                                     build_pretrain_data, collate)
-from musicssl.targets.labels import LabelError, LabelGrid
 from tests.conftest import write_tone
 
 SR = 16_000

@@ -13,7 +13,7 @@ from musicssl.evaluate.sources import EncoderSource, MfccSource, open_source
 from musicssl.evaluate.tasks.base import Item, Protocol
 from musicssl.extract import Encoder
 from musicssl.interop.huggingface import export_pretrained
-from musicssl.targets.features import mfcc
+from musicssl.frame_features import mfcc
 from tests.conftest import micro_backbone, tone, write_tone
 
 CLIP = Protocol(name="toy", title="Toy", kind="multiclass", outputs=("a", "b"), metrics=("accuracy",),

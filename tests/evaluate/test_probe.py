@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from musicssl.evaluate.features import CachedFeatures
-from musicssl.evaluate.probe import (
-    MLPProbe, ProbeConfig, RunResult, SplitData, frame_targets, item_outputs, layer_choices, select, song_ensembles,
-    split_data, standardiser, train_run,
-)
+from musicssl.evaluate.probe import train_run
+from musicssl.evaluate.probe_protocol import (MLPProbe, ProbeConfig, RunResult, SplitData, frame_targets, item_outputs,
+                                              layer_choices, select, song_ensembles, split_data, standardiser)
 from musicssl.evaluate.tasks.base import Item, Protocol, Task
 
 FAST = ProbeConfig(max_epochs=30, early_stop_patience=8, hidden_size=64)

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from musicssl.evaluate.features import CachedFeatures
-from musicssl.evaluate.probe import (
-    ProbeConfig, layer_choices, row_targets, select, split_data, standardiser, train_run,
-)
-from musicssl.evaluate.probe_grid import GridSplit, grid_workers, in_forked_workers, train_grid
+from musicssl.evaluate.grid_workers import grid_workers, in_forked_workers
+from musicssl.evaluate.probe import train_run
+from musicssl.evaluate.probe_protocol import ProbeConfig, layer_choices, row_targets, select, split_data, standardiser
+from musicssl.evaluate.probe_grid import GridSplit, train_grid
 from musicssl.evaluate.tasks.base import Item, Protocol
 from tests.evaluate.test_probe import ToyTask, beat_clips, blobs
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from musicssl.evaluate.probe import TaskResult
+from musicssl.evaluate.probe_protocol import TaskResult
 from musicssl.evaluate.report import compare
 
 

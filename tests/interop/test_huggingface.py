@@ -15,7 +15,8 @@ from transformers import (AutoModel, Data2VecAudioConfig, Data2VecAudioModel, Hu
                           HubertForCTC, HubertModel)
 
 from musicssl.interop.huggingface import export_pretrained, import_pretrained  # noqa: E402
-from musicssl.models.backbone import Backbone, backbone_preset, count_parameters  # noqa: E402
+from musicssl.models.backbone import Backbone, count_parameters  # noqa: E402
+from musicssl.models.backbone_config import backbone_preset  # noqa: E402
 from tests.conftest import micro_backbone, perturb_  # noqa: E402
 from tests.numerics import float64_calibrated  # noqa: E402
 

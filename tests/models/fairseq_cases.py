@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from musicssl.models.backbone import frame_lengths, replace_backbone_config
+from musicssl.models.backbone import frame_lengths
+from musicssl.models.backbone_config import replace_backbone_config
 from musicssl.models.masking import mask_spans
 from musicssl.models.music2vec import Music2Vec, Music2VecConfig, ema_decay_at, music2vec_config
 from musicssl.models.musichubert import MusicHubert, MusicHubertConfig, musichubert_config

@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 import torch
 
-from musicssl.models.backbone import (Backbone, backbone_preset, count_parameters, frame_lengths,
-                                      normalize_waveform)
+from musicssl.models.backbone import Backbone, count_parameters, frame_lengths, normalize_waveform
+from musicssl.models.backbone_config import backbone_preset
 from tests.conftest import micro_backbone
 from tests.numerics import U32, float64_calibrated, gamma
 

@@ -8,16 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from musicssl.targets.features import (
-    MFCC_PRESETS,
-    MfccConfig,
-    MfccExtractor,
-    compute_deltas,
-    describe,
-    layer_features,
-    mfcc,
-    num_mfcc_frames,
-)
+from musicssl.frame_features import MfccConfig, MfccExtractor, compute_deltas, describe, mfcc, num_mfcc_frames
+from musicssl.targets.features import MFCC_PRESETS, layer_features
 
 from tests.numerics import gamma  # noqa: E402
 

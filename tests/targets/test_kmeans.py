@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from musicssl.targets.kmeans import FrameSampler, KMeansConfig, KMeansModel, fit_kmeans
+from musicssl.targets.frame_sampler import FrameSampler
+from musicssl.targets.kmeans import KMeansConfig, fit_kmeans
+from musicssl.targets.kmeans_model import KMeansModel
 from tests.numerics import U32, gamma
 
 pytest.importorskip("faiss")

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from musicssl.data.label_files import LabelError, LabelGrid, check_labels, read_label_set, read_labels
 from musicssl.data.manifest import read_manifest
 from musicssl.interop.huggingface import export_pretrained
-from musicssl.targets.labels import LabelError, LabelGrid, check_labels, read_label_set, read_labels
 from tests.conftest import micro_backbone
 from tests.data.test_manifest import corpus_with_bad_files
 

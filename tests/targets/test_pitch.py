@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from musicssl.targets.features import PITCH_PRESETS, MfccExtractor, PitchConfig, PitchExtractor, describe_pitch
+from musicssl.frame_features import MfccExtractor, PitchConfig, PitchExtractor, describe_pitch
+from musicssl.targets.features import PITCH_PRESETS
 from tests.numerics import gamma
 
 

@@ -44,11 +44,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from musicssl import audio
 from musicssl.data.crop_read import WholeFile, crop_offset, read_span
-from musicssl.data.label_rows import LabelRows, StackedLabelRows
+from musicssl.data.label_files import LabelGrid, LabelRows, StackedLabelRows, check_labels, label_file, read_label_set
 from musicssl.data.manifest import Manifest, read_manifest
 from musicssl.data.prepare import PreparedCorpus, is_prepared
 from musicssl.models.backbone import normalize_waveform
-from musicssl.targets.labels import LabelGrid, check_labels, label_file, read_label_set
 
 Key = tuple[int, int]  # (epoch, manifest row)
 

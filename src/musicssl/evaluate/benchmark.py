@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from musicssl.evaluate.features import FeatureCache
-from musicssl.evaluate.probe import ProbeConfig, RunResult, TaskResult, probe_task
+from musicssl.evaluate.probe import probe_task
+from musicssl.evaluate.probe_protocol import ProbeConfig, RunResult, TaskResult
 from musicssl.evaluate.report import write_json, write_markdown, write_plots
 from musicssl.evaluate.sources import open_source
 from musicssl.evaluate.tasks import get_task

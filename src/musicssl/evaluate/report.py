@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from musicssl.evaluate.probe import WEIGHTED, TaskResult
+from musicssl.evaluate.probe_protocol import WEIGHTED, TaskResult
 from musicssl.evaluate.tasks import TASK_NAMES, get_task
 
 PACKAGES = ("musicssl", "torch", "numpy", "scikit-learn", "mir_eval", "soundfile", "soxr")

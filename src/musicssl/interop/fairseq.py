@@ -26,7 +26,8 @@ from safetensors.torch import save_file
 
 from musicssl.interop.huggingface import export_pretrained
 from musicssl.interop.safe_pickle import load_checkpoint, to_python
-from musicssl.models.backbone import Backbone, BackboneConfig
+from musicssl.models.backbone import Backbone
+from musicssl.models.backbone_config import BackboneConfig
 
 # (fairseq name, our name, condition). {i} = an index, {p} = weight|bias, {b} = a BatchNorm
 # tensor. Conditions: "group" / "layer" = CNN norm, "wn" = weight-normed pos conv, "bn" =

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from musicssl.models.backbone import Backbone, BackboneConfig
+from musicssl.models.backbone import Backbone
+from musicssl.models.backbone_config import BackboneConfig
 
 log = logging.getLogger(__name__)
 

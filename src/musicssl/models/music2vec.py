@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from musicssl.models.backbone import (Backbone, BackboneConfig, TransformerEncoder, backbone_preset,
-                                      padding_mask_from_lengths)
+from musicssl.models.backbone import Backbone, TransformerEncoder, padding_mask_from_lengths
+from musicssl.models.backbone_config import BackboneConfig, backbone_preset
 from musicssl.models.masking import MaskConfig, mask_spans
 
 

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from musicssl.models.backbone import Backbone, BackboneConfig, backbone_preset
+from musicssl.models.backbone import Backbone
+from musicssl.models.backbone_config import BackboneConfig, backbone_preset
 from musicssl.models.masking import MaskConfig, mask_spans
 
 

@@ -19,7 +19,6 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -27,32 +26,14 @@ import numpy as np
 import torch
 
 from musicssl import audio
+from musicssl.data.label_files import (LABELS_JSON, LabelError, LabelGrid, LabelSummary, check_labels, label_file,
+                                       read_label_set, write_label_json)
 from musicssl.data.manifest import Manifest, read_manifest
-from musicssl.targets.features import (MFCC_PRESETS, PITCH_PRESETS, MfccExtractor, PitchExtractor, describe,
-                                        describe_pitch, layer_features)
-from musicssl.targets.kmeans import FrameSampler, KMeansConfig, KMeansModel, fit_kmeans
-
-LABELS_JSON = "labels.json"
-
-
-class LabelError(ValueError):
-    """Labels that do not fit their manifest; the message names the file and row."""
-
-
-@dataclass(frozen=True)
-class LabelGrid:
-    """Where labels sit in time: frame t covers samples [t * hop, t * hop + window)."""
-
-    sample_rate: int
-    hop: int
-    window: int
-
-    @property
-    def rate_hz(self) -> float:
-        return self.sample_rate / self.hop
-
-    def frames(self, num_samples: int) -> int:
-        return audio.num_frames(num_samples, hop=self.hop, receptive_field=self.window)
+from musicssl.frame_features import MfccExtractor, PitchExtractor, describe, describe_pitch
+from musicssl.targets.features import MFCC_PRESETS, PITCH_PRESETS, layer_features
+from musicssl.targets.frame_sampler import FrameSampler
+from musicssl.targets.kmeans import KMeansConfig, fit_kmeans
+from musicssl.targets.kmeans_model import KMeansModel
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,11 +157,6 @@ def fit_clusters(manifest: Manifest, features: FrameFeatures, config: KMeansConf
 # 2. assign
 
 
-def label_file(label_dir: Path, split: str, shard: int = 0, num_shards: int = 1) -> Path:
-    name = f"{split}.km" if num_shards == 1 else f"{split}.km.shard{shard}-of-{num_shards}"
-    return label_dir / name
-
-
 def assign_split(manifest: Manifest, features: FrameFeatures, model: KMeansModel, out: Path,
                  rows: range | None = None, progress: bool = True) -> None:
     """One line of space-separated cluster ids per row, written atomically."""
@@ -214,83 +190,7 @@ def merge_shards(label_dir: Path, split: str, num_shards: int) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. check
-
-
-@dataclass
-class LabelSummary:
-    rows: int
-    frames: int
-    k: int
-    used_clusters: int
-    entropy_bits: float
-
-    def line(self, split: str) -> str:
-        return (f"{split}: {self.rows} rows, {self.frames} labels, {self.used_clusters}/{self.k} clusters "
-                f"used, entropy {self.entropy_bits:.2f} bits (max {math.log2(self.k):.2f})")
-
-
-def read_labels(path: Path) -> list[np.ndarray]:
-    return [np.array(line.split(), dtype=np.int64) for line in path.read_text().splitlines()]
-
-
-def check_labels(path: Path, manifest: Manifest, grid: LabelGrid, k: int) -> LabelSummary:
-    """Each row's label count must match its audio's frame count within 1 frame per 10 s of
-    audio (at least 1); ids must be in [0, k); more than one cluster must be used."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: label file not found")
-    rows = read_labels(path)
-    if len(rows) != len(manifest):
-        raise LabelError(f"{path}: {len(rows)} rows, the manifest has {len(manifest)}")
-    counts = np.zeros(k, dtype=np.int64)
-    for index, ids in enumerate(rows):
-        samples = manifest.num_samples(index)
-        expected, tolerance = grid.frames(samples), max(1, math.ceil(samples / grid.sample_rate / 10))
-        if abs(len(ids) - expected) > tolerance:
-            raise LabelError(f"{path}: row {index + 1} ({manifest.items[index][0]}) has {len(ids)} labels, "
-                             f"its audio has {expected} frames at {grid.rate_hz:g} Hz")
-        if len(ids) and (ids.min() < 0 or ids.max() >= k):
-            raise LabelError(f"{path}: row {index + 1} has ids outside 0..{k - 1}")
-        counts += np.bincount(ids, minlength=k)
-    used = int((counts > 0).sum())
-    if used < 2:
-        raise LabelError(f"{path}: only {used} cluster used; the labels carry no information")
-    share = counts[counts > 0] / counts.sum()
-    return LabelSummary(len(rows), int(counts.sum()), k, used, float(-(share * np.log2(share)).sum()))
-
-
-# ---------------------------------------------------------------------------------------------
-# the whole job, and the label directory's description
-
-
-@dataclass(frozen=True)
-class LabelSet:
-    directory: Path
-    grid: LabelGrid
-    k: int
-    info: dict
-
-    def path(self, split: str) -> Path:
-        return label_file(self.directory, split)
-
-
-def read_label_set(label_dir: str | Path) -> LabelSet:
-    label_dir = Path(label_dir)
-    path = label_dir / LABELS_JSON
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: not found; make labels with `musicssl labels mfcc|layer`")
-    info = json.loads(path.read_text())
-    try:
-        grid = LabelGrid(**{key: info["grid"][key] for key in ("sample_rate", "hop", "window")})
-        return LabelSet(label_dir, grid, int(info["k"]), info)
-    except KeyError as missing:
-        raise LabelError(f"{path}: missing field {missing}") from None
-
-
-def _write_label_json(label_dir: Path, info: dict) -> None:
-    partial = label_dir / (LABELS_JSON + ".partial")
-    partial.write_text(json.dumps(info, indent=2) + "\n")
-    partial.replace(label_dir / LABELS_JSON)
+# 3. the whole job: fit, assign, check (the format and its checks live in data/label_files.py)
 
 
 def _clusters(manifest_dir: Path, label_dir: Path, features: FrameFeatures, config: KMeansConfig,
@@ -323,7 +223,7 @@ def make_labels(manifest_dir: str | Path, label_dir: str | Path, features: Frame
         "grid": {"sample_rate": features.grid.sample_rate, "hop": features.grid.hop,
                  "window": features.grid.window, "rate_hz": features.grid.rate_hz},
         "manifest": str(manifest_dir.resolve()), "kmeans": "kmeans.json", "splits": {}}
-    _write_label_json(label_dir, info)
+    write_label_json(label_dir, info)
     summaries = {}
     for split in () if fit_only else splits:
         manifest = read_manifest(manifest_dir / f"{split}.tsv")
@@ -356,6 +256,6 @@ def _record_summary(label_dir: Path, info: dict, split: str, manifest: Manifest,
     summary = check_labels(label_file(label_dir, split), manifest, grid, k)
     info["splits"][split] = {"rows": summary.rows, "labels": summary.frames,
                              "used_clusters": summary.used_clusters, "entropy_bits": summary.entropy_bits}
-    _write_label_json(label_dir, info)
+    write_label_json(label_dir, info)
     print(summary.line(split), file=sys.stderr)
     return summary

@@ -11,7 +11,7 @@ import torch
 
 from musicssl.config import from_dict, to_dict
 from musicssl.data.pretrain import UpdateLoader, build_pretrain_data
-from musicssl.targets.labels import read_label_set
+from musicssl.data.label_files import read_label_set
 from musicssl.train.tasks import (Music2VecRun, Music2VecTask, MusicHubertRun, MusicHubertTask, music2vec_run,
                                   musichubert_run, resolve_run)
 from musicssl.train.trainer import checkpoint_dirs, read_run_config, setup_distributed, train

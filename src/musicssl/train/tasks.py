@@ -12,7 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from musicssl.data.pretrain import Batch, DataConfig
-from musicssl.models.backbone import Backbone, replace_backbone_config
+from musicssl.models.backbone import Backbone
+from musicssl.models.backbone_config import replace_backbone_config
 from musicssl.models.music2vec import MUSIC2VEC_VARIANTS, Music2Vec, Music2VecConfig, music2vec_config
 from musicssl.models.musichubert import MusicHubert, MusicHubertConfig, codebook_suffixes, musichubert_config
 from musicssl.train.schedules import ScheduleConfig

@@ -1,4 +1,4 @@
-"""Instrument voices for the synthetic music generator (`data/synth.py`), and `perform`, which
+"""Instrument voices for the synthetic music generator (`synth/songs.py`), and `perform`, which
 plays a list of note events into a mix.
 
 The synthesis methods are plain functions of a fundamental, a length and a few timbre scalars:

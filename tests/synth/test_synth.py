@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from scipy.ndimage import maximum_filter1d
 
-from musicssl.data import synth
-from musicssl.data.instruments import FAMILIES, PITCH_RANGE, SAMPLE_RATE, make_instrument, midi_to_hz
-from musicssl.data.synth import (KEYS, STYLE_NAMES, STYLES, arousal_valence, compose, key_pitch_classes, render,
-                                 sample_song, song_tags, stratified_splits)
 from musicssl.evaluate.tasks import LayoutExample, get_task
+from musicssl.synth import datasets, songs
+from musicssl.synth.datasets import stratified_splits
+from musicssl.synth.instruments import FAMILIES, PITCH_RANGE, SAMPLE_RATE, make_instrument, midi_to_hz
+from musicssl.synth.songs import (KEYS, STYLE_NAMES, STYLES, arousal_valence, compose, key_pitch_classes, render,
+                                  sample_song, song_tags)
 
 SR = SAMPLE_RATE
 # Krumhansl-Kessler key profiles (C major, C minor), the classic chroma template
@@ -25,7 +26,7 @@ KK_MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66,
 KK_MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
 
 
-def song_of(style: str, seed: int, seconds: float = 8.0, **changes) -> synth.Song:
+def song_of(style: str, seed: int, seconds: float = 8.0, **changes) -> songs.Song:
     return dataclasses.replace(sample_song(np.random.default_rng(seed), seconds, style=style), **changes)
 
 
@@ -205,7 +206,7 @@ def test_tags_and_emotion_targets_follow_their_definitions():
     assert {"metal", "fast", "loud", "drums"} <= set(song_tags(fast_loud))
     assert {"classical", "slow", "quiet", "no drums"} <= set(song_tags(slow_quiet))
     assert not {"fast", "slow", "loud", "quiet"} & set(song_tags(dataclasses.replace(middle, tempo=110.0)))
-    instruments = {synth.FAMILY_TAGS.get(family, family) for part, family, _ in slow_quiet.parts}
+    instruments = {songs.FAMILY_TAGS.get(family, family) for part, family, _ in slow_quiet.parts}
     assert set(song_tags(slow_quiet)) == {"classical", "slow", "quiet", "no drums"} | instruments
 
 
@@ -242,7 +243,7 @@ def check_audio(examples, seconds: float | None = None, sounding: float | None =
 
 
 def test_genre_examples_are_balanced_with_beats_and_tempo():
-    examples = synth.genre_examples(12, seed=3, seconds=3.0)
+    examples = datasets.genre_examples(12, seed=3, seconds=3.0)
     check_audio(examples, 3.0)
     assert Counter(e.label for e in examples) == {style: 2 for style in STYLE_NAMES}
     assert Counter(e.split for e in examples) == {"train": 6, "valid": 2, "test": 4}   # GTZAN-like 5:2:3
@@ -257,7 +258,7 @@ def test_genre_examples_are_balanced_with_beats_and_tempo():
 def test_key_examples_cover_all_keys_with_split_disjoint_artists():
     from musicssl.evaluate.tasks.giantsteps import TRAIN_SLOTS, artist_slot
 
-    examples = synth.key_examples(24, seed=1, seconds=2.0)
+    examples = datasets.key_examples(24, seed=1, seconds=2.0)
     check_audio(examples, 2.0)
     assert sorted(e.label for e in examples) == sorted(KEYS)
     artist_splits = {}
@@ -270,12 +271,12 @@ def test_key_examples_cover_all_keys_with_split_disjoint_artists():
 
 
 def test_tag_and_emotion_examples_carry_their_song_labels():
-    tags = synth.tag_examples(12, seed=2, seconds=2.0)
+    tags = datasets.tag_examples(12, seed=2, seconds=2.0)
     check_audio(tags, 2.0)
     for i, example in enumerate(tags):
         assert isinstance(example.label, tuple) and STYLE_NAMES[i % 6] in example.label
         assert ("drums" in example.label) != ("no drums" in example.label)
-    emotions = synth.emotion_examples(12, seed=2, seconds=2.0)
+    emotions = datasets.emotion_examples(12, seed=2, seconds=2.0)
     check_audio(emotions, 2.0)
     for i, example in enumerate(emotions):
         # the documented seeding: example i comes from default_rng([seed, 5, 1, i])
@@ -287,7 +288,7 @@ def test_tag_and_emotion_examples_carry_their_song_labels():
 
 
 def test_nsynth_examples_are_balanced_notes_of_split_disjoint_instruments():
-    examples = synth.nsynth_examples(6, seed=0, instruments=4)
+    examples = datasets.nsynth_examples(6, seed=0, instruments=4)
     check_audio(examples, 4.0, sounding=1.0)   # plucked and struck notes decay, as in NSynth
     assert Counter(e.label for e in examples) == {family: 6 for family in FAMILIES}
     assert len({e.name for e in examples}) == len(examples)
@@ -304,7 +305,7 @@ def test_nsynth_examples_are_balanced_notes_of_split_disjoint_instruments():
 
 
 def test_note_runs_sound_without_gaps():
-    clips = [LayoutExample(str(i), synth.note_run(np.random.default_rng(i), 6.0), SR, "train", None) for i in range(8)]
+    clips = [LayoutExample(str(i), datasets.note_run(np.random.default_rng(i), 6.0), SR, "train", None) for i in range(8)]
     check_audio(clips, 6.0)
 
 
@@ -312,12 +313,12 @@ def test_note_runs_sound_without_gaps():
 
 
 def test_same_seed_same_audio_other_seed_other_audio():
-    first, again, other = (synth.corpus(3, seed=seed, seconds=(1.0, 2.0)) for seed in (5, 5, 6))
+    first, again, other = (datasets.corpus(3, seed=seed, seconds=(1.0, 2.0)) for seed in (5, 5, 6))
     for a, b in zip(first, again):
         assert a.name == b.name and np.array_equal(a.audio, b.audio)
     assert all(not np.array_equal(a.audio, b.audio) for a, b in zip(first, other))
     check_audio(first)
-    notes, notes_again = (synth.nsynth_examples(2, seed=1, instruments=3) for _ in range(2))
+    notes, notes_again = (datasets.nsynth_examples(2, seed=1, instruments=3) for _ in range(2))
     assert [(e.name, e.split) for e in notes] == [(e.name, e.split) for e in notes_again]
     assert all(np.array_equal(a.audio, b.audio) for a, b in zip(notes, notes_again))
 
@@ -327,8 +328,8 @@ def tree_bytes(root) -> dict[str, bytes]:
 
 
 def test_synthesize_writes_every_dataset_as_its_loader_reads_it(tmp_path):
-    summary = synth.synthesize(tmp_path / "a", preset="tests", seed=0, progress=False)
-    config = synth.synth_preset("tests")
+    summary = datasets.synthesize(tmp_path / "a", preset="tests", seed=0, progress=False)
+    config = datasets.synth_preset("tests")
     corpus_files = list((tmp_path / "a" / "corpus").glob("*.wav"))
     assert summary["examples"]["corpus"]["train"] == config.corpus_clips == len(corpus_files)
     loads = {"nsynth_instrument": ("NSynth", {}), "nsynth_pitch": ("NSynth", {}), "gtzan": ("GTZAN", {}),
@@ -340,7 +341,7 @@ def test_synthesize_writes_every_dataset_as_its_loader_reads_it(tmp_path):
         splits[name] = (task, task.load(tmp_path / "a" / folder, **options))
         assert splits[name][1].sizes() == summary["examples"][folder], name
     # labels survive the round trip: the same multiset of labels per split as the factories give
-    genres = synth.genre_examples(config.genre_clips, 0, config.genre_seconds)
+    genres = datasets.genre_examples(config.genre_clips, 0, config.genre_seconds)
     task, loaded = splits["gtzan"]
     for split in ("train", "valid", "test"):
         assert sorted(task.protocol.outputs[item.target] for item in loaded[split]) == \
@@ -348,25 +349,25 @@ def test_synthesize_writes_every_dataset_as_its_loader_reads_it(tmp_path):
     first_beats = sorted(round(float(item.target[0]), 6) for split in ("train", "valid", "test")
                          for item in splits["gtzan_beats"][1][split])
     assert first_beats == sorted(round(float(e.extra["beats"][0]), 6) for e in genres)
-    notes = synth.nsynth_examples(config.nsynth_per_family, 0, instruments=config.nsynth_instruments)
+    notes = datasets.nsynth_examples(config.nsynth_per_family, 0, instruments=config.nsynth_instruments)
     task, loaded = splits["nsynth_instrument"]
     assert sorted((split, task.protocol.outputs[item.target]) for split in ("train", "valid", "test")
                   for item in loaded[split]) == sorted((e.split, e.label) for e in notes)
-    keys = synth.key_examples(config.key_tracks, 0, config.key_seconds)
+    keys = datasets.key_examples(config.key_tracks, 0, config.key_seconds)
     task, loaded = splits["gs"]
     assert sorted((split, task.protocol.outputs[item.target]) for split in ("train", "valid", "test")
                   for item in loaded[split]) == sorted((e.split, e.label) for e in keys)
     # a second run is byte-identical; another seed is not
-    synth.synthesize(tmp_path / "b", preset="tests", seed=0, progress=False)
+    datasets.synthesize(tmp_path / "b", preset="tests", seed=0, progress=False)
     assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b")
-    synth.synthesize(tmp_path / "c", preset="tests", seed=1, progress=False)
+    datasets.synthesize(tmp_path / "c", preset="tests", seed=1, progress=False)
     assert not filecmp.cmp(tmp_path / "a" / "corpus" / "clip_00000.wav", tmp_path / "c" / "corpus" / "clip_00000.wav",
                            shallow=False)
 
 
 def test_unknown_preset_or_a_used_folder_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="demo, tests"):
-        synth.synthesize(tmp_path, preset="huge")
+        datasets.synthesize(tmp_path, preset="huge")
     (tmp_path / "old.wav").write_bytes(b"")
     with pytest.raises(FileExistsError, match="not empty"):
-        synth.synthesize(tmp_path, preset="tests")
+        datasets.synthesize(tmp_path, preset="tests")
