@@ -88,7 +88,7 @@ def _stage(message: str) -> None:
 
 
 def _final_checkpoint(run_dir: Path) -> Path:
-    from musicssl.train.trainer import checkpoint_dirs
+    from musicssl.train.checkpoint import checkpoint_dirs
 
     checkpoints = checkpoint_dirs(run_dir)
     if not checkpoints:
@@ -143,7 +143,7 @@ def run_demo(out: str | Path = "runs/demo", preset: str = "demo", device: str | 
     from musicssl.evaluate.benchmark import run_benchmark
     from musicssl.evaluate.report import compare
     from musicssl.train.launch import pretrain
-    from musicssl.train.trainer import INITIAL
+    from musicssl.train.checkpoint import INITIAL
 
     if preset not in DEMO_PRESETS:
         raise ValueError(f"unknown demo preset {preset!r}; known: {', '.join(DEMO_PRESETS)}")

@@ -14,7 +14,8 @@ from musicssl.data.pretrain import UpdateLoader, build_pretrain_data
 from musicssl.targets.labels import read_label_set
 from musicssl.train.tasks import (Music2VecRun, Music2VecTask, MusicHubertRun, MusicHubertTask, music2vec_run,
                                   musichubert_run, resolve_run)
-from musicssl.train.trainer import checkpoint_dirs, read_run_config, setup_distributed, train
+from musicssl.train.checkpoint import checkpoint_dirs, read_run_config
+from musicssl.train.trainer import setup_distributed, train
 
 RUN_TYPES = {"musichubert": MusicHubertRun, "music2vec": Music2VecRun}
 TASKS = {"musichubert": MusicHubertTask, "music2vec": Music2VecTask}
