@@ -8,6 +8,7 @@ a key or a value that does not fit fails with the path and the expected type.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import types
@@ -47,12 +48,9 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
         options = typing.get_args(hint)
         if value is None and type(None) in options:
             return None
-        errors = []
         for option in (o for o in options if o is not type(None)):
-            try:
+            with contextlib.suppress(ValueError, TypeError):  # the next option may fit
                 return _coerce(option, value, path)
-            except (ValueError, TypeError) as error:
-                errors.append(str(error))
         raise ValueError(f"{path}: {value!r} fits none of {hint}")
     if origin is tuple:
         args = typing.get_args(hint)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from musicssl.atomic import write_text
 from musicssl.config import from_dict, to_dict
 from musicssl.data.pretrain import UpdateLoader, build_pretrain_data
 from musicssl.targets.labels import read_label_set
@@ -69,7 +70,7 @@ def pretrain(method: str, preset: str, data: str, labels: str | Sequence[str] | 
     run = resolve(method, preset, labels, overrides, resume_from, variant)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps({"method": method, **to_dict(run)}, indent=2) + "\n")
+        write_text(run_dir / "config.json", json.dumps({"method": method, **to_dict(run)}, indent=2) + "\n")
     backbone = run.model.backbone
     dataset, plan = build_pretrain_data(data, "train", labels, backbone.sample_rate, run.data,
                                         backbone.normalize_waveform, env.world_size, env.rank)

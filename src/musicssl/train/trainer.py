@@ -304,7 +304,7 @@ def _run_update(task, ddp, micro_batches, config, device, scaler, update) -> tup
         sync = contextlib.nullcontext() if last or not hasattr(ddp, "no_sync") else ddp.no_sync()
         with sync:
             with autocast_context(config.precision, device):
-                result = task.step(ddp, _to_device(batch, device), update)
+                result = task.step(ddp, to_device(batch, device), update)
             loss = result["loss"].float() * weight
             finite = finite & torch.isfinite(loss.detach())
             (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -313,7 +313,7 @@ def _run_update(task, ddp, micro_batches, config, device, scaler, update) -> tup
     return dict(totals), bool(finite)  # the update's one wait for the device (the all-reduce's .tolist() is another)
 
 
-def _to_device(batch: Batch, device: torch.device) -> Batch:
+def to_device(batch: Batch, device: torch.device) -> Batch:
     """Non-blocking from pinned memory on CUDA (the copy overlaps the host's work). The row
     indices stay on the host: the mask generator reads one, which would wait for the device."""
     non_blocking = device.type == "cuda" and batch.wav.is_pinned()
