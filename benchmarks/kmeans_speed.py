@@ -190,15 +190,6 @@ def time_to_reach(result: dict, target: float) -> tuple[int, float] | None:
     return None
 
 
-def median_time(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
-
-
 def time_assignment(model, x: np.ndarray, repeats: int) -> dict:
     import faiss
 

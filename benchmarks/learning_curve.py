@@ -72,7 +72,7 @@ def pretrain_run(kind: str, out: Path, manifest: Path, labels: list[Path], steps
                  seed: int, progress: bool) -> dict[int, Path]:
     """Train to max(steps) keeping every checkpoint; returns step -> checkpoint directory."""
     from musicssl.train.launch import pretrain
-    from musicssl.train.trainer import INITIAL, checkpoint_dirs
+    from musicssl.train.checkpoint import INITIAL, checkpoint_dirs
 
     run_dir = out / kind
     overrides = config.hubert_overrides if kind == "musichubert" else config.music2vec_overrides

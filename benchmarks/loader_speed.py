@@ -34,6 +34,7 @@ import torch
 from musicssl.data.manifest import read_manifest, write_manifest
 from musicssl.data.prepare import PreparedCorpus, is_prepared, prepare
 from musicssl.data.pretrain import PretrainDataset, collate
+from musicssl.train.trainer import to_device
 
 SR, NATIVE, CROP_SECONDS, BATCH = 16_000, 44_100, 5.0, 4
 
@@ -92,7 +93,7 @@ def measure(dataset: PretrainDataset, crops: int, device: torch.device, seed: in
     for first in range(0, crops, BATCH):
         batch = collate([dataset[key] for key in keys[first:first + BATCH]])
         batch = batch.pin_memory() if cuda else batch
-        moved = batch.to(device, non_blocking=cuda)
+        moved = to_device(batch, device)  # as the trainer moves it: non-blocking when pinned
         delivered += moved.wav.shape[0] * moved.wav.shape[1] / SR
     if cuda:
         torch.cuda.synchronize(device)

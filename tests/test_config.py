@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from musicssl.config import apply_overrides, from_dict, to_dict
+from musicssl.config import ConfigError, Registry, apply_overrides, from_dict, to_dict
+from musicssl.demo import DEMO_PRESETS
+from musicssl.models.backbone import backbone_preset
 from musicssl.train.tasks import MusicHubertRun, music2vec_run, musichubert_run
 
 
@@ -55,3 +57,38 @@ def test_base_recipes_scale_the_cnn_gradient_as_specified_and_tiny_documents_its
     tiny_m2v, base_m2v = music2vec_run("tiny")[0].model, music2vec_run("base")[0].model
     assert tiny_m2v.zero_init_final_proj and tiny_m2v.backbone.feature_grad_mult == 0.0
     assert not base_m2v.zero_init_final_proj
+
+
+def test_registry_lookup_of_an_unknown_name_lists_the_known_ones():
+    sizes = Registry("size", {"small": 1, "large": 2})
+    assert sizes["large"] == 2 and sizes.names() == ("small", "large") and dict(sizes) == {"small": 1, "large": 2}
+    with pytest.raises(ConfigError) as error:
+        sizes["huge"]
+    assert str(error.value) == "unknown size 'huge'; known: small, large"
+    # a KeyError too: Mapping's get and `in` keep their meaning, old `except KeyError` still catches
+    assert isinstance(error.value, KeyError) and sizes.get("huge") is None and "huge" not in sizes
+
+
+def test_registry_registers_by_decorator_and_refuses_a_name_twice():
+    recipes = Registry("recipe")
+
+    @recipes.register("double")
+    def double(x):
+        return 2 * x
+
+    assert recipes["double"](4) == 8 and recipes.register("half", 0.5) == 0.5
+    with pytest.raises(ValueError, match="recipe 'half' is registered twice"):
+        recipes.register("half", 0.25)
+
+
+@pytest.mark.parametrize("lookup, message", [
+    (lambda: musichubert_run("huge", 8, 50.0), "unknown musichubert preset 'huge'; known: base, tiny"),
+    (lambda: music2vec_run("huge"), "unknown music2vec preset 'huge'; known: base, tiny"),
+    (lambda: music2vec_run("tiny", "span7"), "unknown Music2Vec variant 'span7'; known: vanilla, span5, span15"),
+    (lambda: backbone_preset("huge"), "unknown backbone preset 'huge'; known: hubert_base, data2vec_base"),
+    (lambda: DEMO_PRESETS["huge"], "unknown demo preset 'huge'; known: demo, smoke"),
+])
+def test_every_preset_family_names_its_presets(lookup, message):
+    with pytest.raises(ConfigError) as error:
+        lookup()
+    assert str(error.value).startswith(message)

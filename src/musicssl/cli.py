@@ -180,7 +180,7 @@ def add_pretrain(commands) -> None:
                            help="the paper's ablations: vanilla, span5, span15, prob50, prob80, target12, "
                                 "crop5s, steps800k")
     for sub in (hubert, music2vec):
-        sub.add_argument("--preset", choices=("tiny", "base"), default="base")
+        sub.add_argument("--preset", default="base", help="base (the paper's) or tiny (CPU tests, the demo)")
         sub.add_argument("--data", required=True, help="manifest directory (train.tsv)")
         sub.add_argument("--out", required=True, help="run directory (resumes if it holds checkpoints)")
         sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

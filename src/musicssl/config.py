@@ -8,11 +8,66 @@ a key or a value that does not fit fails with the path and the expected type.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import types
 import typing
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A setting the user can fix (a preset, a key, a value): a ValueError, so the CLI prints it
+    as one line and exits 2."""
+
+
+class UnknownName(ConfigError, KeyError):
+    """A name a registry does not hold. Also a KeyError, so `Mapping.get` and `in` work and
+    callers that caught the dicts' KeyError still do."""
+
+    __str__ = BaseException.__str__  # KeyError's would quote the message
+
+
+class Registry(Mapping[str, T]):
+    """Named presets of one family (backbone presets, recipes, variants): a read-only mapping
+    whose `registry[name]` of an unknown name says which names exist, in one line.
+
+        BACKBONES = Registry("backbone preset", {"base": BASE, "tiny": TINY})
+        BACKBONES["x"]  # ConfigError: unknown backbone preset 'x'; known: base, tiny
+    """
+
+    def __init__(self, what: str, entries: Mapping[str, T] | None = None):
+        self.what = what
+        self._entries: dict[str, T] = {}
+        for name, value in (entries or {}).items():
+            self.register(name, value)
+
+    def register(self, name: str, value: Any = dataclasses.MISSING) -> Any:
+        """Add `value` under `name`; without a value, a decorator that adds what it decorates."""
+        if value is dataclasses.MISSING:
+            return lambda decorated: self.register(name, decorated)
+        if name in self._entries:
+            raise ValueError(f"{self.what} {name!r} is registered twice")
+        self._entries[name] = value
+        return value
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._entries)
+
+    def __getitem__(self, name: str) -> T:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownName(f"unknown {self.what} {name!r}; known: {', '.join(self._entries)}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def to_dict(config: Any) -> Any:
@@ -47,12 +102,9 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
         options = typing.get_args(hint)
         if value is None and type(None) in options:
             return None
-        errors = []
         for option in (o for o in options if o is not type(None)):
-            try:
+            with contextlib.suppress(ValueError, TypeError):  # the next option may fit
                 return _coerce(option, value, path)
-            except (ValueError, TypeError) as error:
-                errors.append(str(error))
         raise ValueError(f"{path}: {value!r} fits none of {hint}")
     if origin is tuple:
         args = typing.get_args(hint)

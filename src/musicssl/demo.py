@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from musicssl.config import Registry
 from musicssl.evaluate.probe_protocol import ProbeConfig
 
 # The generated probe datasets: registry task name -> folder written by synth/datasets.py.
@@ -69,7 +70,7 @@ class DemoConfig:
     task_options: tuple[tuple[str, str, str], ...] = (("gs", "segment_seconds", "10"),)
 
 
-DEMO_PRESETS: dict[str, DemoConfig] = {
+DEMO_PRESETS: Registry[DemoConfig] = Registry("demo preset", {
     "demo": DemoConfig(),
     # a few minutes: what the test suite runs
     "smoke": DemoConfig(synth_preset="smoke", k=16, hubert_steps=6, music2vec_steps=6,
@@ -80,7 +81,7 @@ DEMO_PRESETS: dict[str, DemoConfig] = {
                         probe=ProbeConfig(learning_rates=(1e-3,), layers=(0, "weighted"), max_epochs=3,
                                           early_stop_patience=2, hidden_size=64), beats_probe=None,
                         beat_decoder="peaks", task_options=(("gs", "segment_seconds", "3"),)),
-}
+})
 
 
 def _stage(message: str) -> None:
@@ -88,7 +89,7 @@ def _stage(message: str) -> None:
 
 
 def _final_checkpoint(run_dir: Path) -> Path:
-    from musicssl.train.trainer import checkpoint_dirs
+    from musicssl.train.checkpoint import checkpoint_dirs
 
     checkpoints = checkpoint_dirs(run_dir)
     if not checkpoints:
@@ -142,11 +143,9 @@ def run_demo(out: str | Path = "runs/demo", preset: str = "demo", device: str | 
     from musicssl.synth.datasets import synthesize
     from musicssl.evaluate.benchmark import run_benchmark
     from musicssl.evaluate.report import compare
+    from musicssl.train.checkpoint import INITIAL
     from musicssl.train.launch import pretrain
-    from musicssl.train.trainer import INITIAL
 
-    if preset not in DEMO_PRESETS:
-        raise ValueError(f"unknown demo preset {preset!r}; known: {', '.join(DEMO_PRESETS)}")
     config = DEMO_PRESETS[preset]
     out = Path(out)
     data, started, timings = out / "data", time.perf_counter(), {}

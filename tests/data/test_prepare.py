@@ -70,8 +70,9 @@ def test_a_killed_or_partial_prepare_resumes_and_array_jobs_give_the_same_bytes(
     assert all(p.wait(timeout=300) == 0 for p in running), [p.stderr.read() for p in running]
     with pytest.raises(ValueError, match="1 of 3 train shards are not written yet"):
         PreparedCorpus(jobs, "train", SR)
-    # A killed writer leaves only a hidden partial file; the next run writes the missing shard only.
-    (jobs / f".{shard_name('train', 1, 3)}.i16.partial").write_bytes(b"half a shard")
+    # A killed writer leaves only a hidden partial file (atomic.py's name, with the dead job's
+    # pid); the next run writes the missing shard only.
+    (jobs / f".{shard_name('train', 1, 3)}.i16.99999.partial").write_bytes(b"half a shard")
     summary = prepare(source / "manifest", jobs, SR, num_shards=3, workers=1, progress=False)
     assert summary.written == [shard_name("train", 1, 3)] and summary.done == 3
     for k in range(3):

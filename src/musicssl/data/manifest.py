@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from musicssl import audio
+from musicssl import atomic, audio
 
 REPORT_NAME = "manifest_report.tsv"
 
@@ -43,9 +43,6 @@ class Manifest:
 
     def num_samples(self, index: int) -> int:
         return self.items[index][1]
-
-    def total_samples(self) -> int:
-        return sum(n for _, n in self.items)
 
     def shard(self, shard: int, num_shards: int) -> range:
         """Row indices of one of `num_shards` contiguous shards (merging keeps the row order)."""
@@ -83,11 +80,10 @@ def read_manifest(path: str | Path) -> Manifest:
 def write_manifest(path: str | Path, root: str | Path, items: Sequence[tuple[str, int]]) -> None:
     path = Path(path)
     lines = [str(Path(root).resolve())] + [f"{relative}\t{count}" for relative, count in items]
-    # a temporary name of this process's own: array jobs of `musicssl prepare` write the same
-    # manifest at once, and a shared name let one job rename the other's file away (ENOENT)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    temporary.replace(path)
+    # array jobs of `musicssl prepare` write the same manifest at once: atomic's temporary is
+    # per process, so one job cannot rename the other's file away (ENOENT)
+    with atomic.atomic_path(path) as partial:
+        partial.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def probe(path: Path, sample_rate: int, min_samples: int) -> tuple[int | None, str]:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from musicssl import audio
+from musicssl import atomic, audio
 from musicssl.data.manifest import Manifest, read_manifest, write_manifest
 
 PREPARED = "prepared.json"
@@ -116,9 +116,7 @@ def _agree_on_metadata(out_dir: Path, meta: dict) -> None:
             raise ValueError(f"{path}: this directory was prepared with {old}, not {meta}; use another --out "
                              "or the same manifest, --sample-rate and --num-shards")
         meta = {**old, "splits": {**old["splits"], **meta["splits"]}}
-    temporary = path.with_name(f".{PREPARED}.{os.getpid()}")
-    temporary.write_text(json.dumps(meta, indent=2) + "\n")
-    temporary.replace(path)  # jobs racing here write the same content
+    atomic.write_text(path, json.dumps(meta, indent=2) + "\n")  # jobs racing here write the same content
 
 
 def _done(out_dir: Path, split: str, shard: int, num_shards: int) -> bool:
@@ -153,8 +151,8 @@ def write_shard(manifest_dir: str, out_dir: str, split: str, shard: int, num_sha
     data, index = Path(out_dir) / f"{name}.i16", Path(out_dir) / f"{name}.npz"
     rows = shard_rows(len(manifest), shard, num_shards)
     offsets, lengths, scales = (np.zeros(len(rows), dtype) for dtype in (np.int64, np.int64, np.float32))
-    partial, position, unreadable = data.with_name(f".{data.name}.partial"), 0, 0
-    with partial.open("wb") as handle:
+    position, unreadable = 0, 0
+    with atomic.atomic_path(data) as partial, partial.open("wb") as handle:
         for i, row in enumerate(rows):
             wav = _decode(manifest, row, sample_rate)  # (N,) or None
             offsets[i] = position
@@ -166,10 +164,9 @@ def write_shard(manifest_dir: str, out_dir: str, split: str, shard: int, num_sha
             quantised = np.round(wav * (32768 / scales[i])).astype(np.int16)  # |.| <= 32767
             handle.write(quantised.tobytes())
             lengths[i], position = len(wav), position + len(wav)
-    partial.replace(data)
-    partial_index = index.with_name(f".{index.stem}.partial.npz")
-    np.savez(partial_index, offsets=offsets, lengths=lengths, scales=scales)
-    partial_index.replace(index)  # the index last: it marks the shard complete
+    # the index last: it marks the shard complete (a handle: np.savez would append .npz to a name)
+    with atomic.atomic_path(index) as partial, partial.open("wb") as handle:
+        np.savez(handle, offsets=offsets, lengths=lengths, scales=scales)
     return name, unreadable
 
 

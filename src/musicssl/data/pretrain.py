@@ -205,9 +205,6 @@ class Batch:
     skipped: int  # items of this micro-batch that were None
     whole_file_reads: int = 0  # items decoded whole: crop_only could not read their crop alone
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        return self._map(lambda x: x.to(device, non_blocking=non_blocking))
-
     def pin_memory(self) -> Batch:  # DataLoader(pin_memory=True) calls this on custom batch types
         return self._map(Tensor.pin_memory)
 

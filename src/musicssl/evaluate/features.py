@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from musicssl import audio
+from musicssl import atomic, audio
 from musicssl.evaluate.batching import DecodeAhead, batched_rows
 from musicssl.evaluate.sources import Source
 from musicssl.evaluate.tasks.base import Item, Protocol
@@ -104,9 +103,8 @@ class FeatureCache:
         self.rows_path = self.directory / f"rows{suffix}.f16"
         self.index_path = self.directory / f"index{suffix}.jsonl"
         meta = {"source": source.describe(), "features_of": folder, "settings": settings}
-        partial = self.directory / f".meta.json.{os.getpid()}"  # shards write it at once: whole or not at all
-        partial.write_text(json.dumps(meta, indent=1, default=str))
-        partial.replace(self.directory / "meta.json")
+        # shards write it at once: each through its own temporary, whole or not at all
+        atomic.write_text(self.directory / "meta.json", json.dumps(meta, indent=1, default=str))
         self.row_shape = (source.num_layers, source.frame_dim if self.frame_level else source.pooled_dim)
         own = self._read_index(self.index_path, self.rows_path)
         self._truncate_rows(sum(entry.get("count", 0) for entry in own.values()))

@@ -159,9 +159,6 @@ def load_checkpoint(path: str | Path) -> dict:
 # stand-ins -> plain Python
 
 
-_MISSING = "???"  # OmegaConf's mandatory-missing marker
-
-
 def to_python(value: Any) -> Any:
     """Plain dicts / lists / values from OmegaConf stand-ins and Namespaces, `${a.b}` resolved
     against the root (fairseq configs use them, e.g. task.label_rate: ${model.label_rate})."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from musicssl.config import Registry
+
 # (channels, kernel, stride) of the 7 conv layers: total stride 320 (20 ms at 16 kHz),
 # receptive field 400 samples (25 ms). fairseq `conv_feature_layers` of both base recipes.
 BASE_CONV_LAYERS: tuple[tuple[int, int, int], ...] = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
@@ -91,12 +93,12 @@ DATA2VEC_BASE = BackboneConfig(
     variant="data2vec", extractor_norm="layer", pos_conv_kernel=19, pos_conv_depth=5,
     input_dropout=0.0, feature_grad_mult=1.0, normalize_waveform=True,
 )
-BACKBONE_PRESETS: dict[str, BackboneConfig] = {
+BACKBONE_PRESETS: Registry[BackboneConfig] = Registry("backbone preset", {
     "hubert_base": HUBERT_BASE,
     "data2vec_base": DATA2VEC_BASE,
     "hubert_tiny": _tiny(HUBERT_BASE, pos_conv_kernel=32),
     "data2vec_tiny": _tiny(DATA2VEC_BASE, pos_conv_kernel=7, pos_conv_depth=3),
-}
+})
 
 
 def replace_backbone_config(config, **changes):
@@ -108,6 +110,4 @@ def backbone_preset(name: str, variant: str | None = None) -> BackboneConfig:
     """``hubert_base``, ``data2vec_base``, ``hubert_tiny``, ``data2vec_tiny``; or ``base``/``tiny``
     with ``variant`` given (how the training recipes ask for theirs)."""
     key = f"{variant}_{name}" if variant and name in ("base", "tiny") else name
-    if key not in BACKBONE_PRESETS:
-        raise KeyError(f"unknown backbone preset {name!r} (variant {variant!r}); known: {sorted(BACKBONE_PRESETS)}")
-    return BACKBONE_PRESETS[key]
+    return BACKBONE_PRESETS[key]  # unknown: a ConfigError (also a KeyError) naming the known presets

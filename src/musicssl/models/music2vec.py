@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from musicssl.config import Registry
 from musicssl.models.backbone import Backbone, TransformerEncoder, padding_mask_from_lengths
 from musicssl.models.backbone_config import BackboneConfig, backbone_preset
 from musicssl.models.masking import MaskConfig, mask_spans
@@ -83,7 +84,7 @@ def music2vec_config(preset: str, **changes) -> Music2VecConfig:
 
 # The music paper's named ablations (method-spec §4.6) as dotted overrides of a run config
 # with top-level fields model / data / trainer. "vanilla" is the data2vec base recipe.
-MUSIC2VEC_VARIANTS: dict[str, dict[str, object]] = {
+MUSIC2VEC_VARIANTS: Registry[dict[str, object]] = Registry("Music2Vec variant", {
     "vanilla": {},
     "span5": {"model.mask.mask_length": 5},
     "span15": {"model.mask.mask_length": 15},
@@ -92,7 +93,7 @@ MUSIC2VEC_VARIANTS: dict[str, dict[str, object]] = {
     "target12": {"model.average_top_k_layers": 12},
     "crop5s": {"data.crop_seconds": 5.0},
     "steps800k": {"trainer.max_steps": 800_000},
-}
+})
 
 
 def ema_decay_at(step: int, start: float, end: float, anneal_end_step: int) -> float:

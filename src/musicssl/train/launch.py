@@ -9,12 +9,14 @@ from pathlib import Path
 
 import torch
 
+from musicssl.atomic import write_text
 from musicssl.config import from_dict, to_dict
 from musicssl.data.pretrain import UpdateLoader, build_pretrain_data
 from musicssl.data.label_files import read_label_set
-from musicssl.train.tasks import (Music2VecRun, Music2VecTask, MusicHubertRun, MusicHubertTask, music2vec_run,
-                                  musichubert_run, resolve_run)
-from musicssl.train.trainer import checkpoint_dirs, read_run_config, setup_distributed, train
+from musicssl.train.checkpoint import checkpoint_dirs, read_run_config
+from musicssl.train.tasks import (MUSICHUBERT_PRESETS, Music2VecRun, Music2VecTask, MusicHubertRun, MusicHubertTask,
+                                  music2vec_run, resolve_run)
+from musicssl.train.trainer import setup_distributed, train
 
 RUN_TYPES = {"musichubert": MusicHubertRun, "music2vec": Music2VecRun}
 TASKS = {"musichubert": MusicHubertTask, "music2vec": Music2VecTask}
@@ -46,13 +48,14 @@ def resolve(method: str, preset: str, labels: str | Sequence[str] | None, overri
     if method == "music2vec":
         run, variant_overrides = music2vec_run(preset, variant)
         return resolve_run(run, variant_overrides + overrides)
+    recipe = MUSICHUBERT_PRESETS[preset]  # an unknown preset fails before any label is read
     if not labels:
         raise ValueError("musichubert needs --labels: a label directory from `musicssl labels`")
     label_sets = [read_label_set(directory) for directory in _label_dirs(labels)]
     rates = {label_set.grid.rate_hz for label_set in label_sets}
     if len(rates) > 1:
         raise ValueError(f"label sets at different rates {sorted(rates)} Hz cannot be trained together")
-    return resolve_run(musichubert_run(preset, tuple(s.k for s in label_sets), rates.pop()), overrides)
+    return resolve_run(recipe(tuple(s.k for s in label_sets), rates.pop()), overrides)
 
 
 def _label_dirs(labels: str | Sequence[str]) -> list[str]:
@@ -68,7 +71,7 @@ def pretrain(method: str, preset: str, data: str, labels: str | Sequence[str] | 
     run = resolve(method, preset, labels, overrides, resume_from, variant)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps({"method": method, **to_dict(run)}, indent=2) + "\n")
+        write_text(run_dir / "config.json", json.dumps({"method": method, **to_dict(run)}, indent=2) + "\n")
     backbone = run.model.backbone
     dataset, plan = build_pretrain_data(data, "train", labels, backbone.sample_rate, run.data,
                                         backbone.normalize_waveform, env.world_size, env.rank)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from musicssl.config import Registry
 from musicssl.data.pretrain import Batch, DataConfig
 from musicssl.models.backbone import Backbone
 from musicssl.models.backbone_config import replace_backbone_config
@@ -27,24 +29,35 @@ class MusicHubertRun:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
-def musichubert_run(preset: str, num_classes: int | tuple[int, ...], label_rate_hz: float) -> MusicHubertRun:
-    """`base`: 95M model, 5 s crops, 720 s of audio per update (HuBERT's 87.5 s per GPU on the
-    paper's 8 GPUs, rounded to whole 5 s crops [inf]), 250k steps, peak lr 5e-4, 32k warm-up.
-    `tiny`: the same recipe on a ~1M-parameter model, 40 s per update, 300 steps, with two
-    changes measured on the demo corpus (README, "The demo"): peak lr 1e-3 (at 2e-3 and above the
+MusicHubertRecipe = Callable[[int | tuple[int, ...], float], MusicHubertRun]  # (k per codebook, label rate)
+MUSICHUBERT_PRESETS: Registry[MusicHubertRecipe] = Registry("musichubert preset")
+
+
+@MUSICHUBERT_PRESETS.register("base")
+def _musichubert_base(num_classes: int | tuple[int, ...], label_rate_hz: float) -> MusicHubertRun:
+    """95M model, 5 s crops, 720 s of audio per update (HuBERT's 87.5 s per GPU on the paper's
+    8 GPUs, rounded to whole 5 s crops [inf]), 250k steps, peak lr 5e-4, 32k warm-up."""
+    return MusicHubertRun(musichubert_config("base", num_classes, label_rate_hz),
+                          DataConfig(crop_seconds=5.0, batch_seconds=720.0, micro_batch_seconds=90.0),
+                          TrainerConfig())
+
+
+@MUSICHUBERT_PRESETS.register("tiny")
+def _musichubert_tiny(num_classes: int | tuple[int, ...], label_rate_hz: float) -> MusicHubertRun:
+    """The same recipe on a ~1M-parameter model, 40 s per update, 300 steps, with two changes
+    measured on the demo corpus (README, "The demo"): peak lr 1e-3 (at 2e-3 and above the
     post-LN model sat at the label prior for 1,500 updates) and the full gradient into the CNN
     (feature_grad_mult 1.0 instead of 0.1: a few hundred updates cannot afford a 10x slower CNN)."""
-    model = musichubert_config(preset, num_classes, label_rate_hz)
-    if preset == "base":
-        return MusicHubertRun(model, DataConfig(crop_seconds=5.0, batch_seconds=720.0, micro_batch_seconds=90.0),
-                              TrainerConfig())
-    if preset == "tiny":
-        model = replace_backbone_config(model, feature_grad_mult=1.0)
-        schedule = ScheduleConfig(kind="polynomial", peak_lr=1e-3, warmup_steps=30, total_steps=300)
-        trainer = TrainerConfig(max_steps=300, schedule=schedule, checkpoint_every=100, log_every=10)
-        return MusicHubertRun(model, DataConfig(crop_seconds=5.0, batch_seconds=40.0, micro_batch_seconds=20.0),
-                              trainer)
-    raise KeyError(f"unknown preset {preset!r}; known: base, tiny")
+    model = replace_backbone_config(musichubert_config("tiny", num_classes, label_rate_hz), feature_grad_mult=1.0)
+    schedule = ScheduleConfig(kind="polynomial", peak_lr=1e-3, warmup_steps=30, total_steps=300)
+    trainer = TrainerConfig(max_steps=300, schedule=schedule, checkpoint_every=100, log_every=10)
+    return MusicHubertRun(model, DataConfig(crop_seconds=5.0, batch_seconds=40.0, micro_batch_seconds=20.0), trainer)
+
+
+def musichubert_run(preset: str, num_classes: int | tuple[int, ...], label_rate_hz: float) -> MusicHubertRun:
+    """`base` (the paper's) or `tiny` (CPU tests, the demo), for label sets of k = `num_classes`
+    at `label_rate_hz`; an unknown preset is a ConfigError naming the known ones."""
+    return MUSICHUBERT_PRESETS[preset](num_classes, label_rate_hz)
 
 
 @dataclass(frozen=True)
@@ -54,38 +67,44 @@ class Music2VecRun:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
-def music2vec_run(preset: str, variant: str = "vanilla") -> tuple[Music2VecRun, list[str]]:
+MUSIC2VEC_PRESETS: Registry[Callable[[], Music2VecRun]] = Registry("music2vec preset")
+
+
+@MUSIC2VEC_PRESETS.register("base")
+def _music2vec_base() -> Music2VecRun:
     """data2vec 1.0 audio base recipe on music (method-spec §4.5): tri-stage schedule (3/90/7 %),
     peak 5e-4, no clipping, 400k steps, 5 s crops; 3840 s of audio per update (data2vec's
-    3.8M samples x 16 GPUs, rounded to whole crops [inf]). `tiny`: the ~1M-parameter backbone,
-    40 s per update, 300 steps, peak lr 1e-3, a zero-initialised prediction head and a frozen
-    CNN (see below). Returns the run and the variant's overrides (the paper's ablations, applied
-    like `--set`)."""
-    if variant not in MUSIC2VEC_VARIANTS:
-        raise KeyError(f"unknown Music2Vec variant {variant!r}; known: {sorted(MUSIC2VEC_VARIANTS)}")
-    model = music2vec_config(preset)
+    3.8M samples x 16 GPUs, rounded to whole crops [inf])."""
+    schedule = ScheduleConfig(kind="tri_stage", peak_lr=5e-4, total_steps=400_000)
+    trainer = TrainerConfig(max_steps=400_000, schedule=schedule, clip_norm=0.0)
+    return Music2VecRun(music2vec_config("base"),
+                        DataConfig(crop_seconds=5.0, batch_seconds=3840.0, micro_batch_seconds=240.0), trainer)
+
+
+@MUSIC2VEC_PRESETS.register("tiny")
+def _music2vec_tiny() -> Music2VecRun:
+    """The ~1M-parameter backbone, 40 s per update, 300 steps, peak lr 1e-3, a zero-initialised
+    prediction head and a frozen CNN."""
+    schedule = ScheduleConfig(kind="tri_stage", peak_lr=1e-3, total_steps=300)
+    trainer = TrainerConfig(max_steps=300, schedule=schedule, clip_norm=0.0, checkpoint_every=100)
+    # Two changes measured on the demo corpus (README, "The demo"):
+    # - final_proj starts at zero: with fairseq's init the student first spent ~300 updates
+    #   shrinking its noise predictions to the targets' mean (R2 ~ 0 throughout);
+    # - the CNN is frozen at its random init (feature_grad_mult 0, as fairseq allows):
+    #   instance-normed targets carry nothing constant over a crop, and a few hundred Adam
+    #   updates then rewrote the 64-channel CNN into one that had lost timbre (NSynth
+    #   instrument 17 vs 44 at random init). Training it at a tenth of the lr instead
+    #   (trainer.cnn_lr_scale=0.1) was no better over 4 seeds, at twice the time per update.
+    model = dataclasses.replace(replace_backbone_config(music2vec_config("tiny"), feature_grad_mult=0.0),
+                                ema_anneal_end_step=300, collapse_check_after=100, zero_init_final_proj=True)
+    return Music2VecRun(model, DataConfig(crop_seconds=5.0, batch_seconds=40.0, micro_batch_seconds=20.0), trainer)
+
+
+def music2vec_run(preset: str, variant: str = "vanilla") -> tuple[Music2VecRun, list[str]]:
+    """`base` (the paper's) or `tiny` (CPU tests, the demo), and the variant's overrides (the
+    paper's ablations, applied like `--set`). Unknown names are ConfigErrors naming the known."""
     overrides = [f"{key}={value}" for key, value in MUSIC2VEC_VARIANTS[variant].items()]
-    if preset == "base":
-        schedule = ScheduleConfig(kind="tri_stage", peak_lr=5e-4, total_steps=400_000)
-        trainer = TrainerConfig(max_steps=400_000, schedule=schedule, clip_norm=0.0)
-        return Music2VecRun(model, DataConfig(crop_seconds=5.0, batch_seconds=3840.0, micro_batch_seconds=240.0),
-                            trainer), overrides
-    if preset == "tiny":
-        schedule = ScheduleConfig(kind="tri_stage", peak_lr=1e-3, total_steps=300)
-        trainer = TrainerConfig(max_steps=300, schedule=schedule, clip_norm=0.0, checkpoint_every=100)
-        # Two changes measured on the demo corpus (README, "The demo"):
-        # - final_proj starts at zero: with fairseq's init the student first spent ~300 updates
-        #   shrinking its noise predictions to the targets' mean (R2 ~ 0 throughout);
-        # - the CNN is frozen at its random init (feature_grad_mult 0, as fairseq allows):
-        #   instance-normed targets carry nothing constant over a crop, and a few hundred Adam
-        #   updates then rewrote the 64-channel CNN into one that had lost timbre (NSynth
-        #   instrument 17 vs 44 at random init). Training it at a tenth of the lr instead
-        #   (trainer.cnn_lr_scale=0.1) was no better over 4 seeds, at twice the time per update.
-        model = dataclasses.replace(replace_backbone_config(model, feature_grad_mult=0.0), ema_anneal_end_step=300,
-                                    collapse_check_after=100, zero_init_final_proj=True)
-        return Music2VecRun(model, DataConfig(crop_seconds=5.0, batch_seconds=40.0, micro_batch_seconds=20.0),
-                            trainer), overrides
-    raise KeyError(f"unknown preset {preset!r}; known: base, tiny")
+    return MUSIC2VEC_PRESETS[preset](), overrides
 
 
 def resolve_run(run, overrides: list[str]):

@@ -16,11 +16,8 @@ writes checkpoints. Losses come back from the model as sums with a sample size (
 frames); gradients are divided by the global sample size after all micro-batches and ranks
 (fairseq's multiply_grads), so one process and N processes take the same step.
 
-A checkpoint is a directory that transformers loads (the backbone) plus `training_state/`
-(heads, EMA teacher, optimizer, scheduler, RNG, data position, resolved run config). It is
-written to a temporary directory and renamed, so a killed run never leaves half a checkpoint;
-a run directory that holds checkpoints resumes from the newest one. `RUN/initial/` holds the
-backbone before the first update, in the same format: the run's own random-init control.
+Checkpoints (what they hold, how they are written and read back) live in train/checkpoint.py;
+the loop carries a `TrainState` and saves it with each one.
 """
 
 from __future__ import annotations
@@ -29,7 +26,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from collections import defaultdict
@@ -39,19 +35,14 @@ from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from musicssl.config import to_dict
 from musicssl.data.pretrain import Batch, UpdateLoader
-from musicssl.interop.huggingface import export_pretrained, from_hf_state_dict, read_hf_weights
 from musicssl.models.backbone import Backbone
+from musicssl.train.checkpoint import TrainState, load_checkpoint, save_checkpoint, save_initial
 from musicssl.train.schedules import ScheduleConfig, learning_rate, make_scheduler
 from musicssl.train.slurm import torchrun_environment
-
-CHECKPOINTS = "checkpoints"
-INITIAL = "initial"  # the backbone before the first update: a run's own random-init control
-STATE = "training_state"
 
 
 @dataclass(frozen=True)
@@ -131,81 +122,6 @@ def autocast_context(precision: str, device: torch.device):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
-
-
-# ---------------------------------------------------------------------------------------------
-# checkpoints
-
-
-def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    root = run_dir / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    return sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_")),
-                  key=lambda p: int(p.name.split("_")[1]))
-
-
-def _write_directory(final: Path, fill) -> Path:
-    """`fill(partial)` writes a hidden sibling directory, which then replaces `final` in one
-    rename: a killed process never leaves a half-written `final`."""
-    partial = final.with_name("." + final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    fill(partial)
-    shutil.rmtree(final, ignore_errors=True)
-    partial.replace(final)
-    return final
-
-
-def save_initial(run_dir: Path, backbone: Backbone) -> Path:
-    """Export the backbone as initialised, before any update, to `run_dir/initial` (written
-    once). Probing it next to the trained checkpoints isolates what pre-training added: the two
-    differ only by the updates, not by the random draw."""
-    final = run_dir / INITIAL
-    return final if final.is_dir() else _write_directory(final, lambda partial: export_pretrained(backbone, partial))
-
-
-def save_checkpoint(run_dir: Path, task: PretrainTask, optimizer, scheduler, scaler, state: dict,
-                    keep: int) -> Path:
-    final = _write_directory(run_dir / CHECKPOINTS / f"step_{state['step']:08d}",
-                             lambda partial: _fill_checkpoint(partial, task, optimizer, scheduler, scaler, state))
-    for old in checkpoint_dirs(run_dir)[:-keep] if keep else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _fill_checkpoint(partial: Path, task: PretrainTask, optimizer, scheduler, scaler, state: dict) -> None:
-    export_pretrained(task.backbone(), partial)
-    (partial / STATE).mkdir()
-    save_file({k: v.detach().contiguous() for k, v in task.head_state().items()},
-              str(partial / STATE / "heads.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else {},
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-               partial / STATE / "optimizer.pt")
-    (partial / STATE / "trainer.json").write_text(json.dumps(state, indent=2) + "\n")
-
-
-def load_checkpoint(path: Path, task: PretrainTask, optimizer, scheduler, scaler) -> dict:
-    """Restore everything `save_checkpoint` wrote; never unpickles (weights_only=True)."""
-    backbone = task.backbone()
-    weights, _ = from_hf_state_dict(read_hf_weights(path), backbone.config.variant, str(path))
-    backbone.load_state_dict(weights)
-    task.load_head_state(load_file(str(path / STATE / "heads.safetensors")))
-    saved = torch.load(path / STATE / "optimizer.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    if scaler is not None and saved["scaler"]:
-        scaler.load_state_dict(saved["scaler"])
-    torch.set_rng_state(saved["torch_rng"])
-    if torch.cuda.is_available() and saved["cuda_rng"]:
-        torch.cuda.set_rng_state_all(saved["cuda_rng"])
-    return json.loads((path / STATE / "trainer.json").read_text())
-
-
-def read_run_config(path: Path) -> dict:
-    """The resolved run config stored in a checkpoint (resume takes the architecture from here)."""
-    return json.loads((path / STATE / "trainer.json").read_text())["run_config"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,7 +213,7 @@ def make_optimizer(task: PretrainTask, config: TrainerConfig, device: torch.devi
 
 
 def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_dir: Path, run_config: Any,
-          env: Distributed, device: torch.device, resume_from: Path | None = None, progress: bool = True) -> dict:
+          env: Distributed, device: torch.device, resume_from: Path | None = None, progress: bool = True) -> TrainState:
     """Run until `config.max_steps`; returns the final trainer state."""
     model = task.model.to(device)
     ddp = model if env.world_size == 1 else nn.parallel.DistributedDataParallel(
@@ -308,60 +224,59 @@ def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_d
         ddp = torch.compile(ddp, backend=config.compile)
     scheduler = make_scheduler(optimizer, config.schedule)
     scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
-    state = {"step": 0, "updates_consumed": 0, "skipped_items": 0, "nonfinite_steps": 0,
-             "run_config": to_dict(run_config)}
+    state = TrainState(run_config=to_dict(run_config))
     if resume_from is not None:
         state = load_checkpoint(resume_from, task, optimizer, scheduler, scaler)
         if env.is_main:
-            print(f"resumed from {resume_from} at step {state['step']}", file=sys.stderr)
+            print(f"resumed from {resume_from} at step {state.step}", file=sys.stderr)
     elif env.is_main:
         save_initial(run_dir, task.backbone())
-    logger = Logger(run_dir, env.is_main, config.max_steps, state["step"], progress)
+    logger = Logger(run_dir, env.is_main, config.max_steps, state.step, progress)
     nonfinite_in_row, empty_in_row, window, started = 0, 0, defaultdict(float), time.perf_counter()
     try:
-        for update, micro_batches in loader.iterate(state["updates_consumed"]):
-            if state["step"] >= config.max_steps:
+        for update, micro_batches in loader.iterate(state.updates_consumed):
+            if state.step >= config.max_steps:
                 break
             totals, finite = _run_update(task, ddp, micro_batches, config, device, scaler, update)
-            state["updates_consumed"] = update + 1
+            state.updates_consumed = update + 1
             totals = dict(zip(totals, _all_reduce(torch.stack(list(totals.values())), env).tolist()))
-            state["skipped_items"] += int(totals.pop("skipped", 0))
-            state["whole_file_reads"] = state.get("whole_file_reads", 0) + int(totals.pop("whole_file_reads", 0))
+            state.skipped_items += int(totals.pop("skipped", 0))
+            state.whole_file_reads += int(totals.pop("whole_file_reads", 0))
             if totals["audio_seconds"] == 0:  # every item of the update was unreadable: not a step
                 empty_in_row += 1
                 if empty_in_row >= config.max_nonfinite_in_row:
                     raise NoAudio(f"stopping: {empty_in_row} updates in a row had no readable audio "
-                                  f"({state['skipped_items']} items skipped so far, see the messages above); "
+                                  f"({state.skipped_items} items skipped so far, see the messages above); "
                                   f"has the manifest's root folder moved?")
                 continue
             empty_in_row = 0
             stepped = finite and _apply_update(model, optimizer, scaler, config, env, totals)
             grad_norm = totals.pop("grad_norm", float("nan"))
             if not stepped:
-                state["nonfinite_steps"] += 1
+                state.nonfinite_steps += 1
                 nonfinite_in_row += 1
                 if nonfinite_in_row >= config.max_nonfinite_in_row:
                     raise NonFiniteLoss(f"stopping: {nonfinite_in_row} updates in a row had a non-finite loss "
-                                        f"or gradient (step {state['step']}); lower the learning rate or use "
+                                        f"or gradient (step {state.step}); lower the learning rate or use "
                                         f"fp32/bf16 (trainer.precision)")
                 continue
             nonfinite_in_row = 0
             scheduler.step()
-            state["step"] += 1
-            extra = task.after_update(state["step"], totals)
+            state.step += 1
+            extra = task.after_update(state.step, totals)
             logger.advance()
             for key, value in totals.items():
                 window[key] += value
-            if state["step"] % config.log_every == 0 or state["step"] == config.max_steps:
+            if state.step % config.log_every == 0 or state.step == config.max_steps:
                 elapsed = time.perf_counter() - started
                 values = task.metrics(dict(window)) | extra | {
-                    "lr": learning_rate(config.schedule, state["step"] - 1), "grad_norm": grad_norm,
+                    "lr": learning_rate(config.schedule, state.step - 1), "grad_norm": grad_norm,
                     "audio_s_per_s": window["audio_seconds"] / max(elapsed, 1e-9),
-                    "skipped_items": state["skipped_items"], "nonfinite_steps": state["nonfinite_steps"],
-                    "whole_file_reads": state["whole_file_reads"]}
-                logger.log(state["step"], values)
+                    "skipped_items": state.skipped_items, "nonfinite_steps": state.nonfinite_steps,
+                    "whole_file_reads": state.whole_file_reads}
+                logger.log(state.step, values)
                 window, started = defaultdict(float), time.perf_counter()
-            if env.is_main and (state["step"] % config.checkpoint_every == 0 or state["step"] == config.max_steps):
+            if env.is_main and (state.step % config.checkpoint_every == 0 or state.step == config.max_steps):
                 save_checkpoint(run_dir, task, optimizer, scheduler, scaler, state, config.keep_checkpoints)
             if env.world_size > 1:
                 dist.barrier()  # nobody runs ahead of a checkpoint being written
@@ -389,7 +304,7 @@ def _run_update(task, ddp, micro_batches, config, device, scaler, update) -> tup
         sync = contextlib.nullcontext() if last or not hasattr(ddp, "no_sync") else ddp.no_sync()
         with sync:
             with autocast_context(config.precision, device):
-                result = task.step(ddp, _to_device(batch, device), update)
+                result = task.step(ddp, to_device(batch, device), update)
             loss = result["loss"].float() * weight
             finite = finite & torch.isfinite(loss.detach())
             (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -398,7 +313,7 @@ def _run_update(task, ddp, micro_batches, config, device, scaler, update) -> tup
     return dict(totals), bool(finite)  # the update's one wait for the device (the all-reduce's .tolist() is another)
 
 
-def _to_device(batch: Batch, device: torch.device) -> Batch:
+def to_device(batch: Batch, device: torch.device) -> Batch:
     """Non-blocking from pinned memory on CUDA (the copy overlaps the host's work). The row
     indices stay on the host: the mask generator reads one, which would wait for the device."""
     non_blocking = device.type == "cuda" and batch.wav.is_pinned()

@@ -39,7 +39,6 @@ TECHNIQUES = ("belt", "breathy", "inhaled", "lip_trill", "spoken", "straight", "
 TEST_SINGERS = ("f2", "f8", "m3", "m5", "m10")   # VocalSetT's held-out singers (eval-spec §2.7)
 CHUNK_SECONDS = 3
 SPLIT_SEED = 42617                                # MARBLE's numpy seed
-CONTEXTS = ("arpeggios", "long_tones", "scales", "excerpts")
 _SOURCE = "https://zenodo.org/record/1203819/files/VocalSet11.zip (unzip; the full-data folder is FULL/)"
 _FOLDER = re.compile(r"^(female|male)(\d+)$")
 _PREFIX = re.compile(r"^([fm]\d+)_")
