@@ -46,7 +46,7 @@ def test_json_round_trip_is_exact():
 
 
 def test_base_recipes_scale_the_cnn_gradient_as_specified_and_tiny_documents_its_changes():
-    # method-spec §1.2: HuBERT scales the gradient into the CNN by 0.1, data2vec does not.
+    # docs/method.md §1.2: HuBERT scales the gradient into the CNN by 0.1, data2vec does not.
     assert musichubert_run("base", 500, 100.0).model.backbone.feature_grad_mult == 0.1
     assert music2vec_run("base")[0].model.backbone.feature_grad_mult == 1.0
     tiny = musichubert_run("tiny", 100, 100.0)

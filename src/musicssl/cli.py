@@ -300,7 +300,7 @@ def add_benchmark(commands) -> None:
     parser = commands.add_parser(
         "benchmark", help="probe models on many tasks; results.md like the paper's Table 1",
         description="Each task's dataset is read from DATA_ROOT/<its folder> (MTT, GS, GTZAN, EMO, NSynth, "
-                    "VocalSet, MTG); see README for the layouts.")
+                    "VocalSet, MTG); see docs/probing.md for the layouts.")
     parser.add_argument("models", nargs="+", help="model directories, random:<dir or preset>, mfcc")
     parser.add_argument("--tasks", default="all", help="'all' or a comma-separated list of task names")
     parser.add_argument("--data-root", required=True, help="folder holding one folder per dataset")

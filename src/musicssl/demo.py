@@ -36,7 +36,7 @@ class DemoConfig:
     # to the 7-task average over MFCC alone (README; measured with the old batch-64 probe).
     pitch_preset: str | None = "semitone84"
     # Twice the updates of the `tiny` recipe at half its batch: at a fixed CPU budget more, smaller
-    # steps learned more (see README). The `tiny` recipe's lr 1e-3 matters more: with lr 2e-3
+    # steps learned more (see docs/demo.md). The `tiny` recipe's lr 1e-3 matters more: with lr 2e-3
     # MusicHuBERT never left the label prior (masked CE = prior entropy).
     hubert_steps: int = 600
     music2vec_steps: int = 400  # ~100 s with the frozen CNN; 800 learnt more but cost 115 s more (README)
@@ -99,7 +99,7 @@ def _final_checkpoint(run_dir: Path) -> Path:
 
 def _write_verdict(out: Path, comparisons: list, probe: ProbeConfig, task_probes: dict[str, ProbeConfig]) -> None:
     """Each pre-trained model against its own initial weights, appended to results.md and saved
-    as verdict.json (one run: see README for how far seeds move these)."""
+    as verdict.json (one run: see docs/demo.md for how far seeds move these)."""
     grids = [f"{_grid_words(probe)}"] + [f"{task}: {_grid_words(config)}" for task, config in task_probes.items()]
     lines = ["", "## Pre-training vs its own random init", "",
              *(f"- {comparison.line()}" for comparison in comparisons), "",

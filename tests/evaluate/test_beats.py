@@ -22,7 +22,7 @@ pytest.importorskip("madmom_infer")
 from tests.evaluate.madmom_reference import madmom_beats as _madmom_beats  # noqa: E402
 from tests.evaluate.madmom_reference import madmom_dbn as _madmom_dbn  # noqa: E402
 
-FPS = 50.0  # HuBERT / data2vec / music2vec token rate (eval-spec §2.9)
+FPS = 50.0  # HuBERT / data2vec / music2vec token rate (docs/evaluation.md §2.9)
 
 
 # ----------------------------------------------------------------------------- activations

@@ -1,6 +1,6 @@
 """MTT, GTZAN (genre + GTZAN-Rhythm beats) and EmoMusic loaders against fakes in the shipped layout.
 
-Metadata is written by hand with the real headers, quoting and line ends (eval-spec §2.1-2.4,
+Metadata is written by hand with the real headers, quoting and line ends (docs/evaluation.md §2.1-2.4,
 §2.9 and its addenda), then checked item by item; write_layout is checked by round trips.
 """
 

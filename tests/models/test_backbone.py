@@ -16,7 +16,7 @@ from tests.numerics import U32, float64_calibrated, gamma
 
 @pytest.mark.parametrize("preset, expected", [("hubert_base", 94_371_712), ("data2vec_base", 93_164_288)])
 def test_base_presets_have_the_papers_parameter_counts(preset, expected):
-    # transformers' HubertModel / Data2VecAudioModel count (method-spec §1.6); checked against
+    # transformers' HubertModel / Data2VecAudioModel count (docs/method.md §1.6); checked against
     # transformers itself in tests/interop (slow test).
     assert count_parameters(Backbone(backbone_preset(preset))) == expected
 
@@ -24,7 +24,7 @@ def test_base_presets_have_the_papers_parameter_counts(preset, expected):
 def test_base_cnn_has_20ms_hop_and_25ms_receptive_field():
     config = backbone_preset("hubert_base")
     assert (config.hop, config.receptive_field, config.frame_rate_hz) == (320, 400, 50.0)
-    # 5 s at 16 kHz gives 249 frames (method-spec §1.1).
+    # 5 s at 16 kHz gives 249 frames (docs/method.md §1.1).
     assert frame_lengths(torch.tensor([80_000, 400, 399, 720]), config.conv_layers).tolist() == [249, 1, 0, 2]
 
 

@@ -1,4 +1,4 @@
-"""Span masking (method-spec §2): statistics, invariants and a line-by-line fairseq re-statement."""
+"""Span masking (docs/method.md §2): statistics, invariants and a line-by-line fairseq re-statement."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from musicssl.models.masking import MaskConfig, mask_spans
 
 HUBERT = MaskConfig(mask_prob=0.8, mask_length=10, min_masks=2)
 DATA2VEC = MaskConfig(mask_prob=0.65, mask_length=10, min_masks=1)
-FRAMES = 249  # 5 s at 16 kHz (method-spec §1.1)
+FRAMES = 249  # 5 s at 16 kHz (docs/method.md §1.1)
 
 
 def _suffix_padding(lengths: list[int], frames: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Music2Vec teacher targets, EMA and loss against direct computations (method-spec §4)."""
+"""Music2Vec teacher targets, EMA and loss against direct computations (docs/method.md §4)."""
 
 from __future__ import annotations
 
@@ -229,7 +229,7 @@ def test_span_masking_is_seeded_and_data2vec_sized():
     wav = torch.randn(4, 16000 * 5, generator=torch.Generator().manual_seed(2))
     first, again = model(wav, None, generator=3), model(wav, None, generator=3)
     assert torch.equal(first["loss"], again["loss"])
-    # 0.65 / 10 / min 1 on 249 frames masks about 40 % after equalisation (method-spec §4.6).
+    # 0.65 / 10 / min 1 on 249 frames masks about 40 % after equalisation (docs/method.md §4.6).
     assert 0.25 < float(first["sample_size"]) / (4 * 249) < 0.55
 
 

@@ -104,7 +104,7 @@ def test_span_masking_is_seeded_and_hubert_sized():
     first = model.eval()(wav, None, labels, generator=3)
     again = model(wav, None, labels, generator=3)
     assert torch.equal(first["loss"], again["loss"])
-    # 0.8 / 10 / min 2 masks about half of 249 frames (method-spec §2).
+    # 0.8 / 10 / min 2 masks about half of 249 frames (docs/method.md §2).
     assert 0.35 < float(first["sample_size"]) / (4 * 249) < 0.65
     assert dataclasses.asdict(model.config.mask)["mask_prob"] == 0.8
 

@@ -1,4 +1,4 @@
-"""Beat times from frame-level beat activations (GTZAN Rhythm, eval-spec §2.9 and its addendum).
+"""Beat times from frame-level beat activations (GTZAN Rhythm, docs/evaluation.md §2.9 and its addendum).
 
 `dbn_beats` is madmom's `DBNBeatTrackingProcessor` (offline mode), which MARBLE runs on the
 probe's per-frame P(beat) with its defaults, re-implemented in numpy: madmom 0.16 does not
@@ -6,7 +6,7 @@ import on Python 3.11 / numpy 2, and the beat-only DBN that can be assembled fro
 parts scores every sparse transition and stores a back-pointer for every state at every frame.
 `dbn_beats_batch` decodes many clips in one pass. A probe's beat validation split (45 clips of
 8 s at 50 fps, decoded every epoch; benchmarks/beat_decode_speed.py): 0.17 s batched, 0.43 s one
-clip at a time, 2.1 s for madmom-infer's Viterbi alone (the eval-spec addendum noted 0.66 s for
+clip at a time, 2.1 s for madmom-infer's Viterbi alone (docs/evaluation.md §8 notes 0.66 s for
 one 30-s track with building its model).
 
 The model (Krebs, Böck & Widmer, ISMIR 2015; Böck, Krebs & Widmer, ISMIR 2014):
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.signal
 
-# madmom DBNBeatTrackingProcessor defaults, which MARBLE keeps (eval-spec §2.9)
+# madmom DBNBeatTrackingProcessor defaults, which MARBLE keeps (docs/evaluation.md §2.9)
 MIN_BPM = 55.0
 MAX_BPM = 215.0
 TRANSITION_LAMBDA = 100.0

@@ -2,7 +2,7 @@
 
 Each item is cut into the protocol's windows (crop to the first `crop_seconds`, then
 non-overlapping `window_seconds` windows; a last window shorter than `min_window_seconds` is
-dropped unless it is the only one; eval-spec §1.1). Every window is seen alone by the model
+dropped unless it is the only one; docs/evaluation.md §1.1). Every window is seen alone by the model
 (windows of equal length share a forward pass, without padding: `batching.py`) and is
 mean-pooled over time per layer: one cache row `(K, D)` per window. Frame-level tasks (beats)
 keep one row per frame instead, on a grid centred at t / frame_rate (the window is padded by

@@ -1,4 +1,4 @@
-"""Probe metrics: thin, documented wrappers over scikit-learn and mir_eval (eval-spec §1, §2).
+"""Probe metrics: thin, documented wrappers over scikit-learn and mir_eval (docs/evaluation.md §1, §2).
 
 Each function states which library call it reduces to, so a reported number can be reproduced
 with the library alone. Where MARBLE v1 (torchmetrics, hand-written beat aggregation) differs
@@ -16,7 +16,7 @@ import numpy as np
 import scipy.special
 from sklearn.metrics import r2_score
 
-BEAT_WINDOW_SECONDS = 0.07  # MARBLE's f_measure_threshold (eval-spec §2.9), also mir_eval's default
+BEAT_WINDOW_SECONDS = 0.07  # MARBLE's f_measure_threshold (docs/evaluation.md §2.9), also mir_eval's default
 TRIM_SECONDS = 5.0          # mir_eval.beat.trim_beats default, used by the per-track mean only
 
 # "Eb minor", "c# Major", "B♭ minor": tonic letter, optional accidental, major/minor (GiantSteps, §2.2)
@@ -38,7 +38,7 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
 # ----------------------------------------------------------------------------- clip-level
 
 def accuracy(targets: np.ndarray, logits: np.ndarray) -> float:
-    """Micro accuracy of argmax(logits) (GTZAN, NSynth, VocalSet; eval-spec §2.3, §2.5-2.8).
+    """Micro accuracy of argmax(logits) (GTZAN, NSynth, VocalSet; docs/evaluation.md §2.3, §2.5-2.8).
 
     targets: (N,) class ids; logits: (N, C) logits or probabilities (argmax is the same).
     Equals sklearn.metrics.accuracy_score(targets, logits.argmax(1)): the same float64 mean of
@@ -59,7 +59,7 @@ def accuracy_each(targets: np.ndarray, logits: np.ndarray) -> np.ndarray:
 
 
 def roc_auc_macro(targets: np.ndarray, scores: np.ndarray) -> float:
-    """Macro ROC-AUC over tags: sklearn roc_auc_score(average="macro") (MTT, MTG; eval-spec §2.1).
+    """Macro ROC-AUC over tags: sklearn roc_auc_score(average="macro") (MTT, MTG; docs/evaluation.md §2.1).
 
     targets: (N, C) 0/1; scores: (N, C) logits or probabilities (ROC-AUC is rank-based, so both
     give the same number). A tag whose targets are constant on this split (no positive, or no
@@ -150,7 +150,7 @@ def _tied_blocks(targets: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, n
 
 
 def r2_per_output(targets: np.ndarray, predictions: np.ndarray) -> np.ndarray:
-    """Coefficient of determination per output (EMO valence, arousal; eval-spec §2.4).
+    """Coefficient of determination per output (EMO valence, arousal; docs/evaluation.md §2.4).
 
     targets, predictions: (N, C). Returns (C,) = sklearn r2_score(multioutput="raw_values").
     """
@@ -183,7 +183,7 @@ def key_weighted_score(reference: Sequence[str], estimate: Sequence[str]) -> flo
 
 def beat_f_measure(references: Sequence[np.ndarray], estimates: Sequence[np.ndarray],
                    window: float = BEAT_WINDOW_SECONDS) -> dict[str, float]:
-    """Beat F-measure at ±`window` seconds over a set of tracks (GTZAN Rhythm, eval-spec §2.9).
+    """Beat F-measure at ±`window` seconds over a set of tracks (GTZAN Rhythm, docs/evaluation.md §2.9).
 
     references, estimates: one (n,) array of beat times in seconds per track.
 

@@ -1,5 +1,5 @@
 """The probe: an MLP on frozen, cached features, selected over layers and learning rates on
-the validation split (MARBLE v1 constrained track, eval-spec §1.2–1.5).
+the validation split (MARBLE v1 constrained track, docs/evaluation.md §1.2–1.5).
 
 One run = one (layer, learning rate, seed): Linear(D, 512) -> ReLU -> Dropout(0.2) ->
 Linear(512, C), Adam, batch 64, ReduceLROnPlateau on the validation monitor (factor 0.5),

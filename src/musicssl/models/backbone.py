@@ -12,7 +12,7 @@ in backbone_config.py. Two variants, as in fairseq:
 Shapes: B batch, N samples, C CNN channels, T frames, D model dim, L Transformer blocks.
 Every stage takes and returns lengths, so padded batches stay exact (see ``isolate_padding``).
 Reference behaviour: fairseq ``wav2vec2.py`` / ``hubert.py`` / ``data2vec_audio.py`` and
-transformers ``modeling_hubert.py`` / ``modeling_data2vec_audio.py`` (method-spec §1).
+transformers ``modeling_hubert.py`` / ``modeling_data2vec_audio.py`` (docs/method.md §1).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ BASE_CONV_LAYERS: tuple[tuple[int, int, int], ...] = ((512, 10, 5),) + ((512, 3,
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """Every architecture hyper-parameter of the backbone. Defaults are HuBERT base (method-spec §1)."""
+    """Every architecture hyper-parameter of the backbone. Defaults are HuBERT base (docs/method.md §1)."""
 
     variant: str = "hubert"  # "hubert" (weight-normed pos conv) | "data2vec" (stacked LN pos convs)
     extractor_norm: str = "group"  # fairseq extractor_mode: "group" (default) | "layer" (layer_norm)
@@ -87,7 +87,7 @@ def _tiny(base: BackboneConfig, **changes) -> BackboneConfig:
                    pos_conv_groups=4, layerdrop=0.0, **changes)
 
 
-# HuBERT scales the gradient into the CNN by 0.1 (method-spec §1.2, HCFG feature_grad_mult).
+# HuBERT scales the gradient into the CNN by 0.1 (docs/method.md §1.2, HCFG feature_grad_mult).
 HUBERT_BASE = BackboneConfig(feature_grad_mult=0.1)
 DATA2VEC_BASE = BackboneConfig(
     variant="data2vec", extractor_norm="layer", pos_conv_kernel=19, pos_conv_depth=5,

@@ -1,4 +1,4 @@
-"""Span masking of the frame sequence for masked prediction (method-spec §2).
+"""Span masking of the frame sequence for masked prediction (docs/method.md §2).
 
 A reimplementation of fairseq's ``compute_mask_indices`` (``fairseq/data/data_utils.py``) for
 the one configuration both base recipes use: ``mask_selection="static"``, ``no_overlap=False``,
@@ -6,7 +6,7 @@ the one configuration both base recipes use: ``mask_selection="static"``, ``no_o
 per-sample span count of current fairseq (``num_mask_ver=2``).
 
 Per sample, with ``sz`` the number of non-padded frames and ``L = mask_length``
-(method-spec §2):
+(docs/method.md §2):
 
 1. span count ``n = max(min_masks, int(mask_prob * sz / L + u))``, ``u ~ U[0, 1)`` drawn per
    sample (probabilistic rounding);
@@ -56,7 +56,7 @@ _SEED_HIGH = 2**62  # seeds drawn from a torch generator: any non-negative int64
 
 @dataclass(frozen=True)
 class MaskConfig:
-    """Span masking hyper-parameters. Defaults are HuBERT base (method-spec §2)."""
+    """Span masking hyper-parameters. Defaults are HuBERT base (docs/method.md §2)."""
 
     mask_prob: float = 0.8  # HuBERT base 0.80 (data2vec 0.65)
     mask_length: int = 10  # span length L, both recipes
@@ -82,7 +82,7 @@ def mask_spans(
     generator: np.random.Generator | torch.Generator | int | None = None,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """Sample a (batch, frames) bool mask, True = masked frame (method-spec §2).
+    """Sample a (batch, frames) bool mask, True = masked frame (docs/method.md §2).
 
     ``padding_mask``: (batch, frames) bool, True = padding. ``generator``: a numpy Generator
     (used and advanced in place), a torch Generator or an int (seeds a numpy Generator), or
@@ -91,9 +91,9 @@ def mask_spans(
     """
     rng = numpy_generator(generator)
     valid = _valid_positions(batch, frames, padding_mask)
-    local = [span_indices(len(v), config, rng) for v in valid]  # method-spec §2 steps 1-3
+    local = [span_indices(len(v), config, rng) for v in valid]  # docs/method.md §2 steps 1-3
     if config.require_same_masks:
-        local = equalise(local, rng)  # method-spec §2 step 4
+        local = equalise(local, rng)  # docs/method.md §2 step 4
     mask = np.zeros((batch, frames), dtype=bool)
     for i, (positions, idx) in enumerate(zip(valid, local)):
         mask[i, positions[idx]] = True  # local -> absolute frames: padding never masked (§2 step 5)

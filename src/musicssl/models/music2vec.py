@@ -1,4 +1,4 @@
-"""Music2Vec: data2vec 1.0 (audio) applied to music (method-spec §4).
+"""Music2Vec: data2vec 1.0 (audio) applied to music (docs/method.md §4).
 
     wav -> CNN -> projection = features ───────────────────────────┐ (detached, unmasked)
              masked spans -> mask embedding -> student encoder      │
@@ -41,7 +41,7 @@ class RepresentationCollapse(ValueError):
 
 @dataclass(frozen=True)
 class Music2VecConfig:
-    """Defaults are data2vec audio base (fairseq base_librispeech.yaml), method-spec §4 / §6."""
+    """Defaults are data2vec audio base (fairseq base_librispeech.yaml), docs/method.md §4 / §6."""
 
     backbone: BackboneConfig = field(default_factory=lambda: backbone_preset("data2vec_base"))
     average_top_k_layers: int = 8  # base_librispeech.yaml; the music paper's ablation: 12 (§4.6)
@@ -82,7 +82,7 @@ def music2vec_config(preset: str, **changes) -> Music2VecConfig:
     return Music2VecConfig(backbone=backbone, **changes)
 
 
-# The music paper's named ablations (method-spec §4.6) as dotted overrides of a run config
+# The music paper's named ablations (docs/method.md §4.6) as dotted overrides of a run config
 # with top-level fields model / data / trainer. "vanilla" is the data2vec base recipe.
 MUSIC2VEC_VARIANTS: Registry[dict[str, object]] = Registry("Music2Vec variant", {
     "vanilla": {},
@@ -169,7 +169,7 @@ class EmaTeacher(nn.Module):
                 instance_norm: bool = True, layer_norm_targets: bool = False,
                 instance_norm_targets: bool = False) -> Tensor:
         """features (B, T, D): the student's projected CNN features before masking; padding_mask
-        (B, T) True at padding, or None. Returns (B, T, D) fp32 targets (method-spec §4.3).
+        (B, T) True at padding, or None. Returns (B, T, D) fp32 targets (docs/method.md §4.3).
 
         The encoder runs in the ambient precision (under autocast: the training precision, like
         fairseq's teacher, whose fp32 EMA weights are cast to the model's dtype); every

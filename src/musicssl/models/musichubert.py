@@ -1,4 +1,4 @@
-"""MusicHuBERT: HuBERT's masked prediction of k-means labels, applied to music (method-spec §3).
+"""MusicHuBERT: HuBERT's masked prediction of k-means labels, applied to music (docs/method.md §3).
 
     wav -> Backbone (masked spans replaced by the mask embedding) -> last hidden state
         -> final_proj (D -> 256) -> cosine with every label embedding / 0.1 -> cross-entropy

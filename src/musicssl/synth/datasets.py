@@ -160,7 +160,7 @@ def nsynth_examples(per_family: int, seed: int = 0, proportions: Sequence[float]
 
 
 def _giantsteps_artist(name: str, split: str) -> bool:
-    """GiantSteps sends an artist to train or valid by its SHA-1 slot (eval-spec §2.2)."""
+    """GiantSteps sends an artist to train or valid by its SHA-1 slot (docs/evaluation.md §2.2)."""
     return split == "test" or (giantsteps.artist_slot(name) < giantsteps.TRAIN_SLOTS) == (split == "train")
 
 

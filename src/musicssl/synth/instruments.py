@@ -6,11 +6,11 @@ The synthesis methods are plain functions of a fundamental, a length and a few t
 inharmonic partials, each with its own decay), `fm_tone` (carrier/modulator ratio, index
 envelope), `plucked_string` (Karplus-Strong, tuned exactly with an allpass) and `drum_hit`
 (kick: pitched sine sweep; snare: noise + tone; hi-hats: high-passed noise). The eleven NSynth
-instrument families (eval-spec §2.5) are recipes over them. An `Instrument` is one family
+instrument families (docs/evaluation.md §2.5) are recipes over them. An `Instrument` is one family
 member: its timbre is drawn once from (family, index), and every note varies around it
 (detune, brightness, envelope), so telling families apart is about timbre, not a fixed waveform.
 
-Everything is mono float32 at 16 kHz, the rate of the models probed (eval-spec §1.1).
+Everything is mono float32 at 16 kHz, the rate of the models probed (docs/evaluation.md §1.1).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from scipy import signal
 SAMPLE_RATE = 16_000
 NYQUIST_LIMIT = 0.45 * SAMPLE_RATE  # partials above this would alias
 
-# NSynth's instrument_family_str values, in its order (eval-spec §2.5)
+# NSynth's instrument_family_str values, in its order (docs/evaluation.md §2.5)
 FAMILIES = ("bass", "brass", "flute", "guitar", "keyboard", "mallet", "organ", "reed", "string",
             "synth_lead", "vocal")
 # Playable MIDI range per family (inclusive), close to the real instruments'.

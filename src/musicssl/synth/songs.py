@@ -18,7 +18,7 @@ from musicssl.synth.instruments import (CLOSED_HAT, KICK, OPEN_HAT, PITCH_RANGE,
 
 # ---------------------------------------------------------------- keys, chords, styles
 
-# GiantSteps' 24 classes, spelled with flats (eval-spec §2.2), majors first.
+# GiantSteps' 24 classes, spelled with flats (docs/evaluation.md §2.2), majors first.
 TONICS = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
 KEYS = tuple(f"{tonic} {mode}" for mode in ("major", "minor") for tonic in TONICS)
 SCALE_STEPS = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10), "harmonic": (0, 2, 3, 5, 7, 8, 11)}
@@ -45,7 +45,7 @@ DRUM_PATTERNS = {
 
 @dataclass(frozen=True)
 class Style:
-    """A genre-like recipe; names are GTZAN genres (eval-spec §2.3) so the GTZAN loader reads them."""
+    """A genre-like recipe; names are GTZAN genres (docs/evaluation.md §2.3) so the GTZAN loader reads them."""
 
     name: str
     tempo: tuple[float, float]      # BPM range
@@ -169,7 +169,7 @@ def sample_song(rng: np.random.Generator, seconds: float, style: str | None = No
                 seed=int(rng.integers(2**63)))
 
 
-# Tag names: MagnaTagATune's words where it has one (eval-spec §2.1 top-50), else the family.
+# Tag names: MagnaTagATune's words where it has one (docs/evaluation.md §2.1 top-50), else the family.
 FAMILY_TAGS = {"keyboard": "piano", "string": "strings", "synth_lead": "synth"}
 
 

@@ -1,6 +1,6 @@
 """Pre-training labels: one line of cluster ids per manifest row, at the label rate.
 
-Three steps, each restartable on its own (method-spec §3.1-3.4):
+Three steps, each restartable on its own (docs/method.md §3.1-3.4):
 
 1. fit: stream a seeded fraction of the train files through the frame features, keep a
    bounded reservoir of frames, fit k-means; writes `kmeans.json` + `centroids.npy`.

@@ -1,1 +1,1 @@
-"""Pre-training utilities (learning-rate schedules, method-spec)."""
+"""Pre-training utilities (learning-rate schedules, docs/method.md §3.8, §4.5)."""

@@ -1,4 +1,4 @@
-"""Learning-rate schedules as pure functions of the update number (method-spec).
+"""Learning-rate schedules as pure functions of the update number (docs/method.md §3.8, §4.5).
 
 ``step`` is fairseq's ``num_updates``: the number of optimizer updates already done. fairseq
 calls ``lr_step_update(num_updates)`` before the first update (``num_updates = 0``) and after
@@ -87,7 +87,7 @@ def tri_stage(
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """Which schedule and its parameters. Defaults are HuBERT base (method-spec)."""
+    """Which schedule and its parameters. Defaults are HuBERT base (docs/method.md §3.8)."""
 
     kind: Literal["polynomial", "tri_stage"] = "polynomial"
     peak_lr: float = 5e-4

@@ -45,7 +45,7 @@ def _musichubert_base(num_classes: int | tuple[int, ...], label_rate_hz: float) 
 @MUSICHUBERT_PRESETS.register("tiny")
 def _musichubert_tiny(num_classes: int | tuple[int, ...], label_rate_hz: float) -> MusicHubertRun:
     """The same recipe on a ~1M-parameter model, 40 s per update, 300 steps, with two changes
-    measured on the demo corpus (README, "The demo"): peak lr 1e-3 (at 2e-3 and above the
+    measured on the demo corpus (docs/demo.md): peak lr 1e-3 (at 2e-3 and above the
     post-LN model sat at the label prior for 1,500 updates) and the full gradient into the CNN
     (feature_grad_mult 1.0 instead of 0.1: a few hundred updates cannot afford a 10x slower CNN)."""
     model = replace_backbone_config(musichubert_config("tiny", num_classes, label_rate_hz), feature_grad_mult=1.0)
@@ -72,7 +72,7 @@ MUSIC2VEC_PRESETS: Registry[Callable[[], Music2VecRun]] = Registry("music2vec pr
 
 @MUSIC2VEC_PRESETS.register("base")
 def _music2vec_base() -> Music2VecRun:
-    """data2vec 1.0 audio base recipe on music (method-spec §4.5): tri-stage schedule (3/90/7 %),
+    """data2vec 1.0 audio base recipe on music (docs/method.md §4.5): tri-stage schedule (3/90/7 %),
     peak 5e-4, no clipping, 400k steps, 5 s crops; 3840 s of audio per update (data2vec's
     3.8M samples x 16 GPUs, rounded to whole crops [inf])."""
     schedule = ScheduleConfig(kind="tri_stage", peak_lr=5e-4, total_steps=400_000)
@@ -87,7 +87,7 @@ def _music2vec_tiny() -> Music2VecRun:
     prediction head and a frozen CNN."""
     schedule = ScheduleConfig(kind="tri_stage", peak_lr=1e-3, total_steps=300)
     trainer = TrainerConfig(max_steps=300, schedule=schedule, clip_norm=0.0, checkpoint_every=100)
-    # Two changes measured on the demo corpus (README, "The demo"):
+    # Two changes measured on the demo corpus (docs/demo.md):
     # - final_proj starts at zero: with fairseq's init the student first spent ~300 updates
     #   shrinking its noise predictions to the targets' mean (R2 ~ 0 throughout);
     # - the CNN is frozen at its random init (feature_grad_mult 0, as fairseq allows):

@@ -1,4 +1,4 @@
-"""The task registry, in the column order of the paper's Table 1 (eval-spec §4.1).
+"""The task registry, in the column order of the paper's Table 1 (docs/evaluation.md §4.1).
 
 Modules are imported on first use, so a broken or slow dataset module never affects others.
 """

@@ -47,7 +47,7 @@ class Item:
 
 @dataclass(frozen=True)
 class Protocol:
-    """How a task is probed. Defaults follow MARBLE v1's task configs (eval-spec §1, §2)."""
+    """How a task is probed. Defaults follow MARBLE v1's task configs (docs/evaluation.md §1, §2)."""
 
     name: str                          # registry name, e.g. "gtzan"
     title: str                         # column title in result tables, e.g. "GTZAN"

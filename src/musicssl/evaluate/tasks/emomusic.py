@@ -1,4 +1,4 @@
-"""EmoMusic (1000 Songs for Emotional Analysis of Music) arousal/valence regression (eval-spec §2.4).
+"""EmoMusic (1000 Songs for Emotional Analysis of Music) arousal/valence regression (docs/evaluation.md §2.4).
 
 The dataset ships `annotations.tar.gz` (`songs_info.csv`, `static_annotations.csv`, ...; comma
 separated, values padded with spaces/tabs) and `clips_45sec.tar.gz` (`clips_45seconds/<song_id>.mp3`,

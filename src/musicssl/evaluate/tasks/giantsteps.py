@@ -1,4 +1,4 @@
-"""GiantSteps key detection (eval-spec §2.2): 24 keys, songs cut into 30-s segments, a song-level
+"""GiantSteps key detection (docs/evaluation.md §2.2): 24 keys, songs cut into 30-s segments, a song-level
 decision by an ensemble over its segments, scored with mir_eval's weighted key score.
 
 Layout under the data root (the two annotation repositories as cloned or unzipped from GitHub,
@@ -217,7 +217,7 @@ class GiantStepsKey(Task):
     protocol = Protocol(
         name="gs", title="GS", kind="multiclass", outputs=KEYS, metrics=("key_score",),
         window_seconds=None,       # each item is already one 30-s segment: one forward pass
-        plateau_patience=5, early_stop_patience=20, max_epochs=100,   # MERT cfg (eval-spec §2.2)
+        plateau_patience=5, early_stop_patience=20, max_epochs=100,   # MERT cfg (docs/evaluation.md §2.2)
         song_ensemble=True,        # song decision = ensemble over its segments, chosen on valid
     )
     default_dir = "GS"
@@ -272,7 +272,7 @@ class GiantStepsKey(Task):
 
     def score(self, targets: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
         """targets: (N,) class ids; outputs: (N, 24) song-level scores -> mean mir_eval weighted
-        key score of argmax(outputs) against targets (eval-spec §2.2)."""
+        key score of argmax(outputs) against targets (docs/evaluation.md §2.2)."""
         from musicssl.evaluate import metrics
 
         targets, outputs = np.asarray(targets), np.asarray(outputs)

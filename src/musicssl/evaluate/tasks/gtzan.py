@@ -1,4 +1,4 @@
-"""GTZAN genre classification and GTZAN-Rhythm beat tracking (eval-spec §2.3, §2.9).
+"""GTZAN genre classification and GTZAN-Rhythm beat tracking (docs/evaluation.md §2.3, §2.9).
 
 Both tasks read the same audio and the same fault-filtered split (Kereliuk et al. 2015, artist
 disjoint, 443/197/290 of the 1000 clips): `genres/<genre>/<genre>.000NN.wav` (MARBLE links the
@@ -25,7 +25,7 @@ from musicssl.evaluate.tasks.base import (
     SPLITS, DatasetError, Item, LayoutExample, Protocol, Splits, Task, check_options, check_split_sizes,
 )
 
-# Class order of MARBLE's GTZAN_dataset.py (eval-spec §2.3).
+# Class order of MARBLE's GTZAN_dataset.py (docs/evaluation.md §2.3).
 GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock")
 LIST_FILES = {split: f"{split}_filtered.txt" for split in SPLITS}
 AUDIO_DIRS = ("genres", "genres_original", "Data/genres_original")  # MARBLE's link, then the Kaggle names
@@ -291,7 +291,7 @@ def _genre_and_beats(example: LayoutExample) -> tuple[str, np.ndarray | None]:
 
 
 def _write_jams(path: Path, beats: np.ndarray, downbeats: np.ndarray, duration: float) -> None:
-    """GTZAN-Rhythm's JAMS structure (eval-spec addendum): two namespace-"beat" annotations
+    """GTZAN-Rhythm's JAMS structure (docs/evaluation.md §9): two namespace-"beat" annotations
     told apart by sandbox.annotation_type; observations with duration 0, confidence 1, value 1."""
     document = {
         "annotations": [

@@ -1,4 +1,4 @@
-"""MTG-Jamendo auto-tagging: instrument, mood/theme, genre and top-50 tags (eval-spec §2.10–2.13).
+"""MTG-Jamendo auto-tagging: instrument, mood/theme, genre and top-50 tags (docs/evaluation.md §2.10–2.13).
 
 Layout under the data root:
 
@@ -99,7 +99,7 @@ def _resolve(root: Path, value: str | None, defaults: Sequence[str]) -> Path:
 
 class _MTGTask(Task):
     category = ""                               # the file-name part: autotagging_<category>-...
-    published_sizes: dict[str, int] = {}        # split-0 counts (eval-spec §2.10–2.13)
+    published_sizes: dict[str, int] = {}        # split-0 counts (docs/evaluation.md §2.10–2.13)
     default_dir = "MTG"
     source = _SOURCE
 
@@ -166,7 +166,7 @@ class _MTGTask(Task):
 def _protocol(name: str, title: str) -> Protocol:
     # outputs are filled in by load() from the split files; () until then.
     return Protocol(name=name, title=title, kind="multilabel", outputs=(), metrics=("roc_auc", "ap"),
-                    window_seconds=30.0,   # full track, non-overlapping 30-s windows (eval-spec §2.10)
+                    window_seconds=30.0,   # full track, non-overlapping 30-s windows (docs/evaluation.md §2.10)
                     plateau_patience=3, early_stop_patience=10, max_epochs=100)
 
 

@@ -1,4 +1,4 @@
-"""MagnaTagATune (MTT) auto-tagging: the 50 most frequent tags, MARBLE's folder split (eval-spec §2.1).
+"""MagnaTagATune (MTT) auto-tagging: the 50 most frequent tags, MARBLE's folder split (docs/evaluation.md §2.1).
 
 The dataset ships as `annotations_final.csv` (TAB separated, fields possibly double-quoted, CRLF
 line ends: `clip_id`, 188 binary tag columns, `mp3_path` last) next to the unzipped `mp3/`
@@ -26,7 +26,7 @@ from musicssl.evaluate.tasks.base import (
 
 ANNOTATIONS_FILE = "annotations_final.csv"
 TOP_K = 50
-# MARBLE's top-50 (eval-spec §2.1; [M2] MTT LABEL2IDX): the outputs before any data is read.
+# MARBLE's top-50 (docs/evaluation.md §2.1; [M2] MTT LABEL2IDX): the outputs before any data is read.
 PUBLISHED_TOP50 = (
     "guitar", "classical", "slow", "techno", "strings", "drums", "electronic", "rock", "fast", "piano",
     "ambient", "beat", "violin", "vocal", "synth", "female", "indian", "opera", "male", "singing",
@@ -99,7 +99,7 @@ class MTTTagging(Task):
         untagged = sum(int(not item.target.any()) for split in SPLITS for item in splits[split])
         if untagged:
             notes.append(f"{untagged} clips have none of the top-{len(top)} tags; kept, as MARBLE does "
-                         f"(eval-spec §2.1)")
+                         f"(docs/evaluation.md §2.1)")
         for split in SPLITS:
             if not splits[split]:
                 raise DatasetError(f"{root}: the {split} split is empty (folders "

@@ -1,4 +1,4 @@
-"""NSynth instrument family (NSynthI) and pitch (NSynthP) classification (eval-spec §2.5, §2.6).
+"""NSynth instrument family (NSynthI) and pitch (NSynthP) classification (docs/evaluation.md §2.5, §2.6).
 
 Layout under the data root (the three official tarballs unpacked side by side):
 
@@ -120,7 +120,7 @@ class NSynthInstrument(_NSynthTask):
     protocol = Protocol(
         name="nsynth_instrument", title="NSynthI", kind="multiclass", outputs=FAMILIES, metrics=("accuracy",),
         window_seconds=None,   # the whole 4-s note in one pass
-        plateau_patience=3, early_stop_patience=10, max_epochs=50,   # eval-spec §2.5
+        plateau_patience=3, early_stop_patience=10, max_epochs=50,   # docs/evaluation.md §2.5
         feature_set="nsynth",
     )
     label_field = "instrument_family_str"
@@ -141,7 +141,7 @@ class NSynthPitch(_NSynthTask):
     protocol = Protocol(
         name="nsynth_pitch", title="NSynthP", kind="multiclass",
         outputs=tuple(str(pitch) for pitch in range(MIDI_PITCHES)), metrics=("accuracy",),
-        window_seconds=None, plateau_patience=3, early_stop_patience=10, max_epochs=50,   # eval-spec §2.6
+        window_seconds=None, plateau_patience=3, early_stop_patience=10, max_epochs=50,   # docs/evaluation.md §2.6
         feature_set="nsynth",
     )
     label_field = "pitch"

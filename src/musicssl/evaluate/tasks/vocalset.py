@@ -1,4 +1,4 @@
-"""VocalSet singing technique (VocalSetT) and singer (VocalSetS) identification (eval-spec §2.7, §2.8).
+"""VocalSet singing technique (VocalSetT) and singer (VocalSetS) identification (docs/evaluation.md §2.7, §2.8).
 
 Layout under the data root (VocalSet11.zip unpacked; only its full-data folder is read):
 
@@ -36,7 +36,7 @@ SINGERS = tuple(f"f{i}" for i in range(1, 10)) + tuple(f"m{i}" for i in range(1,
 # (fast_forte, fast_piano, forte, messa, pp, slow_forte, slow_piano) serve the singer task only.
 TECHNIQUES = ("belt", "breathy", "inhaled", "lip_trill", "spoken", "straight", "trill", "trillo",
               "vibrato", "vocal_fry")
-TEST_SINGERS = ("f2", "f8", "m3", "m5", "m10")   # VocalSetT's held-out singers (eval-spec §2.7)
+TEST_SINGERS = ("f2", "f8", "m3", "m5", "m10")   # VocalSetT's held-out singers (docs/evaluation.md §2.7)
 CHUNK_SECONDS = 3
 SPLIT_SEED = 42617                                # MARBLE's numpy seed
 _SOURCE = "https://zenodo.org/record/1203819/files/VocalSet11.zip (unzip; the full-data folder is FULL/)"
@@ -184,12 +184,12 @@ class _VocalSetTask(Task):
 class VocalSetTechnique(_VocalSetTask):
     """Test = singers f2, f8, m3, m5, m10; the other 15 singers' recordings go 60/40 to train/valid
     by a seeded recording-level GroupShuffleSplit (MARBLE's code; its paper's "9 train / 6 valid
-    singers" does not match it, eval-spec §5.3)."""
+    singers" does not match it, docs/evaluation.md §5.3)."""
 
     protocol = Protocol(
         name="vocalset_technique", title="VocalSetT", kind="multiclass", outputs=TECHNIQUES,
         metrics=("accuracy",), window_seconds=None,   # a 3-s chunk is one window
-        plateau_patience=5, early_stop_patience=10, max_epochs=100,   # eval-spec §2.7
+        plateau_patience=5, early_stop_patience=10, max_epochs=100,   # docs/evaluation.md §2.7
     )
 
     def assign(self, recordings: list[Recording]) -> dict[str, str]:
@@ -212,7 +212,7 @@ class VocalSetSinger(_VocalSetTask):
     protocol = Protocol(
         name="vocalset_singer", title="VocalSetS", kind="multiclass", outputs=SINGERS,
         metrics=("accuracy",), window_seconds=None,
-        plateau_patience=5, early_stop_patience=20, max_epochs=100,   # eval-spec §2.8
+        plateau_patience=5, early_stop_patience=20, max_epochs=100,   # docs/evaluation.md §2.8
     )
 
     def assign(self, recordings: list[Recording]) -> dict[str, str]:
