@@ -33,18 +33,18 @@ class DemoConfig:
     k: int = 100                     # MFCC clusters (the paper: 500/2000 for 1k hours; 100 suits ~20 min)
     # MusicHuBERT's second codebook: k-means of semitone spectra (the paper's suggestion of
     # harmonic targets); None = MFCC labels only. On each of 4 seeds it added 0.3 to 8.1 points
-    # to the 7-task average over MFCC alone (README; measured with the old batch-64 probe).
+    # to the 7-task average over MFCC alone (docs/demo.md; measured with the old batch-64 probe).
     pitch_preset: str | None = "semitone84"
     # Twice the updates of the `tiny` recipe at half its batch: at a fixed CPU budget more, smaller
     # steps learned more (see docs/demo.md). The `tiny` recipe's lr 1e-3 matters more: with lr 2e-3
     # MusicHuBERT never left the label prior (masked CE = prior entropy).
     hubert_steps: int = 600
-    music2vec_steps: int = 400  # ~100 s with the frozen CNN; 800 learnt more but cost 115 s more (README)
+    music2vec_steps: int = 400  # ~100 s with the frozen CNN; 800 learnt more but cost 115 s more (docs/demo.md)
     # The CNN at a tenth of the lr: at the full lr it lost what the random CNN keeps of single
     # notes (demo seed: NSynth instrument 32.3, pitch 7.9; its init 47.6 and 31.1) and the model
     # lost to its init by 4.4 on average; at a tenth 47.0 and 21.3, +0.3 on average on the demo
     # seed, but -5.7 and -6.7 on seeds 1 and 0: MusicHuBERT is not ahead of its init at this
-    # budget, and none of 6 other recipes was (README).
+    # budget, and none of 6 other recipes was (docs/demo.md).
     hubert_overrides: tuple[str, ...] = ("data.batch_seconds=20", "trainer.cnn_lr_scale=0.1")
     # The teacher's EMA horizon 1/(1 - decay) must be shorter than the run: data2vec's
     # 0.999 -> 0.9999 (1k-10k updates) suits 400k updates, not 400. Twice the `tiny` lr: on 3
@@ -104,7 +104,7 @@ def _write_verdict(out: Path, comparisons: list, probe: ProbeConfig, task_probes
     lines = ["", "## Pre-training vs its own random init", "",
              *(f"- {comparison.line()}" for comparison in comparisons), "",
              f"One pre-training seed; probes: {'; '.join(grids)}; each score is the mean over the probe seeds of "
-             "the configuration chosen on validation; test sets of 30-82 items. README shows how other "
+             "the configuration chosen on validation; test sets of 30-82 items. docs/demo.md shows how other "
              "pre-training seeds move this."]
     with (out / "results.md").open("a") as handle:
         handle.write("\n".join(lines) + "\n")

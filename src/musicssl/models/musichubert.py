@@ -51,7 +51,7 @@ class MusicHubertConfig:
     # orthant (cosine ~0.75 between any two), so all logits start alike and the rows take
     # hundreds of updates to spread apart; "normal" N(0, 1) starts them near-orthogonal. Tiny
     # demo recipe, seed 1, 600 updates: masked CE 3.59 vs 3.75 nats (prior 4.05), yet its
-    # features probed worse (7-task average against its init -8.3 vs -5.7; README), so
+    # features probed worse (7-task average against its init -8.3 vs -5.7; docs/demo.md), so
     # fairseq's stays the default.
     label_embedding_init: str = "uniform"
 
