@@ -8,7 +8,7 @@ import pytest
 
 from musicssl.config import ConfigError, Registry, apply_overrides, from_dict, to_dict
 from musicssl.demo import DEMO_PRESETS
-from musicssl.models.backbone import backbone_preset
+from musicssl.models.backbone_config import backbone_preset
 from musicssl.train.tasks import MusicHubertRun, music2vec_run, musichubert_run
 
 
