@@ -313,12 +313,19 @@ def run_probe(args) -> int:
 
 def _run_probes(args, models: list[str], data_dirs: dict, options: dict, out: str) -> int:
     """What `probe` and `benchmark` share once they know their models, datasets and options."""
-    from musicssl.evaluate.benchmark import run_benchmark
+    from musicssl.evaluate.benchmark import BenchmarkError, run_benchmark
 
     shard = (args.shard, args.num_shards) if args.num_shards > 1 else None
-    results = run_benchmark(models, data_dirs, out, _probe_config(args), cache_dir=args.cache, options=options,
-                            device=args.device, progress=not args.quiet, command="musicssl " + " ".join(sys.argv[1:]),
-                            shard=shard, skip_missing=getattr(args, "skip_missing", False))
+    try:
+        results = run_benchmark(models, data_dirs, out, _probe_config(args), cache_dir=args.cache, options=options,
+                                device=args.device, progress=not args.quiet,
+                                command="musicssl " + " ".join(sys.argv[1:]), shard=shard,
+                                skip_missing=getattr(args, "skip_missing", False))
+    except BenchmarkError as error:  # the other tasks ran and are written: exit 1, one line per failure
+        for line in error.failures:
+            print(f"musicssl {args.command}: failed: {line}", file=sys.stderr)
+        print(f"results of the others in {out}/results.md and {out}/results.json")
+        return 1
     if results:
         print(f"results in {out}/results.md and {out}/results.json")
     return 0
