@@ -123,3 +123,26 @@ def test_a_task_that_cannot_be_scored_is_listed_and_the_others_run(tmp_path, gtz
     markdown = (out / "results.md").read_text()
     assert "## Not probed" in markdown and f"- micro / emo: skipped: {reason}" in markdown
     assert table_rows(markdown)["micro"][0] == f"{100 * payload['results'][0]['test']['accuracy']:.1f}"
+
+
+@pytest.mark.parametrize("argument", [["--seeds", "0"], ["--batch-size", "0"], ["--max-epochs", "-1"],
+                                      ["--lrs", "1e-3,-1"], ["--lrs", ","], ["--num-shards", "0"], ["--shard", "-1"]])
+def test_probe_and_benchmark_refuse_out_of_range_numbers_at_parse_time(tmp_path, argument, capsys):
+    for command in (["probe", "mfcc", "--task", "gtzan", "--data", str(tmp_path)],
+                    ["benchmark", "mfcc", "--data-root", str(tmp_path)]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, "-o", str(tmp_path / "out"), *argument])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument {argument[0]}: expected " in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_benchmark_refuses_a_file_as_its_output_folder(tmp_path, gtzan_root, capsys):  # noqa: F811
+    out = tmp_path / "results"
+    out.write_text("a file")
+    assert main(["benchmark", "mfcc", "--tasks", "gtzan", "--data-root", str(data_root(tmp_path, gtzan_root)),
+                 "-o", str(out), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "results: is a file; the output is a folder" in err
+    assert out.read_text() == "a file"
