@@ -66,7 +66,8 @@ def test_extract_that_reads_no_file_keeps_the_existing_output(model_dir, tmp_pat
 
 
 @pytest.mark.parametrize("argument", [["--chunk-seconds", "-5"], ["--chunk-seconds", "0"],
-                                      ["--chunk-seconds", "nan"], ["--context-seconds", "-1"]])
+                                      ["--chunk-seconds", "nan"], ["--chunk-seconds", "inf"],
+                                      ["--context-seconds", "-1"]])
 def test_extract_refuses_out_of_range_numbers_at_parse_time(model_dir, tmp_path, capsys, argument):
     path = write_tone(tmp_path / "a.wav", 1.0)
     with pytest.raises(SystemExit) as exit_info:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -25,7 +26,7 @@ def _number(cast, minimum: float, inclusive: bool, what: str):
             value = cast(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not (value >= minimum if inclusive else value > minimum) or value != value:  # NaN compares False
+        if not math.isfinite(value) or not (value >= minimum if inclusive else value > minimum):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
     return parse
@@ -38,8 +39,13 @@ _non_negative_int = _number(int, 0, True, "an integer >= 0")
 
 
 def _chunk_seconds(text: str) -> float | None:
-    """Seconds > 0, or 'none' for one pass over the whole track."""
-    return None if text.lower() == "none" else _positive_float(text)
+    """Seconds > 0, or 'none' for one pass over the whole track (0 would be a one-hop window)."""
+    if text.lower() == "none":
+        return None
+    try:
+        return _positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, or 'none' for one pass, got {text!r}") from None
 
 
 def add_extract(commands) -> None:
