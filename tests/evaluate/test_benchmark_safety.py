@@ -15,7 +15,17 @@ from musicssl.evaluate.tasks import emomusic
 from musicssl.evaluate.tasks.base import LayoutExample
 from musicssl.interop.huggingface import export_pretrained
 from tests.conftest import micro_backbone, tone
-from tests.evaluate.test_benchmark_cli import FAST, gtzan_root, model_dir  # noqa: F401 (fixtures)
+from tests.evaluate.test_benchmark_cli import FAST, write_gtzan
+
+
+@pytest.fixture(scope="module")
+def gtzan_root(tmp_path_factory):
+    return write_gtzan(tmp_path_factory.mktemp("GTZAN"))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return export_pretrained(micro_backbone("hubert"), tmp_path_factory.mktemp("model") / "micro")
 
 
 def data_root(tmp_path: Path, gtzan: Path) -> Path:
@@ -51,7 +61,7 @@ def test_row_names_take_the_shortest_distinct_part_of_the_paths(tmp_path):
             row_names(twice)
 
 
-def test_two_checkpoints_of_runs_with_one_name_get_a_row_each(tmp_path, gtzan_root):  # noqa: F811
+def test_two_checkpoints_of_runs_with_one_name_get_a_row_each(tmp_path, gtzan_root):
     a, b = checkpoint(tmp_path / "a", "run", 0), checkpoint(tmp_path / "b", "run", 1)
     out = tmp_path / "bench"
     assert main(["benchmark", str(a), str(b), "--tasks", "gtzan", "--data-root", str(data_root(tmp_path, gtzan_root)),
@@ -67,7 +77,7 @@ def test_two_checkpoints_of_runs_with_one_name_get_a_row_each(tmp_path, gtzan_ro
     assert sorted(path.name for path in (out / "runs").iterdir()) == ["a_run_step_00000008", "b_run_step_00000008"]
 
 
-def test_a_name_given_twice_is_refused_before_any_work(tmp_path, gtzan_root, capsys):  # noqa: F811
+def test_a_name_given_twice_is_refused_before_any_work(tmp_path, gtzan_root, capsys):
     a, b = checkpoint(tmp_path / "a", "run", 0), checkpoint(tmp_path / "b", "run", 1)
     root = data_root(tmp_path, gtzan_root)
     for models in ([f"mine={a}", f"mine={b}"], [str(a), str(a)]):
@@ -78,7 +88,7 @@ def test_a_name_given_twice_is_refused_before_any_work(tmp_path, gtzan_root, cap
         assert not (tmp_path / "out").exists()
 
 
-def test_one_name_for_other_weights_never_shares_cached_features(tmp_path, gtzan_root, model_dir):  # noqa: F811
+def test_one_name_for_other_weights_never_shares_cached_features(tmp_path, gtzan_root, model_dir):
     other = export_pretrained(micro_backbone("hubert", seed=1), tmp_path / "other" / "micro")
     root, cache = data_root(tmp_path, gtzan_root), tmp_path / "cache"
     for weights in (model_dir, other):
@@ -99,7 +109,7 @@ def write_emo(root: Path, splits: list[str]) -> Path:
 
 
 @pytest.mark.parametrize("damage", ["tiny", "unreadable"])
-def test_a_task_that_cannot_be_scored_is_listed_and_the_others_run(tmp_path, gtzan_root, model_dir, damage,  # noqa: F811
+def test_a_task_that_cannot_be_scored_is_listed_and_the_others_run(tmp_path, gtzan_root, model_dir, damage,
                                                                    capsys):
     root = data_root(tmp_path, gtzan_root)
     if damage == "tiny":  # one test song: R2 is undefined
@@ -138,7 +148,7 @@ def test_probe_and_benchmark_refuse_out_of_range_numbers_at_parse_time(tmp_path,
     assert not (tmp_path / "out").exists()
 
 
-def test_benchmark_refuses_a_file_as_its_output_folder(tmp_path, gtzan_root, capsys):  # noqa: F811
+def test_benchmark_refuses_a_file_as_its_output_folder(tmp_path, gtzan_root, capsys):
     out = tmp_path / "results"
     out.write_text("a file")
     assert main(["benchmark", "mfcc", "--tasks", "gtzan", "--data-root", str(data_root(tmp_path, gtzan_root)),
