@@ -200,9 +200,9 @@ def check_extract_memory(sizes: Sizes) -> dict:
     import extract_memory
 
     if sizes.quick:
-        rows = extract_memory.measure_lengths("hubert_tiny", 4, 5.0, sizes.device, lengths=(0.25, 1.0))
+        rows = extract_memory.measure_lengths("hubert_tiny", 5.0, sizes.device, lengths=(0.25, 1.0))
     else:
-        rows = extract_memory.measure_lengths("hubert_base", 12, 30.0, sizes.device)
+        rows = extract_memory.measure_lengths("hubert_base", 30.0, sizes.device, lengths=(1.0, 30.0))
     (short, short_row), (long, long_row) = rows.items()
     ratio = long_row["working_mb"] / max(short_row["working_mb"], 1e-9)
     return {"figure": f"working {short_row['working_mb']:.0f} MB ({short:g} min), {long_row['working_mb']:.0f} MB ({long:g} min)",

@@ -133,11 +133,3 @@ def test_cli_extract_writes_every_file_and_reports_bad_ones(model_dir, tmp_path)
     expected = musicssl.load_model(model_dir, device="cpu").extract_file(flac, [0, 2], chunk_seconds=1)
     np.testing.assert_array_equal(data[flac], expected.numpy())  # the same computation, stored as float32
     assert data[flac].shape == (2, (32000 - 400) // 320 + 1, 32)
-
-
-def test_cli_extract_mean_pooling(model_dir, tmp_path):
-    path = write_tone(tmp_path / "a.wav", 2.0)
-    out = tmp_path / "pooled.npz"
-    assert musicssl.cli.main(["extract", str(model_dir), str(path), "-o", str(out), "--pool", "mean"]) == 0
-    frames = musicssl.load_model(model_dir, device="cpu").extract_file(path)
-    np.testing.assert_array_equal(np.load(out)[str(path)], frames.mean(dim=1).numpy())  # the same mean

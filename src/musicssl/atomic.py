@@ -51,9 +51,9 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_text(target: str | os.PathLike, text: str) -> Path:
-    """`Path.write_text`, atomically."""
+    """`Path.write_text` in UTF-8, atomically."""
     with atomic_path(target) as partial:
-        partial.write_text(text)
+        partial.write_text(text, encoding="utf-8")
     return Path(target)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -17,6 +18,36 @@ def _layers(text: str) -> list[int] | None:
         raise argparse.ArgumentTypeError(f"--layers takes 'all' or comma-separated integers, got {text!r}")
 
 
+def _number(cast, minimum: float, inclusive: bool, what: str):
+    """An argparse `type=` that refuses values outside the range at parse time (one usage line, exit 2):
+    a chunk of -5 s or 0 seeds would otherwise run and return results far off the intended ones."""
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or not (value >= minimum if inclusive else value > minimum):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
+
+
+_positive_float = _number(float, 0.0, False, "a number > 0")
+_non_negative_float = _number(float, 0.0, True, "a number >= 0")
+_positive_int = _number(int, 1, True, "an integer >= 1")
+_non_negative_int = _number(int, 0, True, "an integer >= 0")
+
+
+def _chunk_seconds(text: str) -> float | None:
+    """Seconds > 0, or 'none' for one pass over the whole track (0 would be a one-hop window)."""
+    if text.lower() == "none":
+        return None
+    try:
+        return _positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, or 'none' for one pass, got {text!r}") from None
+
+
 def add_extract(commands) -> None:
     parser = commands.add_parser(
         "extract", help="frozen features of audio files into one .npz",
@@ -27,9 +58,9 @@ def add_extract(commands) -> None:
     parser.add_argument("-o", "--out", required=True, help="output .npz")
     parser.add_argument("--layers", type=_layers, default=None,
                         help="'all' (default) or e.g. 0,6,12 (0 = Transformer input, i = block i)")
-    parser.add_argument("--chunk-seconds", type=float, default=30.0,
-                        help="process long audio in windows of this length (0 = one pass)")
-    parser.add_argument("--context-seconds", type=float, default=0.0,
+    parser.add_argument("--chunk-seconds", type=_chunk_seconds, default=30.0,
+                        help="process long audio in windows of this length, > 0 ('none' = one pass)")
+    parser.add_argument("--context-seconds", type=_non_negative_float, default=0.0,
                         help="extra audio each side of a chunk, computed and discarded")
     parser.add_argument("--pool", choices=("none", "mean"), default="none", help="mean over time")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
@@ -37,22 +68,22 @@ def add_extract(commands) -> None:
 
 
 def run_extract(args) -> int:
-    from musicssl.extract import expand_audio_paths, extract_to_npz, load_model
+    from musicssl.extract import check_output_file, expand_audio_paths, extract_to_npz, load_model
 
-    encoder = load_model(args.model, device=args.device)
+    check_output_file(args.out)  # before the model loads and any file is decoded
     paths = expand_audio_paths(args.audio)
     if not paths:
-        print("error: no audio files found in the given paths", file=sys.stderr)
-        return 2
+        raise ValueError(f"{' '.join(args.audio)}: no audio files found")
+    encoder = load_model(args.model, device=args.device)
     started = time.perf_counter()
     written, failures = extract_to_npz(encoder, paths, args.out, args.layers,
-                                       args.chunk_seconds or None, args.context_seconds, args.pool)
+                                       args.chunk_seconds, args.context_seconds, args.pool)
     elapsed = time.perf_counter() - started
     print(f"wrote {written} of {len(paths)} files to {args.out} in {elapsed:.1f} s "
           f"({encoder.num_hidden_states} hidden states available, {encoder.frame_rate_hz:g} frames/s)")
     if failures:
         print(f"{len(failures)} file(s) skipped (reasons above)", file=sys.stderr)
-    return 0 if written else 1
+    return 0
 
 
 def add_manifest(commands) -> None:
@@ -215,11 +246,14 @@ def _probe_layers(text: str) -> tuple[int | str, ...] | None:
     return tuple(layers)
 
 
-def _floats(text: str) -> tuple[float, ...]:
+def _learning_rates(text: str) -> tuple[float, ...]:
     try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+        rates = tuple(_positive_float(part) for part in text.split(",") if part.strip())
+    except argparse.ArgumentTypeError:
+        rates = ()
+    if not rates:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers > 0, got {text!r}")
+    return rates
 
 
 def _options(pairs: list[str]) -> dict[str, str]:
@@ -235,12 +269,12 @@ def _options(pairs: list[str]) -> dict[str, str]:
 def _probe_arguments(parser) -> None:
     parser.add_argument("--layers", type=_probe_layers, default=None,
                         help="'all' (default: every layer and the learnt weighted sum) or e.g. 6,12,weighted")
-    parser.add_argument("--lrs", type=_floats, default=None,
+    parser.add_argument("--lrs", type=_learning_rates, default=None,
                         help="learning-rate grid (default: 5e-5,1e-4,5e-4,1e-3,5e-3,1e-2)")
-    parser.add_argument("--seeds", type=int, default=1, help="runs per configuration; reports mean and std")
-    parser.add_argument("--max-epochs", type=int, default=None, help="cap on epochs (default: the task's)")
+    parser.add_argument("--seeds", type=_positive_int, default=1, help="runs per configuration; reports mean and std")
+    parser.add_argument("--max-epochs", type=_positive_int, default=None, help="cap on epochs (default: the task's)")
     parser.add_argument("--beat-decoder", choices=("dbn", "peaks"), default="dbn")
-    parser.add_argument("--batch-size", type=int, default=64,
+    parser.add_argument("--batch-size", type=_positive_int, default=64,
                         help="probe batch (default 64, MARBLE's); a dataset of a few hundred items wants ~8")
     # the keys of evaluate/probe_protocol.py's LAYER_WEIGHT_INITS, spelt out so parsing does not import torch
     parser.add_argument("--layer-weight-init", choices=("normal", "zeros"), default="normal",
@@ -248,10 +282,10 @@ def _probe_arguments(parser) -> None:
     parser.add_argument("--cache", default=None, help="feature cache folder (default: OUT/cache)")
     parser.add_argument("--device", default=None, help="cpu, cuda (default: cuda if present)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--shard", type=int, default=0,
+    parser.add_argument("--shard", type=_non_negative_int, default=0,
                         help="extract only share SHARD of --num-shards (array jobs), then stop; under torchrun "
                              "the ranks shard by themselves and rank 0 probes")
-    parser.add_argument("--num-shards", type=int, default=1)
+    parser.add_argument("--num-shards", type=_positive_int, default=1)
 
 
 def _probe_config(args):
@@ -285,12 +319,19 @@ def run_probe(args) -> int:
 
 def _run_probes(args, models: list[str], data_dirs: dict, options: dict, out: str) -> int:
     """What `probe` and `benchmark` share once they know their models, datasets and options."""
-    from musicssl.evaluate.benchmark import run_benchmark
+    from musicssl.evaluate.benchmark import BenchmarkError, run_benchmark
 
     shard = (args.shard, args.num_shards) if args.num_shards > 1 else None
-    results = run_benchmark(models, data_dirs, out, _probe_config(args), cache_dir=args.cache, options=options,
-                            device=args.device, progress=not args.quiet, command="musicssl " + " ".join(sys.argv[1:]),
-                            shard=shard, skip_missing=getattr(args, "skip_missing", False))
+    try:
+        results = run_benchmark(models, data_dirs, out, _probe_config(args), cache_dir=args.cache, options=options,
+                                device=args.device, progress=not args.quiet,
+                                command="musicssl " + " ".join(sys.argv[1:]), shard=shard,
+                                skip_missing=getattr(args, "skip_missing", False))
+    except BenchmarkError as error:  # the other tasks ran and are written: exit 1, one line per failure
+        for line in error.failures:
+            print(f"musicssl {args.command}: failed: {line}", file=sys.stderr)
+        print(f"results of the others in {out}/results.md and {out}/results.json")
+        return 1
     if results:
         print(f"results in {out}/results.md and {out}/results.json")
     return 0

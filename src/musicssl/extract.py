@@ -15,8 +15,9 @@ and `context_seconds` (extra audio on both sides, computed and discarded) narrow
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor
 
 from musicssl import audio
+from musicssl.atomic import atomic_path
 from musicssl.interop.huggingface import FAIRSEQ_NORMALIZE_EPS, load_pretrained
 from musicssl.models.backbone import Backbone, normalize_waveform
 
@@ -77,7 +79,7 @@ class Encoder:
         array = wav.detach().cpu().numpy() if isinstance(wav, Tensor) else np.asarray(wav)
         array = audio.to_mono(array.astype(np.float32, copy=False))
         array = audio.resample(array, sample_rate, self.sample_rate)
-        if not np.all(np.isfinite(array)):
+        if not _all_finite(array):
             raise audio.AudioError(source, "non-finite samples (NaN or inf)")
         audio.check_length(array, self.config.receptive_field, source, sample_rate=self.sample_rate)
         signal = torch.from_numpy(np.ascontiguousarray(array))
@@ -95,18 +97,44 @@ class Encoder:
         chunk_seconds=None runs the whole track in one pass."""
         indices = self.resolve_layers(layers)
         signal = self.prepare(wav, sample_rate, source)
+        frames = audio.num_frames(signal.numel(), hop=self.config.hop, receptive_field=self.config.receptive_field)
+        features = torch.empty(len(indices), frames, self.dim)  # filled in place: no second copy at the end
+        position = 0
+        for piece in self._pieces(signal, indices, chunk_seconds, context_seconds):
+            features[:, position:position + piece.shape[1]] = piece
+            position += piece.shape[1]
+        return features
+
+    @torch.no_grad()
+    def extract_mean(self, wav: np.ndarray | Tensor, sample_rate: int, layers: Sequence[int] | None = None,
+                     chunk_seconds: float | None = 30.0, context_seconds: float = 0.0,
+                     source: str = "<array>") -> Tensor:
+        """`extract(...).mean(1)`, float32 (K, D), without ever holding (K, T, D): the frames of
+        each chunk are added to a float64 running sum, so memory is flat in the track's length
+        (a 3-hour track of a base model's 13 layers would be ~22 GB of frames) and the sum of
+        hundreds of thousands of frames loses nothing to float32 rounding."""
+        indices = self.resolve_layers(layers)
+        signal = self.prepare(wav, sample_rate, source)
+        total = torch.zeros(len(indices), self.dim, dtype=torch.float64)  # (K, D)
+        count = 0
+        for piece in self._pieces(signal, indices, chunk_seconds, context_seconds):  # (K, t, D)
+            total += piece.double().sum(1)
+            count += piece.shape[1]
+        return (total / count).float()
+
+    def _pieces(self, signal: Tensor, indices: list[int], chunk_seconds: float | None,
+                context_seconds: float) -> Iterator[Tensor]:
+        """The frames of `signal` chunk by chunk, (K, t, D) each, in order: `audio.plan_chunks`."""
+        if chunk_seconds is not None and not chunk_seconds > 0:
+            raise ValueError(f"chunk_seconds must be > 0 or None (one pass), got {chunk_seconds}")
+        if not context_seconds >= 0:
+            raise ValueError(f"context_seconds must be >= 0, got {context_seconds}")
         total = signal.numel()
         chunk = total if chunk_seconds is None else max(int(chunk_seconds * self.sample_rate), self.config.hop)
         plan = audio.plan_chunks(total, chunk, hop=self.config.hop, receptive_field=self.config.receptive_field,
                                  context_samples=int(context_seconds * self.sample_rate))
-        frames = audio.num_frames(total, hop=self.config.hop, receptive_field=self.config.receptive_field)
-        features = torch.empty(len(indices), frames, self.dim)  # filled in place: no second copy at the end
-        position = 0
         for chunk in plan:
-            piece = self._run_window(signal[chunk.start:chunk.stop], indices)[:, chunk.keep_start:chunk.keep_stop]
-            features[:, position:position + piece.shape[1]] = piece
-            position += piece.shape[1]
-        return features
+            yield self._run_window(signal[chunk.start:chunk.stop], indices)[:, chunk.keep_start:chunk.keep_stop]
 
     @torch.inference_mode()
     def extract_batch(self, windows: np.ndarray, pool: bool = False, source: str = "<array>") -> Tensor:
@@ -147,9 +175,17 @@ class Encoder:
         return contextlib.nullcontext()
 
     def extract_file(self, path: str | Path, layers: Sequence[int] | None = None,
-                     chunk_seconds: float | None = 30.0, context_seconds: float = 0.0) -> Tensor:
+                     chunk_seconds: float | None = 30.0, context_seconds: float = 0.0, pool: str = "none") -> Tensor:
+        """(K, T, D) frames of an audio file, or with pool="mean" their (K, D) mean (`extract_mean`)."""
         wav = audio.load_audio(path, self.sample_rate)
-        return self.extract(wav, self.sample_rate, layers, chunk_seconds, context_seconds, source=str(path))
+        run = self.extract_mean if pool == "mean" else self.extract
+        return run(wav, self.sample_rate, layers, chunk_seconds, context_seconds, source=str(path))
+
+
+def _all_finite(array: np.ndarray, block: int = 1 << 20) -> bool:
+    """`np.isfinite(array).all()` a block at a time: no mask as long as a 3-hour track (173 MB)."""
+    flat = array.reshape(-1)
+    return all(np.isfinite(flat[start:start + block]).all() for start in range(0, flat.size, block))
 
 
 def load_model(path: str | Path, device: torch.device | str | None = None, **overrides) -> Encoder:
@@ -179,12 +215,34 @@ def expand_audio_paths(items: Sequence[str | Path]) -> list[Path]:
     return paths
 
 
+class NothingExtracted(ValueError):
+    """No input file could be read: the output is not written (an existing one is kept)."""
+
+
+def check_output_file(out: str | Path) -> Path:
+    """Refuse, before any work, an output file that cannot be written: an existing directory in
+    its place, a file where a parent directory should be, a read-only parent."""
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"{out}: is a directory; the output is a file (e.g. {out / 'features.npz'})")
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent  # the folder the missing parents would be made in
+    if not ancestor.is_dir():
+        raise ValueError(f"{out}: cannot be written: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{out}: cannot be written: no permission to write in {ancestor}")
+    return out
+
+
 def extract_to_npz(encoder: Encoder, paths: Sequence[Path], out: str | Path, layers: Sequence[int] | None = None,
                    chunk_seconds: float | None = 30.0, context_seconds: float = 0.0, pool: str = "none",
                    progress: bool = True) -> tuple[int, list[tuple[str, str]]]:
     """Write one array per file, keyed by the path as given: (K, T, D) float32 frames, or (K, D)
-    with pool="mean"; plus `layers`, `frame_rate_hz`, `sample_rate` and `files`. A file that
-    fails is reported and skipped. Returns (files written, [(path, reason), ...])."""
+    with pool="mean" (a running sum: memory flat in the track's length); plus `layers`,
+    `frame_rate_hz`, `sample_rate` and `files`. A file that fails is reported and skipped; if
+    none is read, NothingExtracted is raised and `out` is left as it was (an existing archive is
+    only ever replaced by a complete new one). Returns (files written, [(path, reason), ...])."""
     import zipfile
 
     from tqdm import tqdm
@@ -192,28 +250,26 @@ def extract_to_npz(encoder: Encoder, paths: Sequence[Path], out: str | Path, lay
     if pool not in ("none", "mean"):
         raise ValueError(f"pool must be 'none' or 'mean', got {pool!r}")
     indices = encoder.resolve_layers(layers)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    written, failures, names = 0, [], []
-    with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+    out = check_output_file(out)
+    failures, names = [], []
+    with atomic_path(out) as partial, zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         for path in tqdm(paths, desc="extract", unit="file", disable=not progress):
             try:
-                features = encoder.extract_file(path, indices, chunk_seconds, context_seconds)
+                array = encoder.extract_file(path, indices, chunk_seconds, context_seconds, pool)
             except (audio.AudioError, OSError) as error:
                 failures.append((str(path), str(error)))
                 tqdm.write(f"skipped {error}", file=sys.stderr)
                 continue
-            array = features.mean(dim=1) if pool == "mean" else features
             _write_member(archive, str(path), array.numpy())
             names.append(str(path))
-            written += 1
+        if not names:  # raised inside: atomic_path removes the partial archive, `out` stays as it was
+            raise NothingExtracted(f"{out}: not written: none of the {len(paths)} input file(s) could be read "
+                                   f"(first: {failures[0][1]})")
         _write_member(archive, "layers", np.asarray(indices))
         _write_member(archive, "frame_rate_hz", np.asarray(encoder.frame_rate_hz))
         _write_member(archive, "sample_rate", np.asarray(encoder.sample_rate))
         _write_member(archive, "files", np.asarray(names, dtype=str))
-    partial.replace(out)  # a killed run never leaves a truncated OUT.npz behind
-    return written, failures
+    return len(names), failures
 
 
 def _write_member(archive, key: str, array: np.ndarray) -> None:

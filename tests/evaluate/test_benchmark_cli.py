@@ -28,9 +28,8 @@ def clicks(seconds: float, period: float, sample_rate: int = 16000) -> tuple[np.
     return wav.astype(np.float32), beats
 
 
-@pytest.fixture(scope="module")
-def gtzan_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("GTZAN")
+def write_gtzan(root):
+    """24 two-second clips of two genres, told apart by pitch and tempo, in GTZAN's layout."""
     examples = []
     for index in range(24):
         genre = GENRES[index % 2]
@@ -41,6 +40,11 @@ def gtzan_root(tmp_path_factory):
                                       split=split[(index // 2) % 5], label=genre, extra={"beats": beats}))
     write_layout(root, examples)
     return root
+
+
+@pytest.fixture(scope="module")
+def gtzan_root(tmp_path_factory):
+    return write_gtzan(tmp_path_factory.mktemp("GTZAN"))
 
 
 @pytest.fixture(scope="module")

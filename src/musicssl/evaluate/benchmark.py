@@ -23,17 +23,83 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from musicssl.atomic import write_text
 from musicssl.evaluate.features import FeatureCache
 from musicssl.evaluate.probe import probe_task
 from musicssl.evaluate.probe_protocol import ProbeConfig, RunResult, TaskResult
 from musicssl.evaluate.report import write_json, write_markdown, write_plots
-from musicssl.evaluate.sources import open_source
+from musicssl.evaluate.sources import model_name, open_source
 from musicssl.evaluate.tasks import get_task
-from musicssl.evaluate.tasks.base import Splits, Task
+from musicssl.evaluate.tasks.base import Splits, Task, split_problem
 
 
 class BenchmarkError(ValueError):
-    """Some (model, task) probes failed; the others were written."""
+    """Some (model, task) probes failed or were skipped; the others were written. `failures`:
+    one line per (model, task), as results.md lists them."""
+
+    def __init__(self, message: str, failures: Sequence[str] = ()):
+        super().__init__(message)
+        self.failures = list(failures)
+
+
+def _explicit_name(spec: str) -> str | None:
+    """The NAME of a `NAME=SPEC` argument, as `open_source` reads it (a path with '=' is a path)."""
+    name, sep, _ = spec.partition("=")
+    return name if sep and name and not Path(spec).exists() else None
+
+
+def _name_parts(spec: str) -> tuple[str, tuple[str, ...]]:
+    """(the name `open_source` gives a spec, the folders above what that name covers, outermost first)."""
+    if spec == "mfcc" or spec.startswith("random:"):
+        return spec, ()
+    path = Path(spec).resolve()
+    name = model_name(path)
+    covered = 3 if "@" in name and path.parent.name == "checkpoints" else 1  # RUN/checkpoints/step_N
+    return name, path.parts[1:-covered]
+
+
+def row_names(specs: Sequence[str]) -> list[str]:
+    """One distinct row name per MODEL argument: NAME for `NAME=SPEC`, else the model's name
+    with as many parent folders as it takes to tell it apart (`a/run@step_8` vs `b/run@step_8`).
+    Two rows under one name would overwrite each other's scores and saved runs: a name that is
+    still shared (NAME= given twice, or one model twice) is refused before any work."""
+    explicit = [_explicit_name(spec) for spec in specs]
+    parts = [None if name else _name_parts(spec) for spec, name in zip(specs, explicit)]
+    depth = [0] * len(specs)
+
+    def name_at(i: int) -> str:
+        if explicit[i]:
+            return explicit[i]
+        base, above = parts[i]
+        return "/".join(above[len(above) - depth[i]:] + (base,)) if depth[i] else base
+
+    while True:
+        names = [name_at(i) for i in range(len(specs))]
+        grow = [i for i in range(len(specs)) if parts[i] and names.count(names[i]) > 1
+                and depth[i] < len(parts[i][1])]
+        if not grow:
+            break
+        for i in grow:
+            depth[i] += 1
+    safe = [_safe_name(name) for name in names]
+    for i, name in enumerate(names):
+        j = safe.index(safe[i])
+        if j != i:
+            raise ValueError(f"{specs[j]} and {specs[i]}: both would be the row {names[j]!r} of the results; "
+                             "name them NAME=PATH (or give each model once)")
+    return names
+
+
+def _safe_name(model: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", model).strip("_") or "model"
+
+
+def _open_sources(models: Sequence[str], device: str | None):
+    """Each MODEL argument opened, under its row name (`row_names`), lazily: one model in memory."""
+    for spec, name in zip(models, row_names(models)):
+        source = open_source(spec, device=device)
+        source.name = name
+        yield source
 
 
 def load_task(name: str, data_dir: Path, options: dict[str, str] | None = None) -> tuple[Task, Splits]:
@@ -68,8 +134,7 @@ class DatasetsError(ValueError):
 
 
 def _saved_path(out: Path, model: str, task: str) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model).strip("_") or "model"
-    return out / "runs" / safe / f"{task}.json"
+    return out / "runs" / _safe_name(model) / f"{task}.json"
 
 
 def _reuse_key(config: ProbeConfig, source, data_dir: Path, options: dict[str, str] | None) -> dict:
@@ -102,6 +167,9 @@ def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | 
     or with `skip_missing` the readable ones run and the others are listed in the report.
     `shard`: extract this share only and return [] (see the module's docstring)."""
     out = Path(out)
+    row_names(models)  # a name given twice is refused before anything is read or written
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: is a file; the output is a folder (results.md, results.json, runs/)")
     out.mkdir(parents=True, exist_ok=True)
     config = config if config.device or not device else config.replace(device=device)  # probes where features run
     task_configs = {name: task_config if task_config.device or not device else task_config.replace(device=device)
@@ -120,8 +188,7 @@ def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | 
     names: list[str] = []
     failures: list[str] = []
     notes = [f"{name}: skipped (--skip-missing), {problem}" for name, problem in skipped.items()]
-    for spec in models:
-        source = open_source(spec, device=device)
+    for source in _open_sources(models, device):
         sources[source.name] = source.describe()
         names.append(source.name)
         for name, (task, splits) in loaded.items():
@@ -134,13 +201,14 @@ def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | 
                 if wait:
                     _wait_for_shards(cache, splits.train + splits.valid + splits.test)
                 try:
-                    result = probe_task(task, splits, cache, task_config, progress=progress)
-                except ValueError as error:  # e.g. a metric undefined on a tiny split: report, go on
+                    result = _probe_checked(task, splits, cache, task_config, progress)
+                except ValueError as error:  # a tiny or damaged split, a metric undefined: report, go on
                     failures.append(f"{source.name} / {name}: {error}")
                     print(f"{source.name} / {name}: FAILED: {error}", file=sys.stderr)
+                    _write_reports(results, names, sources, config, out, command, data_dirs, plots=False,
+                                   failures=notes + failures, task_configs=task_configs)
                     continue
-                saved.parent.mkdir(parents=True, exist_ok=True)
-                saved.write_text(json.dumps({**key, "result": result.to_dict()}, default=str))
+                write_text(saved, json.dumps({**key, "result": result.to_dict()}, default=str))
             _print_result(result)
             results.append(result)
             _write_reports(results, names, sources, config, out, command, data_dirs, plots=False,
@@ -149,8 +217,21 @@ def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | 
                    task_configs=task_configs)
     if failures:
         raise BenchmarkError(f"{len(failures)} of {len(models) * len(loaded)} probes failed: " + "; ".join(failures)
-                             + f" (the others are in {out}/results.md)")
+                             + f" (the others are in {out}/results.md)", failures)
     return results
+
+
+def _probe_checked(task: Task, splits: Splits, cache: FeatureCache, config: ProbeConfig, progress: bool):
+    """`probe_task`, once the features exist and every split has enough readable items to be
+    probed and scored; else ValueError saying which split and which files could not be read."""
+    cache.extract(splits.train + splits.valid + splits.test, progress=progress)
+    errors = cache.errors()
+    problem = split_problem(task, splits, errors)
+    if problem:
+        keys = {item.key for split in (splits.train, splits.valid, splits.test) for item in split}
+        unreadable = [f"{key}: {error}" for key, error in errors.items() if key in keys]
+        raise ValueError(f"skipped: {problem}" + (f"; unreadable: {'; '.join(unreadable[:3])}" if unreadable else ""))
+    return probe_task(task, splits, cache, config, progress=progress)
 
 
 def _shard_of(shard: tuple[int, int] | None) -> tuple[tuple[int, int], bool]:
@@ -165,8 +246,7 @@ def _shard_of(shard: tuple[int, int] | None) -> tuple[tuple[int, int], bool]:
 
 def _extract_shard(models: Sequence[str], loaded: dict, cache_dir: Path, shard: tuple[int, int],
                    device: str | None, progress: bool) -> None:
-    for spec in models:
-        source = open_source(spec, device=device)
+    for source in _open_sources(models, device):  # the names the probing run looks the cache up by
         for name, (task, splits) in loaded.items():
             cache = FeatureCache(cache_dir, source, name, task.protocol, shard=shard)
             cache.extract(splits.train + splits.valid + splits.test, progress=progress)
@@ -188,7 +268,7 @@ def _write_reports(results, names, sources, config, out: Path, command: str, dat
     if task_configs:  # the tasks probed otherwise than `config` says
         extra["task_probe_configs"] = {name: dataclasses.asdict(value) for name, value in task_configs.items()}
     write_json(results, sources, dataclasses.asdict(config), out / "results.json", extra)
-    write_markdown(results, names, out / "results.md", command)
+    write_markdown(results, names, out / "results.md", command, failures)
     if plots:
         write_plots(results, out / "plots")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from musicssl.atomic import write_text
 from musicssl.evaluate.probe_protocol import WEIGHTED, TaskResult
 from musicssl.evaluate.tasks import TASK_NAMES, get_task
 
@@ -119,24 +120,29 @@ def selection_table(results: Sequence[TaskResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(results: Sequence[TaskResult], models: Sequence[str], path: Path, command: str = "") -> None:
+def write_markdown(results: Sequence[TaskResult], models: Sequence[str], path: Path, command: str = "",
+                   failures: Sequence[str] = ()) -> None:
+    """`failures`: one line per (model, task) not in the table and why (a dataset that cannot be
+    read, a split too small or unreadable): listed under the table, never left out silently."""
     text = ["# Probing results", ""]
     if command:
         text += ["Made by:", "", "```", command, "```", ""]
     text += ["Test scores x100 of the (layer, learning rate) chosen on validation; mean ± std over seeds "
              "when there are several. Avg = mean of each task's first column.", "",
              markdown_table(results, models), "", "## Chosen configurations", "", selection_table(results)]
+    if failures:
+        text += ["", "## Not probed", ""] + [f"- {line}" for line in failures]
     notes = {f"- {result.task}: {note}" for result in results for note in result.notes}  # per dataset, not model
     if notes:
         text += ["", "## Notes from the dataset loaders", ""] + sorted(notes)
-    path.write_text("\n".join(text) + "\n")
+    write_text(path, "\n".join(text) + "\n")
 
 
 def write_json(results: Sequence[TaskResult], sources: dict, probe_config: dict, path: Path,
                extra: dict | None = None) -> None:
     payload = {"versions": versions(), "probe_config": probe_config, "models": sources,
                "results": [result.to_dict() for result in results], **(extra or {})}
-    path.write_text(json.dumps(payload, indent=1, default=_jsonable))
+    write_text(path, json.dumps(payload, indent=1, default=_jsonable))
 
 
 def _jsonable(value):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -114,6 +114,8 @@ class Task(ABC):
         if kind == "multilabel":
             return {"roc_auc": metrics.roc_auc_macro(targets, outputs), "ap": metrics.average_precision_macro(targets, outputs)}
         if kind == "regression":
+            if len(targets) < 2:  # sklearn returns a bare NaN, not one score per output
+                raise ValueError(f"task {self.protocol.name}: R2 needs at least 2 items, got {len(targets)}")
             scores = metrics.r2_per_output(targets, outputs)
             result = {"r2": float(np.mean(scores))}
             result.update({f"r2_{name}": float(value) for name, value in zip(self.protocol.outputs, scores)})
@@ -122,6 +124,21 @@ class Task(ABC):
         # never from clip-level outputs, so reaching here is a caller error.
         raise ValueError(f"{type(self).__name__}: kind {kind!r} has no clip-level score; beat tasks are "
                          "scored from decoded beat times (probe.score_split)")
+
+
+def split_problem(task: Task, splits: Splits, unreadable: Collection[str] = ()) -> str | None:
+    """Why these splits cannot be probed and scored, or None: a split without an item left once
+    the `unreadable` keys are taken out, or, for regression, with fewer than 2 (R2 is undefined).
+    Checked before probing, so a tiny or damaged dataset is reported, never a crash mid-grid."""
+    needed = 2 if task.protocol.kind == "regression" else 1
+    for split in SPLITS:
+        usable = sum(item.key not in unreadable for item in splits[split])
+        if usable < needed:
+            lost = len(splits[split]) - usable
+            reason = " (R2 needs at least 2)" if needed == 2 else ""
+            return (f"{split} split has {usable} usable item(s){reason}"
+                    + (f", {lost} of {len(splits[split])} unreadable" if lost else ""))
+    return None
 
 
 def check_options(task: Task, options: dict[str, str], allowed: tuple[str, ...]) -> None:
