@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from musicssl.config import to_dict
 from musicssl.data.pretrain import Batch, UpdateLoader
 from musicssl.models.backbone import Backbone
+from musicssl.train.collapse import CollapseConfig, CollapseMonitor
 from musicssl.train.checkpoint import TrainState, load_checkpoint, save_checkpoint, save_initial
 from musicssl.train.schedules import ScheduleConfig, learning_rate, make_scheduler
 from musicssl.train.slurm import torchrun_environment
@@ -70,6 +71,8 @@ class TrainerConfig:
     # float32 rounding only, tests/train/test_gpu_switches.py).
     compile: str = ""
     fused_adamw: bool = True
+    # Ours: the collapse alarm (train/collapse.py): one layer's effective rank on a fixed batch.
+    collapse: CollapseConfig = field(default_factory=CollapseConfig)
 
 
 class PretrainTask(Protocol):
@@ -232,11 +235,14 @@ def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_d
     elif env.is_main:
         save_initial(run_dir, task.backbone())
     logger = Logger(run_dir, env.is_main, config.max_steps, state.step, progress)
+    monitor = CollapseMonitor(config.collapse, run_dir, env.is_main, resumed=resume_from is not None)
     nonfinite_in_row, empty_in_row, window, started = 0, 0, defaultdict(float), time.perf_counter()
     try:
         for update, micro_batches in loader.iterate(state.updates_consumed):
             if state.step >= config.max_steps:
                 break
+            if monitor.remember(micro_batches) and state.step == 0:  # the random init: the reference
+                logger.log(0, monitor.measure(task.backbone(), device))
             totals, finite = _run_update(task, ddp, micro_batches, config, device, scaler, update)
             state.updates_consumed = update + 1
             totals = dict(zip(totals, _all_reduce(torch.stack(list(totals.values())), env).tolist()))
@@ -274,6 +280,8 @@ def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_d
                     "audio_s_per_s": window["audio_seconds"] / max(elapsed, 1e-9),
                     "skipped_items": state.skipped_items, "nonfinite_steps": state.nonfinite_steps,
                     "whole_file_reads": state.whole_file_reads}
+                if monitor.due(state.step):
+                    values |= monitor.measure(task.backbone(), device)
                 logger.log(state.step, values)
                 window, started = defaultdict(float), time.perf_counter()
             if env.is_main and (state.step % config.checkpoint_every == 0 or state.step == config.max_steps):
