@@ -169,6 +169,16 @@ def main() -> None:
     parser.add_argument("--layer-tasks", default="nsynth_pitch,nsynth_instrument,gtzan",
                         help="tasks of the per-layer probes (why.md)")
     parser.add_argument("--pretext-window", type=int, default=100, help="updates averaged before each checkpoint")
+    parser.add_argument("--pretrain-seeds", default="", help="the stability table instead of one curve: "
+                        "pre-train each model once per seed and kernel (benchmarks/curve_stability.py)")
+    parser.add_argument("--kernels", default="", help="ATEN_CPU_CAPABILITY values for the stability table, "
+                        "e.g. avx2,avx512 (default: this CPU's own)")
+    parser.add_argument("--set", dest="recipe", action="append", default=[], metavar="[MODEL:]KEY=VALUE",
+                        help="stability table: a pre-training override on top of the demo recipe (repeatable), "
+                        "e.g. musichubert:trainer.schedule.warmup_steps=640")
+    parser.add_argument("--monitor-every", type=int, default=100, help="collapse alarm interval (stability table)")
+    parser.add_argument("--no-probe", dest="probe", action="store_false",
+                        help="stability table without the 7-task averages (pretext and collapse only)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -187,6 +197,13 @@ def main() -> None:
     manifest, labels = prepare(out, config, progress=True)
     timings["prepare"] = round(time.perf_counter() - started, 1)
 
+    options: dict[str, dict[str, str]] = {}
+    for task, key, value in config.task_options:
+        options.setdefault(task, {})[key] = value
+    if args.pretrain_seeds:
+        stability(args, out, config, steps, manifest, labels, probe, options)
+        return
+
     names: dict[str, tuple[str, int | None]] = {}
     caps = {kind: int(value) for kind, value in (pair.split("=") for pair in args.max_steps.split(",") if pair)}
     for kind in args.models.split(","):
@@ -197,9 +214,6 @@ def main() -> None:
         for step, path in checkpoints.items():
             names[f"{MODELS[kind]}@{step}={path}"] = (MODELS[kind], step)
     models = list(names) + ["MFCC stats=mfcc"]
-    options: dict[str, dict[str, str]] = {}
-    for task, key, value in config.task_options:
-        options.setdefault(task, {})[key] = value
     data = out / "data"
     clock = time.perf_counter()
     results = run_benchmark(models, {task: data / folder for task, folder in DEMO_TASKS.items()}, out, probe,
@@ -223,6 +237,43 @@ def main() -> None:
         clock = time.perf_counter()
         text = why(out, names, args, probe, options)
         print(text + f"\n(why: {time.perf_counter() - clock:.0f} s)")
+
+
+def stability(args, out: Path, config: DemoConfig, steps: list[int], manifest: Path, labels: list[Path], probe,
+              options) -> None:
+    """Every (model, pre-training seed, kernel): stability.md / stability.json (curve_stability.py)."""
+    import curve_stability
+
+    kinds = args.models.split(",")
+    recipe = {kind: list(config.hubert_overrides if kind == "musichubert" else config.music2vec_overrides)
+              for kind in kinds}
+    for override in args.recipe:
+        model, _, setting = override.rpartition(":") if ":" in override.split("=")[0] else ("", "", override)
+        for kind in kinds if not model else [model]:
+            recipe[kind].append(setting)
+    kernels = [k for k in args.kernels.split(",") if k] or [torch.backends.cpu.get_cpu_capability().lower()]
+    seeds = [int(s) for s in args.pretrain_seeds.split(",")]
+    runs = curve_stability.run_all(out, kinds, seeds, kernels, steps, manifest, labels, recipe, args.threads,
+                                   args.monitor_every)
+    averages = {}
+    if args.probe:
+        from musicssl.evaluate.benchmark import run_benchmark
+
+        names = {f"{name}@{step}={run['checkpoints'][step]}": (name, step)
+                 for name, run in runs.items() for step in (0, max(steps)) if step in run["checkpoints"]}
+        results = run_benchmark(list(names), {task: out / "data" / folder for task, folder in DEMO_TASKS.items()},
+                                out / "stability_bench", probe, options=options, device=args.device, progress=True,
+                                command="learning_curve.py --pretrain-seeds (stability table)")
+        labelled = {name.split("=", 1)[0]: value for name, value in names.items()}
+        averages = {labelled[row["model"]]: row["average"]
+                    for row in curve_rows(results, {n: (n, s) for n, (_, s) in labelled.items()})}
+    cpu = (f"{cpu_name()}, {args.threads} threads, torch {torch.__version__}; kernels {kernels}; "
+           f"recipe overrides {json.dumps(recipe)}")
+    rows = curve_stability.stability_rows(runs, steps, args.pretext_window, averages)
+    text = curve_stability.stability_markdown(rows, steps, cpu)
+    (out / "stability.md").write_text(text)
+    (out / "stability.json").write_text(json.dumps({"rows": rows, "cpu": cpu, "steps": steps}, indent=1, default=str))
+    print(text)
 
 
 def why(out: Path, names: dict[str, tuple[str, int]], args, probe, options) -> str:

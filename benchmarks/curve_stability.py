@@ -1,0 +1,182 @@
+"""Does a recipe learn on every seed and every CPU? The stability table of benchmarks/learning_curve.py.
+
+    python benchmarks/learning_curve.py --out runs/stability --synth-preset curve --steps 0,1000,2000,4000,8000 \
+        --models musichubert --pretrain-seeds 1,2,3 --kernels avx2,avx512 [--set KEY=VALUE ...] [--no-probe]
+
+One host can stand for several CPUs: ATen's kernel choice (`ATEN_CPU_CAPABILITY=default|avx2|
+avx512`) changes the order of float32 sums and so the rounding a run accumulates, which is what
+differs between an AVX2 and an AVX-512 machine (and a GPU). Each (model, pre-training seed,
+kernel) is pre-trained in its own process (the capability is read when torch loads) into
+`OUT/stability/<model>-seed<S>-<kernel>/`, with the collapse alarm every `--monitor-every`
+updates. The table, per run: masked accuracy at each requested step (mean over the logged steps
+of the last `--pretext-window` updates), the middle layer's effective rank on the run's fixed
+batch (train/collapse.py), the share of the k codes the model predicts (codebook usage, from its
+masked predictions on that batch), the 7-task average of the init and the last checkpoint (the
+curve's probe), and the verdict of issue 31's criterion: masked accuracy at the last step >= 2x
+its value at the first, and the average above the init. Every stage skips what is done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MODELS = {"musichubert": "MusicHuBERT", "music2vec": "Music2Vec"}
+
+
+def run_name(kind: str, seed: int, kernel: str) -> str:
+    return f"{kind}-seed{seed}-{kernel}"
+
+
+def pretrain_in_subprocess(kind: str, run_dir: Path, manifest: Path, labels: list[Path], overrides: list[str],
+                           kernel: str, threads: int) -> float:
+    """`musicssl pretrain KIND --preset tiny` under ATEN_CPU_CAPABILITY=kernel; returns seconds
+    (0 when the run had already finished: the same command resumes or returns at once)."""
+    done = run_dir / "done.json"
+    if done.exists():
+        return json.loads(done.read_text())["seconds"]
+    command = [sys.executable, "-m", "musicssl.cli", "pretrain", kind, "--preset", "tiny", "--data", str(manifest),
+               "--out", str(run_dir), "--quiet"]
+    if kind == "musichubert":
+        command += ["--labels", *map(str, labels)]
+    for override in overrides:
+        command += ["--set", override]
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": kernel, "OMP_NUM_THREADS": str(threads)}
+    started = time.perf_counter()
+    result = subprocess.run(command, env=env, text=True, capture_output=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{run_dir.name}: pretrain exited {result.returncode}: {result.stderr[-2000:]}")
+    seconds = time.perf_counter() - started
+    warnings = [line for line in result.stderr.splitlines() if "collapsed" in line or "recovered" in line]
+    done.write_text(json.dumps({"seconds": seconds, "kernel": kernel, "alarm": warnings}))
+    return seconds
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    records = []
+    for line in (run_dir / "log.jsonl").read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def pretext_at(records: list[dict], step: int, window: int, key: str) -> float | None:
+    near = [r[key] for r in records if step - window < r.get("step", -1) <= step and key in r]
+    return sum(near) / len(near) if near else None
+
+
+def logged_at(records: list[dict], step: int, key: str) -> float | None:
+    return next((r[key] for r in records if r.get("step") == step and key in r), None)
+
+
+def codebook_usage(run_dir: Path, checkpoint: Path) -> float | None:
+    """Share of the first codebook's k codes that a MusicHuBERT checkpoint predicts (argmax over
+    every frame of the run's fixed batch, RUN/collapse_batch.npy, unmasked): a model whose
+    layers collapsed predicts a handful of codes. None for Music2Vec or without the batch."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    from musicssl.config import from_dict
+    from musicssl.interop.huggingface import from_hf_state_dict, read_hf_weights
+    from musicssl.models.musichubert import MusicHubert
+    from musicssl.train.checkpoint import STATE
+    from musicssl.train.collapse import BATCH_FILE
+    from musicssl.train.tasks import MusicHubertRun
+
+    config = json.loads((run_dir / "config.json").read_text())
+    if config.pop("method", None) != "musichubert" or not (run_dir / BATCH_FILE).exists():
+        return None
+    model = MusicHubert(from_dict(MusicHubertRun, config).model)
+    weights, _ = from_hf_state_dict(read_hf_weights(checkpoint), model.config.backbone.variant, str(checkpoint))
+    model.backbone.load_state_dict(weights)
+    _, unexpected = model.load_state_dict(load_file(str(checkpoint / STATE / "heads.safetensors")), strict=False)
+    if unexpected:
+        raise ValueError(f"{checkpoint}: head weights this model does not have: {unexpected[:4]}")
+    wav = torch.from_numpy(np.load(run_dir / BATCH_FILE, allow_pickle=False))  # (B, n)
+    model.eval()
+    with torch.no_grad():
+        hidden = model.backbone(wav).last_hidden_state  # (B, T, D)
+        logits = model.logits(hidden.reshape(-1, hidden.shape[-1]))[0]  # (B*T, k)
+    return len(torch.unique(logits.argmax(-1))) / logits.shape[-1]
+
+
+def run_all(out: Path, kinds: list[str], seeds: list[int], kernels: list[str], steps: list[int], manifest: Path,
+            labels: list[Path], recipe: dict[str, list[str]], threads: int, monitor_every: int) -> dict[str, dict]:
+    """Pre-train every (model, seed, kernel); returns run name -> {kind, seed, kernel, dir, seconds}."""
+    from musicssl.train.checkpoint import INITIAL, checkpoint_dirs
+
+    every = gcd_of(steps)
+    runs = {}
+    for kind in kinds:
+        for seed in seeds:
+            for kernel in kernels:
+                name = run_name(kind, seed, kernel)
+                run_dir = out / "stability" / name
+                overrides = [f"trainer.max_steps={max(steps)}", f"trainer.checkpoint_every={every}",
+                             "trainer.keep_checkpoints=0", f"trainer.seed={seed}",
+                             f"trainer.collapse.every={monitor_every}", *recipe[kind]]
+                print(f"pretrain {name} ({max(steps)} updates) ...", flush=True)
+                seconds = pretrain_in_subprocess(kind, run_dir, manifest, labels, overrides, kernel, threads)
+                found = {int(p.name.split("_")[-1]): p for p in checkpoint_dirs(run_dir)} | {0: run_dir / INITIAL}
+                runs[name] = {"kind": kind, "seed": seed, "kernel": kernel, "dir": run_dir, "seconds": seconds,
+                              "checkpoints": {s: found[s] for s in steps if s in found}}
+    return runs
+
+
+def gcd_of(steps: list[int]) -> int:
+    import math
+
+    positive = [s for s in steps if s > 0]
+    return math.gcd(*positive) if positive else 1
+
+
+def stability_rows(runs: dict[str, dict], steps: list[int], window: int, averages: dict[tuple[str, int], float]) -> list[dict]:
+    """One row per run: pretext and collapse numbers at each step, the 7-task average at the
+    init and the last step, and whether the run learns by issue 31's criterion."""
+    rows = []
+    positive = [s for s in steps if s > 0]
+    for name, run in runs.items():
+        records = read_log(run["dir"])
+        key = "accuracy/masked" if run["kind"] == "musichubert" else "loss"
+        row = {"run": name, "kind": run["kind"], "seed": run["seed"], "kernel": run["kernel"],
+               "seconds": round(run["seconds"], 1),
+               "pretext": {s: pretext_at(records, s, window, key) for s in positive},
+               "rank": {s: logged_at(records, s, "collapse/effective_rank") for s in steps},
+               "usage": codebook_usage(run["dir"], run["checkpoints"][max(steps)]) if max(steps) in run["checkpoints"] else None,
+               "average": {s: averages.get((name, s)) for s in (0, max(steps))}}
+        first, last = row["pretext"].get(positive[0]), row["pretext"].get(positive[-1])
+        learns_pretext = (first is not None and last is not None and
+                          (last >= 2 * first if run["kind"] == "musichubert" else last <= first))
+        init, final = row["average"][0], row["average"][max(steps)]
+        row["learns"] = bool(learns_pretext and (init is None or final is None or final > init))
+        row["criterion_complete"] = init is not None and final is not None
+        rows.append(row)
+    return rows
+
+
+def stability_markdown(rows: list[dict], steps: list[int], cpu: str) -> str:
+    positive = [s for s in steps if s > 0]
+    head = (["run", "kernel", "seed"] + [f"masked acc @{s}" for s in positive] + [f"eff. rank @{s}" for s in steps]
+            + ["codes used", "avg @0", f"avg @{max(steps)}", "learns", "pretrain s"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    for row in rows:
+        cells = [row["run"], row["kernel"], str(row["seed"])]
+        cells += [fmt(row["pretext"][s], ".3f") for s in positive]
+        cells += [fmt(row["rank"][s], ".1f") for s in steps]
+        cells += [fmt(row["usage"], ".0%"), fmt(row["average"][0], ".1f"), fmt(row["average"][max(steps)], ".1f"),
+                  ("yes" if row["learns"] else "NO") + ("" if row["criterion_complete"] else " (pretext only)"),
+                  f"{row['seconds']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    learned = sum(r["learns"] for r in rows)
+    lines += ["", f"{learned} of {len(rows)} runs learn (masked accuracy at the last step >= 2x the first; "
+              f"7-task average above the init where probed). Effective rank: the middle layer's frames on "
+              f"the run's fixed batch (train/collapse.py). {cpu}."]
+    return "\n".join(lines) + "\n"
