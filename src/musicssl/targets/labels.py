@@ -258,20 +258,23 @@ def _claim(label_dir: Path, identity: dict, fingerprints: dict[str, str]) -> dic
     if not (label_dir / LABELS_JSON).exists():
         return None
     info = read_label_set(label_dir).info
-    recorded = {**{f: info[f] for f in IDENTITY_FIELDS if f in info},
+    recorded = {**_flat({f: info[f] for f in IDENTITY_FIELDS if f in info}),
                 **{f"rows of {split}.tsv": fp for split, fp in info.get("manifest_fingerprints", {}).items()}}
-    wanted = {**identity, **{f"rows of {split}.tsv": fp for split, fp in fingerprints.items()}}
+    wanted = {**_flat(identity), **{f"rows of {split}.tsv": fp for split, fp in fingerprints.items()}}
     differing = [field for field in recorded if field in wanted and recorded[field] != wanted[field]]
     if differing:
-        changes = "; ".join(f"{field}: {_short(recorded[field])} there, {_short(wanted[field])} now"
-                            for field in differing)
+        changes = "; ".join(f"{field}: {recorded[field]!r} there, {wanted[field]!r} now" for field in differing)
         raise LabelError(f"{label_dir}: holds labels made with other arguments ({changes}); use another --out, "
                          "the same arguments, or --overwrite to replace the whole set")
     return info
 
 
-def _short(value) -> str:
-    return f"{value.get('kind', '?')} {value}" if isinstance(value, dict) else repr(value)
+def _flat(values: dict, prefix: str = "") -> dict:
+    """{"feature": {"dim": 39}} -> {"feature.dim": 39}: a refusal names the leaf that differs."""
+    flat = {}
+    for key, value in values.items():
+        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
 
 
 def _clear_label_set(label_dir: Path, num_shards: int) -> None:
