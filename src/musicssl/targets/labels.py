@@ -222,15 +222,11 @@ def make_labels(manifest_dir: str | Path, label_dir: str | Path, features: Frame
         _clear_label_set(label_dir, num_shards)
     label_dir.mkdir(parents=True, exist_ok=True)
     identity = _identity(features, config, fit_fraction)
-    info = _claim(label_dir, identity, {split: m.fingerprint for split, m in manifests.items()})
+    fingerprints = {split: m.fingerprint for split, m in manifests.items()}
+    existing = _claim(label_dir, identity, fingerprints)  # before any work: refuse other arguments
     model = _clusters(manifest_dir, label_dir, features, config, fit_fraction, num_shards > 1, progress)
-    info = info or {**identity, "grid": {"sample_rate": features.grid.sample_rate, "hop": features.grid.hop,
-                                         "window": features.grid.window, "rate_hz": features.grid.rate_hz},
-                    "manifest": str(manifest_dir.resolve()), "kmeans": "kmeans.json", "splits": {}}
-    info["manifest_fingerprints"] = {**info.get("manifest_fingerprints", {}),
-                                     **{split: m.fingerprint for split, m in manifests.items()}}
-    info = json.loads(json.dumps(info))  # the JSON form, so an unchanged set compares equal below
-    if not (label_dir / LABELS_JSON).exists() or read_label_set(label_dir).info != info:
+    info = _label_info(existing, identity, features.grid, manifest_dir, fingerprints)
+    if existing != info:
         write_label_json(label_dir, info)  # shard jobs resuming the same set rewrite nothing
     summaries = {}
     for split in () if fit_only else splits:
@@ -243,6 +239,17 @@ def make_labels(manifest_dir: str | Path, label_dir: str | Path, features: Frame
         if num_shards == 1:
             summaries[split] = _record_summary(label_dir, info, split, manifest, features.grid, model.k)
     return summaries
+
+
+def _label_info(existing: dict | None, identity: dict, grid: LabelGrid, manifest_dir: Path,
+                fingerprints: dict[str, str]) -> dict:
+    """labels.json's content: the existing one (same arguments) or a new one, with the fingerprints of
+    the splits labelled now added, in its JSON form (so an unchanged set compares equal)."""
+    info = existing or {**identity, "grid": {"sample_rate": grid.sample_rate, "hop": grid.hop,
+                                             "window": grid.window, "rate_hz": grid.rate_hz},
+                        "manifest": str(manifest_dir.resolve()), "kmeans": "kmeans.json", "splits": {}}
+    info = {**info, "manifest_fingerprints": {**info.get("manifest_fingerprints", {}), **fingerprints}}
+    return json.loads(json.dumps(info))
 
 
 def _identity(features: FrameFeatures, config: KMeansConfig, fit_fraction: float) -> dict:
