@@ -165,6 +165,8 @@ def add_labels(commands) -> None:
         sub.add_argument("--shard", type=int, default=0)
         sub.add_argument("--num-shards", type=int, default=1)
         sub.add_argument("--fit-only", action="store_true", help="fit the clusters and stop (before shards)")
+        sub.add_argument("--overwrite", action="store_true",
+                         help="replace the label set in --out made with other arguments (all its split files)")
         sub.add_argument("--device", default=None)
         sub.set_defaults(run=run_labels)
     merge = kinds.add_parser("merge", help="join shard files into {split}.km and check them")
@@ -187,7 +189,7 @@ def run_labels(args) -> int:
         features = LayerFeatures(args.model, args.layer, device=args.device)
     config = KMeansConfig(k=args.k, seed=args.seed, max_frames=args.max_frames, sample_fraction=None)
     make_labels(args.data, args.out, features, config, args.fit_fraction, tuple(args.splits),
-                args.shard, args.num_shards, args.fit_only)
+                args.shard, args.num_shards, args.fit_only, overwrite=args.overwrite)
     return 0
 
 

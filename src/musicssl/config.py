@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import types
 import typing
@@ -179,3 +180,10 @@ def _set_path(values: dict, parts: list[str], value: Any, key: str) -> None:
             values[part] = value
         else:
             values = values[part]
+
+
+def fingerprint(value: Any) -> str:
+    """16 hex digits of sha256 over `value` as canonical JSON: the identity an artefact records of
+    what made it (manifest rows, label-set arguments), so a consumer can check it cheaply."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

@@ -82,3 +82,40 @@ def test_shards_cover_every_row_once():
     manifest = Manifest(Path("/x"), tuple((f"{i}", 1) for i in range(10)))
     rows = [list(manifest.shard(i, 3)) for i in range(3)]
     assert sum(rows, []) == list(range(10))
+
+
+def test_names_a_tsv_cannot_hold_are_reported_and_left_out(tmp_path, capsys):
+    from musicssl import cli
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    for name in ("good.wav", "tab\there.wav", "new\nline.wav", "para\u2029graph.wav"):
+        write_tone(root / name, 0.5)
+    assert cli.main(["manifest", str(root), "-o", str(tmp_path / "m"), "--workers", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "3 left out" in out
+    for name in ("tab\there.wav", "new\nline.wav", "para\u2029graph.wav"):
+        assert f"skipped {name!r}: its name holds a tab or line break" in err
+    assert read_manifest(tmp_path / "m" / "train.tsv").items == (("good.wav", 8000),)  # the next step reads it
+    report = (tmp_path / "m" / "manifest_report.tsv").read_text(encoding="utf-8").split("\n")
+    assert len(report) == 5 and all(line.count("\t") == 1 for line in report[:4])  # header + 3 rows, then ""
+
+
+def test_fingerprint_follows_the_rows_and_the_sidecar_records_it(tmp_path):
+    import json
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    for index in range(6):
+        write_tone(root / f"{index}.wav", 0.5, frequency=200.0 + 50 * index)  # equal lengths
+    build_manifest(root, tmp_path / "a", valid_percent=34, seed=0, workers=1, progress=False)
+    build_manifest(root, tmp_path / "b", valid_percent=34, seed=1, workers=1, progress=False)
+    a, b = (read_manifest(tmp_path / name / "train.tsv") for name in "ab")
+    assert len(a) == len(b) and [n for _, n in a.items] == [n for _, n in b.items] and a.items != b.items
+    assert a.fingerprint != b.fingerprint
+    moved = type(a)(Path("/elsewhere"), a.items)  # the root is not part of the rows' identity
+    assert moved.fingerprint == a.fingerprint
+    sidecar = json.loads((tmp_path / "a" / "manifest.json").read_text())["splits"]
+    assert sidecar["train"] == {"rows": len(a), "fingerprint": a.fingerprint}
+    assert sidecar["valid"]["fingerprint"] == read_manifest(tmp_path / "a" / "valid.tsv").fingerprint
+    assert (tmp_path / "a" / "train.tsv").read_text().splitlines()[0] == str(root.resolve())  # fairseq's tsv

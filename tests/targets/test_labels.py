@@ -83,7 +83,61 @@ def test_reusing_a_label_dir_for_other_features_is_refused(manifest_dir, tmp_pat
         "--fit-fraction", "1.0", "--splits", "train")
     result = subprocess.run([MUSICSSL, "labels", "mfcc", "--dims", "60", "--data", str(manifest_dir),
                              "--out", str(tmp_path / "l"), "--k", "4"], capture_output=True, text=True)
-    assert result.returncode == 2 and "holds clusters of" in result.stderr
+    assert result.returncode == 2 and "feature.dim: 39 there, 60 now" in result.stderr
+
+
+def labels_cli(*args: str) -> tuple[int, str]:
+    """`musicssl labels ...` in this process: (exit status, stderr)."""
+    import contextlib
+    import io
+
+    from musicssl import cli
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        status = cli.main(["labels", *args])
+    return status, err.getvalue()
+
+
+def test_a_label_dir_refuses_other_arguments_and_overwrite_replaces_the_whole_set(manifest_dir, tmp_path):
+    out = tmp_path / "l"
+    first = ("mfcc", "--data", str(manifest_dir), "--out", str(out), "--fit-fraction", "1.0")
+    assert labels_cli(*first, "--k", "4")[0] == 0
+    centroids, train = np.load(out / "centroids.npy"), (out / "train.km").read_text()
+    assert labels_cli(*first, "--k", "4")[0] == 0  # the same arguments: resumes, same labels
+    assert (out / "train.km").read_text() == train
+
+    for change, named in ((("--k", "5"), "k: 4 there, 5 now"), (("--k", "4", "--seed", "1"), "seed: 0 there, 1 now"),
+                          (("--k", "4", "--max-frames", "999"), "max_frames: 1000000 there, 999 now")):
+        status, err = labels_cli(*first, *change)
+        assert status == 2 and named in err and "--overwrite" in err and len(err.splitlines()) == 1
+    assert np.array_equal(np.load(out / "centroids.npy"), centroids) and (out / "train.km").read_text() == train
+
+    assert labels_cli(*first, "--k", "5", "--splits", "train", "--overwrite")[0] == 0
+    assert read_label_set(out).k == 5 and np.load(out / "centroids.npy").shape == (5, 39)
+    assert not (out / "valid.km").exists()  # no stale split of the old set beside the new one
+    assert max(max(row) for row in read_labels(out / "train.km")) == 4
+
+
+def test_labels_from_other_rows_are_refused_by_labels_and_merge(manifest_dir, tmp_path):
+    other = tmp_path / "reordered"
+    other.mkdir()
+    manifest = read_manifest(manifest_dir / "train.tsv")
+    from musicssl.data.manifest import write_manifest
+
+    write_manifest(other / "train.tsv", manifest.root, list(reversed(manifest.items)))
+    write_manifest(other / "valid.tsv", manifest.root, list(read_manifest(manifest_dir / "valid.tsv").items))
+    out = tmp_path / "l"
+    args = ("--out", str(out), "--k", "4", "--fit-fraction", "1.0")
+    assert labels_cli("mfcc", "--data", str(manifest_dir), *args, "--fit-only")[0] == 0
+    status, err = labels_cli("mfcc", "--data", str(other), *args, "--shard", "0", "--num-shards", "2")
+    assert status == 2 and "rows of train.tsv" in err
+    for shard in ("0", "1"):
+        assert labels_cli("mfcc", "--data", str(manifest_dir), *args, "--shard", shard, "--num-shards", "2")[0] == 0
+    status, err = labels_cli("merge", str(out), "--data", str(other), "--num-shards", "2")
+    assert status == 2 and "train labels were made from a manifest with other rows" in err
+    assert f"re-run musicssl labels mfcc --data {other} --out {out} --overwrite" in err
+    assert labels_cli("merge", str(out), "--data", str(manifest_dir), "--num-shards", "2")[0] == 0
 
 
 def write(path, rows):

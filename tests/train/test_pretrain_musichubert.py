@@ -293,3 +293,48 @@ def test_a_prepared_corpus_trains_as_the_files_resumes_exactly_and_ddp_equals_on
     single, ddp = final_state(tmp_path / "single"), final_state(tmp_path / "ddp")
     for name in single:
         torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def refused(*args: str) -> str:
+    """stderr of a `musicssl` command that must exit 2 (a user error, one line)."""
+    result = subprocess.run([MUSICSSL, *args], capture_output=True, text=True,
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2, result.stderr[-3000:]
+    return result.stderr
+
+
+def test_resume_refuses_another_label_set_of_the_same_k(prepared, tmp_path):
+    out = tmp_path / "run"
+    pretrain(prepared, out, *MICRO, "trainer.max_steps=1", "trainer.checkpoint_every=1", "data.batch_seconds=8",
+             "data.micro_batch_seconds=8")
+    recorded = json.loads((out / "config.json").read_text())["label_sets"]
+    assert [r["directory"] for r in recorded] == [str((prepared / "labels").resolve())]
+    # pitch labels with the k of the run's MFCC labels: the codebook sizes alone cannot tell them apart
+    run("labels", "pitch", "--data", str(prepared / "manifest"), "--out", str(tmp_path / "pitch"), "--k", "8",
+        "--fit-fraction", "1.0", "--splits", "train")
+    error = refused("pretrain", "musichubert", "--preset", "tiny", "--data", str(prepared / "manifest"),
+                    "--labels", str(tmp_path / "pitch"), "--out", str(out), "--set", "trainer.max_steps=2")
+    assert f"the run trains on label sets {(prepared / 'labels').resolve()} ({recorded[0]['fingerprint']})" in error
+    assert len(error.splitlines()) == 1 and len(log(out)) == 1  # nothing trained on the pitch labels
+
+
+def test_labels_of_a_manifest_remade_with_another_seed_are_refused(prepared, tmp_path):
+    """Equal-length clips: a manifest re-made with another --seed has the same row count and lengths,
+    so only the rows' fingerprint tells that its labels no longer line up."""
+    manifest, labels, shards = tmp_path / "manifest", tmp_path / "labels", tmp_path / "prepared"
+    run("manifest", str(prepared / "corpus"), "-o", str(manifest), "--valid-percent", "25", "--seed", "0")
+    run("labels", "mfcc", "--data", str(manifest), "--out", str(labels), "--k", "4", "--fit-fraction", "0.5",
+        "--splits", "train")
+    before = (manifest / "train.tsv").read_text()
+    run("manifest", str(prepared / "corpus"), "-o", str(manifest), "--valid-percent", "25", "--seed", "1")
+    assert (manifest / "train.tsv").read_text() != before
+    run("prepare", "--data", str(manifest), "-o", str(shards))
+    recorded = json.loads((labels / "labels.json").read_text())["manifest_fingerprints"]["train"]
+    now = json.loads((manifest / "manifest.json").read_text())["splits"]["train"]["fingerprint"]
+    assert json.loads((shards / "prepared.json").read_text())["splits"]["train"]["fingerprint"] == now != recorded
+    for data in (manifest, shards):
+        error = refused("pretrain", "musichubert", "--preset", "tiny", "--data", str(data), "--labels", str(labels),
+                        "--out", str(tmp_path / f"run-{data.name}"), *sum([["--set", o] for o in MICRO], []))
+        assert (f"train labels were made from a manifest with other rows (fingerprint {recorded}, this manifest "
+                f"{now}): re-run musicssl labels mfcc --data {data} --out {labels} --overwrite") in error
+        assert not (tmp_path / f"run-{data.name}" / "checkpoints").exists()

@@ -4,6 +4,10 @@ A label directory holds `labels.json` (grid, k, how the labels were made: read b
 `read_label_set`) and one `{split}.km` per split: one line of space-separated cluster ids per
 manifest row, at the grid's frame rate. `targets/` writes these files; `data/` reads them
 row by row on demand (`LabelRows`, several on one grid stacked by `StackedLabelRows`).
+
+Identity: `labels.json` records every argument that determines the labels (`IDENTITY_FIELDS`)
+and the fingerprint of each manifest split it labelled (`manifest_fingerprints`); consumers
+check the rows they train on with `check_made_from`, and a run records `LabelSet.fingerprint`.
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from musicssl import audio
+from musicssl import atomic, audio
+from musicssl.config import fingerprint
 from musicssl.data.manifest import Manifest
 
 LABELS_JSON = "labels.json"
+# the arguments that determine the clusters (labels.json keys); the manifest's rows are the rest
+IDENTITY_FIELDS = ("feature", "k", "seed", "fit_fraction", "max_frames")
 
 
 class LabelError(ValueError):
@@ -58,6 +65,31 @@ class LabelSet:
     k: int
     info: dict
 
+    @property
+    def made_from(self) -> dict[str, str]:
+        """{split: fingerprint of the manifest rows it was labelled from}; empty for old sets."""
+        return self.info.get("manifest_fingerprints", {})
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of the labels (a run records it): the arguments, the rows the clusters were fitted
+        on, and the centroids themselves. Stable while the directory is unchanged, old sets included."""
+        kmeans = self.directory / "kmeans.json"
+        centroids = json.loads(kmeans.read_text()).get("centroids_sha256") if kmeans.exists() else None
+        return fingerprint({**{field: self.info.get(field) for field in IDENTITY_FIELDS},
+                            "train_rows": self.made_from.get("train"), "centroids": centroids})
+
+
+def check_made_from(label_set: LabelSet, split: str, manifest: Manifest, manifest_dir: str | Path) -> None:
+    """Refuse labels made from other rows (same count and lengths pass `check_labels`, so a manifest
+    re-made with another --seed would train on misaligned labels). Old sets record none: accepted."""
+    recorded = label_set.made_from.get(split)
+    if recorded is not None and recorded != manifest.fingerprint:
+        kind = label_set.info.get("feature", {}).get("kind", "mfcc|pitch|layer")
+        raise LabelError(f"{label_set.directory}: {split} labels were made from a manifest with other rows "
+                         f"(fingerprint {recorded}, this manifest {manifest.fingerprint}): re-run musicssl labels "
+                         f"{kind} --data {manifest_dir} --out {label_set.directory} --overwrite")
+
 
 def read_label_set(label_dir: str | Path) -> LabelSet:
     label_dir = Path(label_dir)
@@ -73,9 +105,7 @@ def read_label_set(label_dir: str | Path) -> LabelSet:
 
 
 def write_label_json(label_dir: Path, info: dict) -> None:
-    partial = label_dir / (LABELS_JSON + ".partial")
-    partial.write_text(json.dumps(info, indent=2) + "\n")
-    partial.replace(label_dir / LABELS_JSON)
+    atomic.write_text(label_dir / LABELS_JSON, json.dumps(info, indent=2) + "\n")  # per-process temporary
 
 
 # ---------------------------------------------------------------------------------------------

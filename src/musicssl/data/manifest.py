@@ -7,23 +7,34 @@
 `num_samples` is the length at the model's sample rate after decoding and resampling (what
 `audio.load_audio(path, rate)` returns), so label counts can be checked against it exactly.
 Building a manifest decodes every file once: a file that cannot be decoded, is empty, holds
-NaN/inf or is shorter than the minimum is reported (stderr and a report file) and left out.
+NaN/inf or is shorter than the minimum is reported (stderr and a report file) and left out, as is
+a file whose name holds a tab or a line break (the tsv cannot store it).
+
+Identity: `Manifest.fingerprint` digests the rows (relative path and sample count, in order; not
+the root, so a moved corpus or a prepared copy keeps it). Labels and prepared shards record the
+fingerprint of the rows they were made from and refuse another. `write_manifest` also keeps
+`manifest.json` beside the tsv ({split: {rows, fingerprint}}) for tools that only want to read
+it; the tsv itself stays fairseq's format, and checks recompute the fingerprint from the rows.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from musicssl import atomic, audio
+from musicssl.config import fingerprint
 
 REPORT_NAME = "manifest_report.tsv"
+SIDECAR_NAME = "manifest.json"
 
 
 class ManifestError(ValueError):
@@ -37,6 +48,11 @@ class Manifest:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """What labels and shards made from these rows record: any reordering changes it."""
+        return fingerprint([[relative, count] for relative, count in self.items])
 
     def path(self, index: int) -> Path:
         return self.root / self.items[index][0]
@@ -84,6 +100,23 @@ def write_manifest(path: str | Path, root: str | Path, items: Sequence[tuple[str
     # per process, so one job cannot rename the other's file away (ENOENT)
     with atomic.atomic_path(path) as partial:
         partial.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _record_in_sidecar(path, Manifest(Path(root), tuple(items)))
+
+
+def _record_in_sidecar(path: Path, manifest: Manifest) -> None:
+    sidecar = path.with_name(SIDECAR_NAME)
+    try:
+        splits = json.loads(sidecar.read_text())["splits"] if sidecar.exists() else {}
+    except (ValueError, KeyError, TypeError):
+        splits = {}  # a damaged sidecar is only a cache of the rows: rewrite it
+    splits[path.stem] = {"rows": len(manifest), "fingerprint": manifest.fingerprint}
+    atomic.write_text(sidecar, json.dumps({"splits": splits}, indent=2, sort_keys=True) + "\n")
+
+
+def untsvable(relative: str) -> bool:
+    """A name the tsv cannot hold: a tab splits its row, a line break (any that `splitlines`
+    honours, as `read_manifest` does) starts a new one."""
+    return "\t" in relative or len(f"x{relative}x".splitlines()) > 1
 
 
 def probe(path: Path, sample_rate: int, min_samples: int) -> tuple[int | None, str]:
@@ -140,7 +173,11 @@ def build_manifest(audio_dir: str | Path, out_dir: str | Path, valid_percent: fl
     if not paths:
         raise FileNotFoundError(f"{root}: no audio files ({', '.join(audio.AUDIO_SUFFIXES)})")
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    if untsvable(str(root)):
+        raise ValueError(f"{root}: the root directory's name holds a tab or line break; the manifest's "
+                         "first line cannot store it (rename or link the folder)")
     good, failed = [], []
+    paths = _storable(paths, root, failed)
     for path, count, reason in probe_all(paths, sample_rate, min_samples, workers, progress):
         relative = path.relative_to(root).as_posix()
         if count is None:
@@ -149,15 +186,34 @@ def build_manifest(audio_dir: str | Path, out_dir: str | Path, valid_percent: fl
         else:
             good.append((relative, count))
     if not good:
-        raise ValueError(f"{root}: none of the {len(paths)} audio files could be used (see stderr)")
+        raise ValueError(f"{root}: none of the {len(failed)} audio files could be used (see stderr)")
     train, valid = split_items(good, valid_percent, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(out_dir / "train.tsv", root, train)
     write_manifest(out_dir / "valid.tsv", root, valid)
-    report = "".join(f"{relative}\t{reason}\n" for relative, reason in failed)
-    (out_dir / REPORT_NAME).write_text("path\treason\n" + report, encoding="utf-8")
+    report = "".join(f"{_report_name(relative)}\t{reason}\n" for relative, reason in failed)
+    atomic.write_text(out_dir / REPORT_NAME, "path\treason\n" + report)
     hours = sum(count for _, count in good) / sample_rate / 3600
     return ManifestSummary(len(train), len(valid), failed, hours)
+
+
+def _storable(paths: list[Path], root: Path, failed: list[tuple[str, str]]) -> list[Path]:
+    """The paths a tsv row can hold; each other one is reported (stderr, `failed`) and left out
+    before decoding: written verbatim it would break its row and fail the next step."""
+    kept = []
+    for path in paths:
+        relative = path.relative_to(root).as_posix()
+        if not untsvable(relative):
+            kept.append(path)
+            continue
+        failed.append((relative, "file name holds a tab or line break"))
+        print(f"skipped {relative!r}: its name holds a tab or line break, which a tsv row cannot store; "
+              "rename it", file=sys.stderr)
+    return kept
+
+
+def _report_name(relative: str) -> str:
+    return repr(relative) if untsvable(relative) else relative  # the report is a tsv too
 
 
 def split_items(items: list[tuple[str, int]], valid_percent: float,

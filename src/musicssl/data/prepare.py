@@ -3,6 +3,7 @@
 Layout of a prepared directory (``PREPARED``)::
 
     prepared.json                       format, sample rate, per split: rows, shards, manifest digest
+                                        (rows + root) and fingerprint (rows: what label sets record)
     train.tsv                           the source manifest, row for row (fairseq's format: label
                                         files made for the source manifest line up with it)
     train-00003-of-00008.i16            shard 3: its rows' samples back to back, mono int16
@@ -79,21 +80,22 @@ def prepare(manifest_dir: str | Path, out_dir: str | Path, sample_rate: int = 16
     out_dir.mkdir(parents=True, exist_ok=True)
     plans = [_plan_split(Path(manifest_dir), out_dir, split, sample_rate, num_shards) for split in splits]
     meta = {"format": FORMAT, "sample_rate": sample_rate,
-            "splits": {split: {"rows": rows, "num_shards": n, "manifest": digest} for split, rows, n, digest in plans}}
+            "splits": {split: {"rows": rows, "num_shards": n, "manifest": digest, "fingerprint": fingerprint}
+                       for split, rows, n, digest, fingerprint in plans}}
     _agree_on_metadata(out_dir, meta)
-    jobs = [(str(manifest_dir), str(out_dir), split, k, n, sample_rate) for split, _, n, _ in plans
+    jobs = [(str(manifest_dir), str(out_dir), split, k, n, sample_rate) for split, _, n, *_ in plans
             for k in range(n) if (shard is None or k == shard) and not _done(out_dir, split, k, n)]
-    if shard is not None and any(shard >= n for _, _, n, _ in plans):
-        raise ValueError(f"--shard {shard} is out of range: {[(s, n) for s, _, n, _ in plans]} (split, shards)")
+    if shard is not None and any(shard >= n for _, _, n, *_ in plans):
+        raise ValueError(f"--shard {shard} is out of range: {[(s, n) for s, _, n, *_ in plans]} (split, shards)")
     workers = min(len(jobs), workers if workers is not None else min(4, os.cpu_count() or 1)) or 1
     results = _run(jobs, workers, progress)
-    done = sum(_done(out_dir, split, k, n) for split, _, n, _ in plans for k in range(n))
-    return PrepareSummary([name for name, _ in results], done, sum(n for _, _, n, _ in plans),
+    done = sum(_done(out_dir, split, k, n) for split, _, n, *_ in plans for k in range(n))
+    return PrepareSummary([name for name, _ in results], done, sum(n for _, _, n, *_ in plans),
                           sum(bad for _, bad in results))
 
 
 def _plan_split(manifest_dir: Path, out_dir: Path, split: str, sample_rate: int,
-                num_shards: int | None) -> tuple[str, int, int, str]:
+                num_shards: int | None) -> tuple[str, int, int, str, str]:
     manifest = read_manifest(manifest_dir / f"{split}.tsv")
     if len(manifest) == 0:
         raise ValueError(f"{manifest_dir / f'{split}.tsv'}: no rows to prepare")
@@ -103,7 +105,7 @@ def _plan_split(manifest_dir: Path, out_dir: Path, split: str, sample_rate: int,
     target = out_dir / f"{split}.tsv"
     if not target.exists():  # the same rows in the same order: label files keep lining up
         write_manifest(target, manifest.root, list(manifest.items))
-    return split, len(manifest), n, _digest(manifest)
+    return split, len(manifest), n, _digest(manifest), manifest.fingerprint
 
 
 def _agree_on_metadata(out_dir: Path, meta: dict) -> None:
@@ -111,12 +113,17 @@ def _agree_on_metadata(out_dir: Path, meta: dict) -> None:
     if path.exists():
         old = json.loads(path.read_text())
         same = old.get("format") == FORMAT and old.get("sample_rate") == meta["sample_rate"] and all(
-            old.get("splits", {}).get(split) == value for split, value in meta["splits"].items())
+            _same_split(old.get("splits", {}).get(split), value) for split, value in meta["splits"].items())
         if not same:
             raise ValueError(f"{path}: this directory was prepared with {old}, not {meta}; use another --out "
                              "or the same manifest, --sample-rate and --num-shards")
         meta = {**old, "splits": {**old["splits"], **meta["splits"]}}
     atomic.write_text(path, json.dumps(meta, indent=2) + "\n")  # jobs racing here write the same content
+
+
+def _same_split(old: dict | None, new: dict) -> bool:
+    """A field the old record lacks (`fingerprint`, before it was recorded) agrees: its digest covers the rows."""
+    return old is not None and all(old.get(key, value) == value for key, value in new.items())
 
 
 def _done(out_dir: Path, split: str, shard: int, num_shards: int) -> bool:
@@ -221,11 +228,14 @@ class PreparedCorpus:
             raise ValueError(f"{self.directory}: shards hold {len(self.offsets)} {split} rows, prepared.json says "
                              f"{info['rows']}")
         self.digest = info["manifest"]
+        self.fingerprint = info.get("fingerprint")  # the rows' (Manifest.fingerprint); None: prepared before it
         self._maps: dict[int, np.memmap] = {}
 
     def check_manifest(self, manifest: Manifest) -> None:
-        if _digest(manifest) != self.digest:
-            raise ValueError(f"{self.directory}/{self.split}.tsv differs from the manifest the shards were made from")
+        if _digest(manifest) != self.digest or self.fingerprint not in (None, manifest.fingerprint):
+            raise ValueError(f"{self.directory}/{self.split}.tsv differs from the manifest the shards were made from "
+                             f"(fingerprint {self.fingerprint}, the tsv {manifest.fingerprint}); run `musicssl "
+                             "prepare` from the current manifest into a new --out")
 
     def read(self, row: int, start: int, stop: int) -> np.ndarray | None:
         """(stop - start,) float32, or None if the row could not be decoded when prepared."""

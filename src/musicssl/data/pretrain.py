@@ -44,7 +44,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from musicssl import audio
 from musicssl.data.crop_read import WholeFile, crop_offset, read_span
-from musicssl.data.label_files import LabelGrid, LabelRows, StackedLabelRows, check_labels, label_file, read_label_set
+from musicssl.data.label_files import (LabelGrid, LabelRows, StackedLabelRows, check_labels, check_made_from, label_file,
+                                       read_label_set)
 from musicssl.data.manifest import Manifest, read_manifest
 from musicssl.data.prepare import PreparedCorpus, is_prepared
 from musicssl.models.backbone import normalize_waveform
@@ -375,8 +376,9 @@ def build_pretrain_data(manifest_dir: str | Path, split: str = "train",
                         world_size: int = 1, rank: int = 0) -> tuple[PretrainDataset, UpdatePlan]:
     """Dataset and plan for ``{manifest_dir}/{split}.tsv`` (read from shards if ``manifest_dir`` is a
     `musicssl prepare` directory); with ``label_dir`` (one directory, or
-    several on one grid), each ``{split}.km`` is checked against the manifest first (every rank
-    checks; rank 0 prints the summary lines)."""
+    several on one grid), each ``{split}.km`` is checked against the manifest first: made from these
+    rows (their fingerprint), a row and frame count per row (every rank checks; rank 0 prints the
+    summary lines)."""
     manifest = read_manifest(Path(manifest_dir) / f"{split}.tsv")
     labels, grid = None, None
     if label_dir is not None:
@@ -389,6 +391,7 @@ def build_pretrain_data(manifest_dir: str | Path, split: str = "train",
                 raise ValueError(f"{label_set.directory}: labels on grid {label_set.grid}, but "
                                  f"{label_sets[0].directory} is on {grid}; label sets trained together must "
                                  "share one frame grid")
+            check_made_from(label_set, split, manifest, manifest_dir)  # same rows, not only the same lengths
             path = label_file(label_set.directory, split)
             summary = check_labels(path, manifest, label_set.grid, label_set.k)
             if rank == 0:

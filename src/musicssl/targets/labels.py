@@ -9,7 +9,9 @@ Three steps, each restartable on its own (docs/method.md §3.1-3.4):
 3. merge (after sharding) and check: row counts, frame counts per row, cluster usage.
 
 `labels.json` describes the whole label set (feature kind and parameters, k, seed, fit
-fraction, the k-means record, per-split usage), so a label directory explains itself.
+fraction, frame cap, the fingerprints of the manifest rows it labels, the k-means record,
+per-split usage), so a label directory explains itself. Re-running into it with the same
+arguments resumes; with any other one it is refused unless `overwrite` replaces the whole set.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ import numpy as np
 import torch
 
 from musicssl import audio
-from musicssl.data.label_files import (LABELS_JSON, LabelError, LabelGrid, LabelSummary, check_labels, label_file,
-                                       read_label_set, write_label_json)
+from musicssl.data.label_files import (IDENTITY_FIELDS, LABELS_JSON, LabelError, LabelGrid, LabelSummary,
+                                       check_labels, check_made_from, label_file, read_label_set, write_label_json)
 from musicssl.data.manifest import Manifest, read_manifest
 from musicssl.frame_features import MfccExtractor, PitchExtractor, describe, describe_pitch
 from musicssl.targets.features import MFCC_PRESETS, PITCH_PRESETS, layer_features
@@ -198,9 +200,9 @@ def _clusters(manifest_dir: Path, label_dir: Path, features: FrameFeatures, conf
     """Load the clusters of `label_dir`, or fit them (not inside a shard job: shards must share them)."""
     if (label_dir / "kmeans.json").exists():
         model = KMeansModel.load(label_dir)
-        if model.record.get("feature") != features.describe():
-            raise LabelError(f"{label_dir}: holds clusters of {model.record.get('feature')}, not of "
-                             f"{features.describe()}; use another --out directory")
+        if model.record.get("feature") != features.describe() or model.k != config.k:
+            raise LabelError(f"{label_dir}: holds k = {model.k} clusters of {model.record.get('feature')}, not k = "
+                             f"{config.k} of {features.describe()}; use another --out directory or --overwrite")
         return model
     if sharded:
         raise LabelError(f"{label_dir}: no clusters yet; fit them once with --fit-only, then run the shards")
@@ -211,30 +213,88 @@ def _clusters(manifest_dir: Path, label_dir: Path, features: FrameFeatures, conf
 
 def make_labels(manifest_dir: str | Path, label_dir: str | Path, features: FrameFeatures, config: KMeansConfig,
                 fit_fraction: float = 0.1, splits: tuple[str, ...] = ("train", "valid"), shard: int = 0,
-                num_shards: int = 1, fit_only: bool = False, progress: bool = True) -> dict[str, LabelSummary]:
+                num_shards: int = 1, fit_only: bool = False, progress: bool = True,
+                overwrite: bool = False) -> dict[str, LabelSummary]:
     """Fit (if needed) and assign; unsharded runs are checked and summarised right away."""
     manifest_dir, label_dir = Path(manifest_dir), Path(label_dir)
+    manifests = {split: read_manifest(manifest_dir / f"{split}.tsv") for split in dict.fromkeys(("train", *splits))}
+    if overwrite:
+        _clear_label_set(label_dir, num_shards)
     label_dir.mkdir(parents=True, exist_ok=True)
+    identity = _identity(features, config, fit_fraction)
+    fingerprints = {split: m.fingerprint for split, m in manifests.items()}
+    existing = _claim(label_dir, identity, fingerprints)  # before any work: refuse other arguments
     model = _clusters(manifest_dir, label_dir, features, config, fit_fraction, num_shards > 1, progress)
-    k = model.k
-    info_path = label_dir / LABELS_JSON
-    info = json.loads(info_path.read_text()) if info_path.exists() else {
-        "feature": features.describe(), "k": k, "seed": config.seed, "fit_fraction": fit_fraction,
-        "grid": {"sample_rate": features.grid.sample_rate, "hop": features.grid.hop,
-                 "window": features.grid.window, "rate_hz": features.grid.rate_hz},
-        "manifest": str(manifest_dir.resolve()), "kmeans": "kmeans.json", "splits": {}}
-    write_label_json(label_dir, info)
+    info = _label_info(existing, identity, features.grid, manifest_dir, fingerprints)
+    if existing != info:
+        write_label_json(label_dir, info)  # shard jobs resuming the same set rewrite nothing
     summaries = {}
     for split in () if fit_only else splits:
-        manifest = read_manifest(manifest_dir / f"{split}.tsv")
+        manifest = manifests[split]
         if not len(manifest):
             continue
         rows = manifest.shard(shard, num_shards) if num_shards > 1 else None
         out = label_file(label_dir, split, shard, num_shards)
         assign_split(manifest, features, model, out, rows, progress)
         if num_shards == 1:
-            summaries[split] = _record_summary(label_dir, info, split, manifest, features.grid, k)
+            summaries[split] = _record_summary(label_dir, info, split, manifest, features.grid, model.k)
     return summaries
+
+
+def _label_info(existing: dict | None, identity: dict, grid: LabelGrid, manifest_dir: Path,
+                fingerprints: dict[str, str]) -> dict:
+    """labels.json's content: the existing one (same arguments) or a new one, with the fingerprints of
+    the splits labelled now added, in its JSON form (so an unchanged set compares equal)."""
+    info = existing or {**identity, "grid": {"sample_rate": grid.sample_rate, "hop": grid.hop,
+                                             "window": grid.window, "rate_hz": grid.rate_hz},
+                        "manifest": str(manifest_dir.resolve()), "kmeans": "kmeans.json", "splits": {}}
+    info = {**info, "manifest_fingerprints": {**info.get("manifest_fingerprints", {}), **fingerprints}}
+    return json.loads(json.dumps(info))
+
+
+def _identity(features: FrameFeatures, config: KMeansConfig, fit_fraction: float) -> dict:
+    """Every argument that determines the labels (IDENTITY_FIELDS), as labels.json stores it."""
+    values = {"feature": features.describe(), "k": config.k, "seed": config.seed, "fit_fraction": fit_fraction,
+              "max_frames": config.max_frames}
+    return json.loads(json.dumps({field: values[field] for field in IDENTITY_FIELDS}))
+
+
+def _claim(label_dir: Path, identity: dict, fingerprints: dict[str, str]) -> dict | None:
+    """labels.json of `label_dir` if it was made with these arguments and rows (resume), None if there
+    is none; anything else is refused, naming the fields (old sets lack some fields: not compared)."""
+    if not (label_dir / LABELS_JSON).exists():
+        return None
+    info = read_label_set(label_dir).info
+    recorded = {**_flat({f: info[f] for f in IDENTITY_FIELDS if f in info}),
+                **{f"rows of {split}.tsv": fp for split, fp in info.get("manifest_fingerprints", {}).items()}}
+    wanted = {**_flat(identity), **{f"rows of {split}.tsv": fp for split, fp in fingerprints.items()}}
+    differing = [field for field in recorded if field in wanted and recorded[field] != wanted[field]]
+    if differing:
+        changes = "; ".join(f"{field}: {recorded[field]!r} there, {wanted[field]!r} now" for field in differing)
+        raise LabelError(f"{label_dir}: holds labels made with other arguments ({changes}); use another --out, "
+                         "the same arguments, or --overwrite to replace the whole set")
+    return info
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    """{"feature": {"dim": 39}} -> {"feature.dim": 39}: a refusal names the leaf that differs."""
+    flat = {}
+    for key, value in values.items():
+        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
+
+
+def _clear_label_set(label_dir: Path, num_shards: int) -> None:
+    """Remove every file of a label set (split files of any split, shards, clusters, labels.json),
+    so nothing of the old set is left beside the new one; other files are not touched."""
+    if num_shards > 1:
+        raise LabelError("--overwrite with --num-shards would delete the other shard jobs' files; "
+                         "overwrite once with --fit-only, then run the shards")
+    if not label_dir.is_dir():
+        return
+    patterns = (LABELS_JSON, "kmeans.json", "centroids.npy", "*.km", "*.km.shard*-of-*", "*.partial", ".*.partial")
+    for path in {p for pattern in patterns for p in label_dir.glob(pattern) if p.is_file()}:
+        path.unlink()
 
 
 def merge_labels(manifest_dir: str | Path, label_dir: str | Path, num_shards: int,
@@ -245,6 +305,7 @@ def merge_labels(manifest_dir: str | Path, label_dir: str | Path, num_shards: in
         manifest = read_manifest(manifest_dir / f"{split}.tsv")
         if not len(manifest):
             continue
+        check_made_from(label_set, split, manifest, manifest_dir)
         merge_shards(label_set.directory, split, num_shards)
         summaries[split] = _record_summary(label_set.directory, label_set.info, split, manifest,
                                            label_set.grid, label_set.k)

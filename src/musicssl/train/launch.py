@@ -14,6 +14,7 @@ from musicssl.config import from_dict, to_dict
 from musicssl.data.pretrain import UpdateLoader, build_pretrain_data
 from musicssl.data.label_files import read_label_set
 from musicssl.train.checkpoint import checkpoint_dirs, read_run_config
+from musicssl.train.label_identity import RECORD_KEY, check_resumed_labels, label_identities
 from musicssl.train.tasks import (MUSICHUBERT_PRESETS, Music2VecRun, Music2VecTask, MusicHubertRun, MusicHubertTask,
                                   music2vec_run, resolve_run)
 from musicssl.train.trainer import setup_distributed, train
@@ -44,6 +45,7 @@ def resolve(method: str, preset: str, labels: str | Sequence[str] | None, overri
             if ks != run.model.codebooks:
                 raise ValueError(f"{resume_from}: the run predicts codebooks of k = {run.model.codebooks}, "
                                  f"--labels gives k = {ks}; resume with the label directories it started with")
+            check_resumed_labels(resume_from, _label_dirs(labels))
         return apply_overrides(run, overrides)
     if method == "music2vec":
         run, variant_overrides = music2vec_run(preset, variant)
@@ -71,7 +73,8 @@ def pretrain(method: str, preset: str, data: str, labels: str | Sequence[str] | 
     run = resolve(method, preset, labels, overrides, resume_from, variant)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "config.json", json.dumps({"method": method, **to_dict(run)}, indent=2) + "\n")
+        record = {RECORD_KEY: label_identities(_label_dirs(labels))} if labels else {}
+        write_text(run_dir / "config.json", json.dumps({"method": method, **to_dict(run), **record}, indent=2) + "\n")
     backbone = run.model.backbone
     dataset, plan = build_pretrain_data(data, "train", labels, backbone.sample_rate, run.data,
                                         backbone.normalize_waveform, env.world_size, env.rank)
