@@ -284,6 +284,8 @@ def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_d
                     values |= monitor.measure(task.backbone(), device)
                 logger.log(state.step, values)
                 window, started = defaultdict(float), time.perf_counter()
+            elif monitor.due(state.step):  # a measurement between log lines gets a line of its own
+                logger.log(state.step, monitor.measure(task.backbone(), device))
             if env.is_main and (state.step % config.checkpoint_every == 0 or state.step == config.max_steps):
                 save_checkpoint(run_dir, task, optimizer, scheduler, scaler, state, config.keep_checkpoints)
             if env.world_size > 1:
