@@ -191,10 +191,10 @@ def _file_damage(file: Path) -> str | None:
         return _safetensors_damage(file)
     if file.suffix == ".json":
         text = file.read_text(encoding="utf-8")
-        if file.name == TRAINER_JSON:
-            TrainState.from_json(text, file.name)
-        else:
-            json.loads(text)
+        try:
+            TrainState.from_json(text, file.name) if file.name == TRAINER_JSON else json.loads(text)
+        except ValueError as error:
+            return str(error).removeprefix(f"{file.name}: ")
         return None
     try:
         saved = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
