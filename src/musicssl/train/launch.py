@@ -11,7 +11,6 @@ import torch
 
 from musicssl.atomic import write_text
 from musicssl.config import ConfigError, from_dict, to_dict
-from musicssl.data.manifest import read_manifest
 from musicssl.data.pretrain import UpdateLoader, build_pretrain_data
 from musicssl.data.label_files import read_label_set
 from musicssl.train.checkpoint import check_resumable, checkpoint_dirs, find_resumable, read_run_config
@@ -143,5 +142,10 @@ def _fits(run_type: type, config: dict) -> bool:
 def check_manifest_has_rows(data: str) -> None:
     """An empty train.tsv otherwise fails deep in the sampler with a message about its arguments."""
     manifest = Path(data) / "train.tsv"
-    if manifest.is_file() and len(read_manifest(manifest)) == 0:
+    if not manifest.is_file():
+        return  # read_manifest says so
+    with manifest.open(encoding="utf-8") as handle:
+        next(handle, None)  # the root line
+        empty = not any(line.strip() for line in handle)  # stops at the first row
+    if empty:
         raise ConfigError(f"manifest {manifest} has no rows; `musicssl manifest` lists a folder of audio")
