@@ -234,3 +234,4 @@ def test_an_empty_manifest_is_named(prepared, tmp_path, capsys):
                     "--out", str(tmp_path / "run"))
     assert code == 2 and err.count("\n") == 1
     assert f"manifest {manifest / 'train.tsv'} has no rows" in err
+    assert not (tmp_path / "run").exists()

@@ -77,13 +77,13 @@ def pretrain(method: str, preset: str, data: str, labels: str | Sequence[str] | 
 
 def _pretrain_locked(method, preset, data, labels, run_dir: Path, overrides, resume, variant, progress, env, device,
                      stop) -> Path | None:
+    check_manifest_has_rows(data)  # before the run folder gets a config.json
     resume_from = resume_point(run_dir, resume, method, env)
     run = resolve(method, preset, labels, overrides, resume_from, variant)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.json", json.dumps({"method": method, **to_dict(run)}, indent=2) + "\n")
     backbone = run.model.backbone
-    check_manifest_has_rows(data)
     dataset, plan = build_pretrain_data(data, "train", labels, backbone.sample_rate, run.data,
                                         backbone.normalize_waveform, env.world_size, env.rank)
     loader = UpdateLoader(dataset, plan, run.data.num_workers, pin_memory=device.type == "cuda")
