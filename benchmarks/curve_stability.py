@@ -86,14 +86,14 @@ def codebook_usage(run_dir: Path, checkpoint: Path) -> float | None:
     from musicssl.config import from_dict
     from musicssl.interop.huggingface import from_hf_state_dict, read_hf_weights
     from musicssl.models.musichubert import MusicHubert
-    from musicssl.train.checkpoint import STATE
+    from musicssl.train.checkpoint import STATE, read_run_config
     from musicssl.train.collapse import BATCH_FILE
     from musicssl.train.tasks import MusicHubertRun
 
-    config = json.loads((run_dir / "config.json").read_text())
-    if config.pop("method", None) != "musichubert" or not (run_dir / BATCH_FILE).exists():
+    if json.loads((run_dir / "config.json").read_text()).get("method") != "musichubert" \
+            or not (run_dir / BATCH_FILE).exists():
         return None
-    model = MusicHubert(from_dict(MusicHubertRun, config).model)
+    model = MusicHubert(from_dict(MusicHubertRun, read_run_config(checkpoint)).model)
     weights, _ = from_hf_state_dict(read_hf_weights(checkpoint), model.config.backbone.variant, str(checkpoint))
     model.backbone.load_state_dict(weights)
     _, unexpected = model.load_state_dict(load_file(str(checkpoint / STATE / "heads.safetensors")), strict=False)

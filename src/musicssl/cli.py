@@ -224,10 +224,18 @@ def add_pretrain(commands) -> None:
 
 
 def run_pretrain(args) -> int:
+    from musicssl.train.interrupt import Interrupted
     from musicssl.train.launch import pretrain
 
-    checkpoint = pretrain(args.method, args.preset, args.data, getattr(args, "labels", None), args.out,
-                          args.overrides, args.resume, getattr(args, "variant", "vanilla"), progress=not args.quiet)
+    try:
+        checkpoint = pretrain(args.method, args.preset, args.data, getattr(args, "labels", None), args.out,
+                              args.overrides, args.resume, getattr(args, "variant", "vanilla"),
+                              progress=not args.quiet)
+    except Interrupted as stopped:  # its one line is printed (by rank 0); a checkpoint is saved
+        return stopped.exit_code
+    except KeyboardInterrupt:  # the second Ctrl-C: no checkpoint of the current update
+        print(f"musicssl pretrain: aborted; {args.out} resumes from its newest checkpoint", file=sys.stderr)
+        return 130
     if checkpoint is not None:
         print(f"final checkpoint: {checkpoint}")
     return 0

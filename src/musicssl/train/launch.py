@@ -10,11 +10,13 @@ from pathlib import Path
 import torch
 
 from musicssl.atomic import write_text
-from musicssl.config import from_dict, to_dict
+from musicssl.config import ConfigError, from_dict, to_dict
 from musicssl.data.pretrain import UpdateLoader, build_pretrain_data
 from musicssl.data.label_files import read_label_set
-from musicssl.train.checkpoint import checkpoint_dirs, read_run_config
+from musicssl.train.checkpoint import check_resumable, checkpoint_dirs, find_resumable, read_run_config
+from musicssl.train.interrupt import stop_on_signals
 from musicssl.train.label_identity import RECORD_KEY, check_resumed_labels, label_identities
+from musicssl.train.lock import run_lock
 from musicssl.train.tasks import (MUSICHUBERT_PRESETS, Music2VecRun, Music2VecTask, MusicHubertRun, MusicHubertTask,
                                   music2vec_run, resolve_run)
 from musicssl.train.trainer import setup_distributed, train
@@ -66,10 +68,19 @@ def _label_dirs(labels: str | Sequence[str]) -> list[str]:
 
 def pretrain(method: str, preset: str, data: str, labels: str | Sequence[str] | None, out: str, overrides: list[str],
              resume: str | None = None, variant: str = "vanilla", progress: bool = True) -> Path | None:
+    """Train into `out` (resuming its newest intact checkpoint), holding `out/.lock` throughout;
+    a SIGINT/SIGTERM stops at the next update boundary with a checkpoint (`Interrupted`)."""
     env, device = setup_distributed()
     run_dir = Path(out)
-    existing = checkpoint_dirs(run_dir)
-    resume_from = Path(resume) if resume else (existing[-1] if existing else None)
+    with run_lock(run_dir, env.is_main, env.world_size), stop_on_signals() as stop:
+        return _pretrain_locked(method, preset, data, labels, run_dir, overrides, resume, variant, progress,
+                                env, device, stop)
+
+
+def _pretrain_locked(method, preset, data, labels, run_dir: Path, overrides, resume, variant, progress, env, device,
+                     stop) -> Path | None:
+    check_manifest_has_rows(data)  # before the run folder gets a config.json
+    resume_from = resume_point(run_dir, resume, method, env)
     run = resolve(method, preset, labels, overrides, resume_from, variant)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -85,6 +96,59 @@ def pretrain(method: str, preset: str, data: str, labels: str | Sequence[str] | 
         print(f"{method}: {sum(p.numel() for p in task.model.parameters()):,} parameters, world size "
               f"{env.world_size}, {plan.accumulation_steps} micro-batch(es) per update, device {device}",
               file=sys.stderr)
-    train(task, loader, run.trainer, run_dir, run, env, device, resume_from, progress)
+    train(task, loader, run.trainer, run_dir, run, env, device, resume_from, progress, stop_requested=stop)
     final = checkpoint_dirs(run_dir)
     return final[-1] if final and env.is_main else None
+
+
+def resume_point(run_dir: Path, resume: str | None, method: str, env) -> Path | None:
+    """`--resume PATH` if it is an intact checkpoint, else the run's newest intact checkpoint (an
+    older one when the newest is damaged, said in one line), else None: a new run. The run must
+    have been trained with `method`."""
+    _check_method(run_dir / "config.json", method, run_dir)
+    say = (lambda line: print(line, file=sys.stderr)) if env.is_main else (lambda line: None)
+    resume_from = check_resumable(Path(resume)) if resume else find_resumable(run_dir, say)
+    if resume_from is not None:
+        _check_method_of_checkpoint(resume_from, method)
+    return resume_from
+
+
+def _check_method(config_file: Path, method: str, run_dir: Path) -> None:
+    """RUN/config.json names the run's method (written at every start, read only for this check)."""
+    if not config_file.is_file():
+        return
+    try:
+        trained = json.loads(config_file.read_text(encoding="utf-8")).get("method")
+    except (ValueError, AttributeError) as error:
+        raise ConfigError(f"{config_file}: not valid JSON ({error}); restore it or delete it "
+                          "(the checkpoints hold the run's config)") from None
+    if trained is not None and trained != method:
+        raise ConfigError(f"{run_dir} was trained with {trained}; you asked for {method}")
+
+
+def _check_method_of_checkpoint(checkpoint: Path, method: str) -> None:
+    """A checkpoint's run config fits one method's dataclasses (`--resume` may name another run's)."""
+    config = read_run_config(checkpoint)
+    fits = [name for name, run_type in RUN_TYPES.items() if _fits(run_type, config)]
+    if fits and method not in fits:
+        raise ConfigError(f"{checkpoint} was trained with {fits[0]}; you asked for {method}")
+
+
+def _fits(run_type: type, config: dict) -> bool:
+    try:
+        from_dict(run_type, config)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def check_manifest_has_rows(data: str) -> None:
+    """An empty train.tsv otherwise fails deep in the sampler with a message about its arguments."""
+    manifest = Path(data) / "train.tsv"
+    if not manifest.is_file():
+        return  # read_manifest says so
+    with manifest.open(encoding="utf-8") as handle:
+        next(handle, None)  # the root line
+        empty = not any(line.strip() for line in handle)  # stops at the first row
+    if empty:
+        raise ConfigError(f"manifest {manifest} has no rows; `musicssl manifest` lists a folder of audio")

@@ -26,12 +26,13 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.distributed as dist
@@ -40,8 +41,9 @@ from torch import Tensor, nn
 from musicssl.config import to_dict
 from musicssl.data.pretrain import Batch, UpdateLoader
 from musicssl.models.backbone import Backbone
+from musicssl.train.checkpoint import CHECKPOINTS, TrainState, load_checkpoint, save_checkpoint, save_initial
 from musicssl.train.collapse import CollapseConfig, CollapseMonitor
-from musicssl.train.checkpoint import TrainState, load_checkpoint, save_checkpoint, save_initial
+from musicssl.train.interrupt import Interrupted
 from musicssl.train.schedules import ScheduleConfig, learning_rate, make_scheduler
 from musicssl.train.slurm import torchrun_environment
 
@@ -216,8 +218,11 @@ def make_optimizer(task: PretrainTask, config: TrainerConfig, device: torch.devi
 
 
 def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_dir: Path, run_config: Any,
-          env: Distributed, device: torch.device, resume_from: Path | None = None, progress: bool = True) -> TrainState:
-    """Run until `config.max_steps`; returns the final trainer state."""
+          env: Distributed, device: torch.device, resume_from: Path | None = None, progress: bool = True,
+          stop_requested: Callable[[], bool] = lambda: False) -> TrainState:
+    """Run until `config.max_steps`; returns the final trainer state. When `stop_requested()` turns
+    true on any rank (a signal, train/interrupt.py), every rank finishes the same update, a
+    checkpoint is saved there and `Interrupted` is raised."""
     model = task.model.to(device)
     ddp = model if env.world_size == 1 else nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -237,15 +242,19 @@ def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_d
     logger = Logger(run_dir, env.is_main, config.max_steps, state.step, progress)
     monitor = CollapseMonitor(config.collapse, run_dir, env.is_main, resumed=resume_from is not None)
     nonfinite_in_row, empty_in_row, window, started = 0, 0, defaultdict(float), time.perf_counter()
+    stopping, saved = False, (state.step, state.updates_consumed)
     try:
         for update, micro_batches in loader.iterate(state.updates_consumed):
-            if state.step >= config.max_steps:
+            if state.step >= config.max_steps or stopping:
                 break
             if monitor.remember(micro_batches) and state.step == 0:  # the random init: the reference
                 logger.log(0, monitor.measure(task.backbone(), device))
             totals, finite = _run_update(task, ddp, micro_batches, config, device, scaler, update)
             state.updates_consumed = update + 1
+            # The stop flag rides the totals' all-reduce: every rank stops after the same update.
+            totals["stop"] = torch.tensor(float(bool(stop_requested())), device=device)
             totals = dict(zip(totals, _all_reduce(torch.stack(list(totals.values())), env).tolist()))
+            stopping = totals.pop("stop") > 0
             state.skipped_items += int(totals.pop("skipped", 0))
             state.whole_file_reads += int(totals.pop("whole_file_reads", 0))
             if totals["audio_seconds"] == 0:  # every item of the update was unreadable: not a step
@@ -286,13 +295,40 @@ def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_d
                 window, started = defaultdict(float), time.perf_counter()
             elif monitor.due(state.step):  # a measurement between log lines gets a line of its own
                 logger.log(state.step, monitor.measure(task.backbone(), device))
-            if env.is_main and (state.step % config.checkpoint_every == 0 or state.step == config.max_steps):
-                save_checkpoint(run_dir, task, optimizer, scheduler, scaler, state, config.keep_checkpoints)
+            if state.step % config.checkpoint_every == 0 or state.step == config.max_steps or stopping:
+                saved = _save(run_dir, task, optimizer, scheduler, scaler, state, config, env)
             if env.world_size > 1:
                 dist.barrier()  # nobody runs ahead of a checkpoint being written
+            if stopping:
+                break
+        if stopping and state.step < config.max_steps:
+            _stop(run_dir, task, optimizer, scheduler, scaler, state, config, env, saved, stop_requested)
     finally:
         logger.close()
     return state
+
+
+def _save(run_dir, task, optimizer, scheduler, scaler, state: TrainState, config: TrainerConfig,
+          env: Distributed) -> tuple[int, int]:
+    if env.is_main:
+        save_checkpoint(run_dir, task, optimizer, scheduler, scaler, state, config.keep_checkpoints)
+    return state.step, state.updates_consumed
+
+
+def _stop(run_dir, task, optimizer, scheduler, scaler, state: TrainState, config: TrainerConfig, env: Distributed,
+          saved: tuple[int, int], stop_requested) -> None:
+    """Save where the loop stopped (unless that checkpoint is the last one written) and raise."""
+    if saved != (state.step, state.updates_consumed):  # stopped after an update that took no step
+        _save(run_dir, task, optimizer, scheduler, scaler, state, config, env)
+        if env.world_size > 1:
+            dist.barrier()
+    signum = getattr(stop_requested, "signum", None) or signal.SIGTERM  # another rank's signal
+    checkpoint = run_dir / CHECKPOINTS / f"step_{state.step:08d}"
+    message = (f"{signal.Signals(signum).name}: stopped after step {state.step} of {config.max_steps} and saved "
+               f"{checkpoint}; the same command resumes from there")
+    if env.is_main:
+        print(message, file=sys.stderr)
+    raise Interrupted(message, signum)
 
 
 def _run_update(task, ddp, micro_batches, config, device, scaler, update) -> tuple[dict[str, Tensor], bool]:
