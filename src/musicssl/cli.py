@@ -8,6 +8,8 @@ import os
 import sys
 import time
 
+from musicssl.errors import INTERRUPTED_EXIT, USER_ERRORS, OneLineParser, device_argument, one_line
+
 
 def _layers(text: str) -> list[int] | None:
     if text == "all":
@@ -63,7 +65,7 @@ def add_extract(commands) -> None:
     parser.add_argument("--context-seconds", type=_non_negative_float, default=0.0,
                         help="extra audio each side of a chunk, computed and discarded")
     parser.add_argument("--pool", choices=("none", "mean"), default="none", help="mean over time")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
+    parser.add_argument("--device", type=device_argument, default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     parser.set_defaults(run=run_extract)
 
 
@@ -165,7 +167,7 @@ def add_labels(commands) -> None:
         sub.add_argument("--shard", type=int, default=0)
         sub.add_argument("--num-shards", type=int, default=1)
         sub.add_argument("--fit-only", action="store_true", help="fit the clusters and stop (before shards)")
-        sub.add_argument("--device", default=None)
+        sub.add_argument("--device", type=device_argument, default=None)
         sub.set_defaults(run=run_labels)
     merge = kinds.add_parser("merge", help="join shard files into {split}.km and check them")
     merge.add_argument("label_dir")
@@ -280,7 +282,7 @@ def _probe_arguments(parser) -> None:
     parser.add_argument("--layer-weight-init", choices=("normal", "zeros"), default="normal",
                         help="weighted-sum logits: N(0,1) as MARBLE (default), or zeros: the plain layer mean")
     parser.add_argument("--cache", default=None, help="feature cache folder (default: OUT/cache)")
-    parser.add_argument("--device", default=None, help="cpu, cuda (default: cuda if present)")
+    parser.add_argument("--device", type=device_argument, default=None, help="cpu, cuda (default: cuda if present)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--shard", type=_non_negative_int, default=0,
                         help="extract only share SHARD of --num-shards (array jobs), then stop; under torchrun "
@@ -398,7 +400,7 @@ def add_demo(commands) -> None:
                     "Music2Vec, and probe them against random-init backbones and MFCC statistics.")
     parser.add_argument("--out", default="runs/demo", help="output folder (resumes if it exists)")
     parser.add_argument("--preset", default="demo", help="demo (about 15 min on 2 cores) or smoke (a few minutes)")
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--device", type=device_argument, default=None)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(run=run_demo)
 
@@ -433,7 +435,7 @@ def run_convert(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="musicssl", description=__doc__)
+    parser = OneLineParser(prog="musicssl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     add_extract(commands)
     add_manifest(commands)
@@ -448,16 +450,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_name(args: argparse.Namespace) -> str:
+    parts = [args.command] + [getattr(args, key) for key in ("kind", "method", "source_format")
+                              if isinstance(getattr(args, key, None), str)]
+    return " ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, OSError) as error:
-        # Bad input (files, manifests, labels, arguments): say what and where, no traceback.
+    except USER_ERRORS as error:  # the policy: musicssl.errors
         if os.environ.get("MUSICSSL_DEBUG"):
             raise
-        print(f"musicssl {args.command}: error: {error}", file=sys.stderr)
+        print(f"musicssl {_command_name(args)}: error: {one_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"musicssl {_command_name(args)}: interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT
 
 
 if __name__ == "__main__":

@@ -179,3 +179,12 @@ def _set_path(values: dict, parts: list[str], value: Any, key: str) -> None:
             values[part] = value
         else:
             values = values[part]
+
+
+def read_json(path: Any) -> Any:
+    """A JSON file's content; a damaged one is a ConfigError naming the file (json's own message
+    names only a line and column, which on the CLI's one error line says nothing)."""
+    try:
+        return json.loads(open(path, "rb").read().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not valid JSON ({error})") from None

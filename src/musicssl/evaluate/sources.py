@@ -147,8 +147,7 @@ def random_backbone_config(spec: str) -> BackboneConfig:
         config_path = path / "config.json"
         if not config_path.is_file():
             raise ValueError(f"random:{spec}: {config_path} not found")
-        hf = json.loads(config_path.read_text())
-        config = from_hf_config(hf, str(config_path))
+        hf, config = read_hf_config(config_path)
         # The directory's input preprocessing too, so the control sees the input the model does.
         preprocessing = read_preprocessing(path, hf, config)
         return dataclasses.replace(config, sample_rate=preprocessing.sample_rate,
