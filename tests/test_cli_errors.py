@@ -95,7 +95,8 @@ def damage(path: Path, kind: str, data: st.DataObject) -> None:
     elif kind == "empty":
         path.write_bytes(b"")
     elif kind == "text":
-        path.write_text(data.draw(st.text(min_size=1, max_size=50), label="text"), encoding="utf-8")
+        # "#" first: never valid JSON, a manifest root or a label line, whatever text follows
+        path.write_text("#" + data.draw(st.text(max_size=50), label="text"), encoding="utf-8")
     elif kind == "directory":
         path.unlink()
         path.mkdir()
@@ -193,8 +194,12 @@ def bad_invocations(draw, workdir: Path):
     if kind == "file":
         command = draw(st.sampled_from(sorted(DAMAGEABLE)))
         relative = draw(st.sampled_from(DAMAGEABLE[command]))
-        damage(workdir / relative, draw(FILE_DAMAGE), data)
-        return COMMANDS[command](workdir), [str(workdir / relative), Path(relative).name]
+        names = [str(workdir / relative), Path(relative).name]
+        if relative.startswith("manifest/"):  # a truncated row's count is refused naming the audio file it lists
+            names.append((workdir / relative).read_text().splitlines()[0])
+        optional = relative.endswith("preprocessor_config.json")  # absent: the model type's default, logged
+        damage(workdir / relative, draw(FILE_DAMAGE.filter(lambda kind: not (optional and kind == "missing"))), data)
+        return COMMANDS[command](workdir), names
     if kind == "number":
         command = draw(st.sampled_from(sorted(NUMERIC_OPTIONS)))
         flag, value = draw(st.sampled_from(NUMERIC_OPTIONS[command])), draw(BAD_NUMBERS)

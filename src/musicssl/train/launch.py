@@ -69,12 +69,12 @@ def pretrain(method: str, preset: str, data: str, labels: str | Sequence[str] | 
     existing = checkpoint_dirs(run_dir)
     resume_from = Path(resume) if resume else (existing[-1] if existing else None)
     run = resolve(method, preset, labels, overrides, resume_from, variant)
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "config.json", json.dumps({"method": method, **to_dict(run)}, indent=2) + "\n")
     backbone = run.model.backbone
     dataset, plan = build_pretrain_data(data, "train", labels, backbone.sample_rate, run.data,
                                         backbone.normalize_waveform, env.world_size, env.rank)
+    if env.is_main:  # after the data and labels are read: a refused run leaves no output behind
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "config.json", json.dumps({"method": method, **to_dict(run)}, indent=2) + "\n")
     loader = UpdateLoader(dataset, plan, run.data.num_workers, pin_memory=device.type == "cuda")
     torch.manual_seed(run.trainer.seed + env.rank)  # dropout differs across ranks, repeats across runs
     task = TASKS[method](run.model, backbone.sample_rate, run.trainer.seed)
