@@ -126,7 +126,8 @@ def _labels(w: Path, kind: str) -> list[str]:
 def _pretrain(w: Path, method: str) -> list[str]:
     labels = ["--labels", str(w / "labels")] if method == "musichubert" else []
     return ["pretrain", method, "--preset", "tiny", "--data", str(w / "manifest"), *labels,
-            "--out", str(w / "out" / "run"), "--set", "trainer.max_steps=1", "--quiet"]
+            "--out", str(w / "out" / "run"), "--quiet", *[f"--set={key}=0.5" for key in ("data.crop_seconds",
+            "data.min_seconds", "data.batch_seconds", "data.micro_batch_seconds")], "--set=trainer.max_steps=1", "--set=data.num_workers=0"]
 
 
 def _probe(w: Path) -> list[str]:
@@ -153,10 +154,10 @@ COMMANDS = {
 # The files each command reads, which a damaged copy must be refused by name.
 DAMAGEABLE = {
     "extract": ["model/config.json", "model/model.safetensors", "model/preprocessor_config.json"],
-    "labels mfcc": ["manifest/train.tsv", "manifest/valid.tsv"],
+    "labels mfcc": ["manifest/train.tsv", "manifest/valid.tsv"],  # valid.tsv: refused before the fit
     "labels pitch": ["manifest/train.tsv"],
     "labels layer": ["model/config.json", "model/model.safetensors", "manifest/train.tsv"],
-    "pretrain musichubert": ["manifest/train.tsv", "labels/train.km", "labels/train.km.json"],
+    "pretrain musichubert": ["manifest/train.tsv", "labels/train.km", "labels/labels.json"],
     "pretrain music2vec": ["manifest/train.tsv"],
     "probe": ["model/config.json", "model/model.safetensors", "data/NSynth/nsynth-train/examples.json"],
     "benchmark": ["model/config.json", "model/model.safetensors"],
@@ -196,9 +197,13 @@ def bad_invocations(draw, workdir: Path):
         relative = draw(st.sampled_from(DAMAGEABLE[command]))
         names = [str(workdir / relative), Path(relative).name]
         if relative.startswith("manifest/"):  # a truncated row's count is refused naming the audio file it lists
-            names.append((workdir / relative).read_text().splitlines()[0])
-        optional = relative.endswith("preprocessor_config.json")  # absent: the model type's default, logged
-        damage(workdir / relative, draw(FILE_DAMAGE.filter(lambda kind: not (optional and kind == "missing"))), data)
+            # ... or, for pretrain musichubert, the label file that no longer matches "the manifest"
+            names += [(workdir / relative).read_text().splitlines()[0], "the manifest"]
+        # Not damage: an absent preprocessor config (the model type's default, logged) and a valid.tsv
+        # cut to one line (an empty split, as --valid-percent 0 writes; random bytes are one line too).
+        allowed = {"preprocessor_config.json": {"missing"}, "valid.tsv": {"truncated", "random", "text"}}
+        harmless = allowed.get(Path(relative).name, set())
+        damage(workdir / relative, draw(FILE_DAMAGE.filter(lambda kind: kind not in harmless)), data)
         return COMMANDS[command](workdir), names
     if kind == "number":
         command = draw(st.sampled_from(sorted(NUMERIC_OPTIONS)))

@@ -38,6 +38,20 @@ _positive_float = _number(float, 0.0, False, "a number > 0")
 _non_negative_float = _number(float, 0.0, True, "a number >= 0")
 _positive_int = _number(int, 1, True, "an integer >= 1")
 _non_negative_int = _number(int, 0, True, "an integer >= 0")
+_clusters = _number(int, 2, True, "an integer >= 2 (one cluster carries no information)")
+
+
+def _bounded(parse, maximum: float, what: str):
+    def bounded(text: str):
+        value = parse(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return bounded
+
+
+_fraction = _bounded(_positive_float, 1.0, "a fraction in (0, 1]")
+_percent = _bounded(_non_negative_float, 100.0, "a percent in [0, 100]")
 
 
 def _chunk_seconds(text: str) -> float | None:
@@ -96,12 +110,12 @@ def add_manifest(commands) -> None:
                     "manifest_report.tsv listing the files left out and why.")
     parser.add_argument("audio_dir")
     parser.add_argument("-o", "--out", required=True, help="output directory")
-    parser.add_argument("--valid-percent", type=float, default=0.0, help="percent of files for valid.tsv")
+    parser.add_argument("--valid-percent", type=_percent, default=0.0, help="percent of files for valid.tsv")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sample-rate", type=int, default=16_000)
-    parser.add_argument("--min-seconds", type=float, default=0.025,
+    parser.add_argument("--sample-rate", type=_positive_int, default=16_000)
+    parser.add_argument("--min-seconds", type=_non_negative_float, default=0.025,
                         help="leave out shorter files (default: the 400-sample receptive field)")
-    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: min(4, cores))")
+    parser.add_argument("--workers", type=_positive_int, default=None, help="decoding processes (default: min(4, cores))")
     parser.set_defaults(run=run_manifest)
 
 
@@ -154,18 +168,18 @@ def add_labels(commands) -> None:
                        help="84 = semitones C1..B7; 12 = chroma (pitch classes)")
     layer = kinds.add_parser("layer", help="clusters of a model's hidden state: a later iteration")
     layer.add_argument("--model", required=True, help="model directory")
-    layer.add_argument("--layer", type=int, required=True, help="hidden state index (6 = block 6)")
+    layer.add_argument("--layer", type=_non_negative_int, required=True, help="hidden state index (6 = block 6)")
     for sub in (mfcc, pitch, layer):
         sub.add_argument("--data", required=True, help="manifest directory (train.tsv, valid.tsv)")
         sub.add_argument("--out", required=True, help="label directory")
-        sub.add_argument("--k", type=int, default=500, help="clusters (paper: 500 or 2000)")
-        sub.add_argument("--fit-fraction", type=float, default=0.1,
+        sub.add_argument("--k", type=_clusters, default=500, help="clusters (paper: 500 or 2000)")
+        sub.add_argument("--fit-fraction", type=_fraction, default=0.1,
                          help="fraction of train files whose frames feed k-means (fairseq percent 0.1)")
-        sub.add_argument("--max-frames", type=int, default=1_000_000, help="cap on frames kept for fitting")
+        sub.add_argument("--max-frames", type=_positive_int, default=1_000_000, help="cap on frames kept for fitting")
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--splits", nargs="+", default=["train", "valid"])
-        sub.add_argument("--shard", type=int, default=0)
-        sub.add_argument("--num-shards", type=int, default=1)
+        sub.add_argument("--shard", type=_non_negative_int, default=0)
+        sub.add_argument("--num-shards", type=_positive_int, default=1)
         sub.add_argument("--fit-only", action="store_true", help="fit the clusters and stop (before shards)")
         sub.add_argument("--device", type=device_argument, default=None)
         sub.set_defaults(run=run_labels)

@@ -15,7 +15,6 @@ fraction, the k-means record, per-split usage), so a label directory explains it
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from musicssl import audio
+from musicssl.config import read_json
 from musicssl.data.label_files import (LABELS_JSON, LabelError, LabelGrid, LabelSummary, check_labels, label_file,
                                        read_label_set, write_label_json)
 from musicssl.data.manifest import Manifest, read_manifest
@@ -217,11 +217,13 @@ def make_labels(manifest_dir: str | Path, label_dir: str | Path, features: Frame
                 num_shards: int = 1, fit_only: bool = False, progress: bool = True) -> dict[str, LabelSummary]:
     """Fit (if needed) and assign; unsharded runs are checked and summarised right away."""
     manifest_dir, label_dir = Path(manifest_dir), Path(label_dir)
+    # every split's manifest read first: a damaged valid.tsv is refused before the fit, not after it
+    manifests = {split: read_manifest(manifest_dir / f"{split}.tsv") for split in (() if fit_only else splits)}
     label_dir.mkdir(parents=True, exist_ok=True)
     model = _clusters(manifest_dir, label_dir, features, config, fit_fraction, num_shards > 1, progress)
     k = model.k
     info_path = label_dir / LABELS_JSON
-    info = json.loads(info_path.read_text()) if info_path.exists() else {
+    info = read_json(info_path) if info_path.exists() else {
         "feature": features.describe(), "k": k, "seed": config.seed, "fit_fraction": fit_fraction,
         "grid": {"sample_rate": features.grid.sample_rate, "hop": features.grid.hop,
                  "window": features.grid.window, "rate_hz": features.grid.rate_hz},
@@ -229,7 +231,7 @@ def make_labels(manifest_dir: str | Path, label_dir: str | Path, features: Frame
     write_label_json(label_dir, info)
     summaries = {}
     for split in () if fit_only else splits:
-        manifest = read_manifest(manifest_dir / f"{split}.tsv")
+        manifest = manifests[split]
         if not len(manifest):
             continue
         rows = manifest.shard(shard, num_shards) if num_shards > 1 else None
@@ -245,7 +247,7 @@ def merge_labels(manifest_dir: str | Path, label_dir: str | Path, num_shards: in
     manifest_dir, label_set = Path(manifest_dir), read_label_set(label_dir)
     summaries = {}
     for split in splits:
-        manifest = read_manifest(manifest_dir / f"{split}.tsv")
+        manifest = manifests[split]
         if not len(manifest):
             continue
         merge_shards(label_set.directory, split, num_shards)
