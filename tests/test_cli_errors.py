@@ -172,6 +172,7 @@ NUMERIC_OPTIONS = {
     "benchmark": ["--seeds", "--batch-size"],
     "manifest": ["--valid-percent", "--sample-rate", "--min-seconds", "--workers"],
 }
+ZERO_IS_VALID = {"--context-seconds", "--layer", "--valid-percent", "--min-seconds"}  # layer 0: the Transformer input
 NAME_OPTIONS = {
     "pretrain musichubert": ["--preset"], "pretrain music2vec": ["--preset", "--variant"],
     "probe": ["--task"], "benchmark": ["--tasks"], "synth": ["--preset"],
@@ -208,8 +209,8 @@ def bad_invocations(draw, workdir: Path):
     if kind == "number":
         command = draw(st.sampled_from(sorted(NUMERIC_OPTIONS)))
         flag, value = draw(st.sampled_from(NUMERIC_OPTIONS[command])), draw(BAD_NUMBERS)
-        if flag == "--layer" and value == "0":  # hidden state 0 (the Transformer input) is valid
-            value = "99"
+        if value == "0" and flag in ZERO_IS_VALID:
+            value = "-1"
         return with_option(COMMANDS[command](workdir), flag, value), [flag, value]
     if kind == "name":
         command = draw(st.sampled_from(sorted(NAME_OPTIONS)))
