@@ -88,7 +88,8 @@ def valid(tmp_path_factory, no_progress_bars) -> Path:
 def damage(path: Path, kind: str, data: st.DataObject) -> None:
     original = path.read_bytes() if path.is_file() else b""
     if kind == "truncated":
-        keep = data.draw(st.integers(0, max(0, len(original) - 1)), label="kept bytes")
+        # cut before the last non-blank byte: dropping a trailing newline damages nothing
+        keep = data.draw(st.integers(0, max(0, len(original.rstrip()) - 1)), label="kept bytes")
         path.write_bytes(original[:keep])
     elif kind == "random":
         path.write_bytes(data.draw(st.binary(min_size=1, max_size=300), label="bytes"))
@@ -221,7 +222,7 @@ def bad_invocations(draw, workdir: Path):
     return with_option(COMMANDS[command](workdir), "--device", value), ["--device", value]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_every_user_error_is_one_line_naming_the_input_and_exit_2(valid, data):
     with tempfile.TemporaryDirectory() as name:

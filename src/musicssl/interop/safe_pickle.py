@@ -145,8 +145,9 @@ allow_list_pickle = types.SimpleNamespace(
 # What torch.load raises on an empty, truncated or foreign file: the unpickler on garbage
 # (UnpicklingError, EOFError, and Index/Key/TypeError/AttributeError from stray opcodes), torch's
 # zip reader on a damaged archive (RuntimeError: "PytorchStreamReader failed ..."), zipfile on a
-# foreign one. Raised around reading one file, they are the file's fault, not a bug.
-DAMAGED_CHECKPOINT_ERRORS = (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, IndexError,
+# foreign one, OSError (EINVAL) from a seek past a truncated end. Raised around reading one file
+# that exists, they are the file's fault, not a bug.
+DAMAGED_CHECKPOINT_ERRORS = (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, OSError, IndexError,
                              KeyError, TypeError, AttributeError, UnicodeDecodeError, OverflowError, MemoryError)
 
 
