@@ -24,7 +24,7 @@ import torch
 
 from musicssl.extract import Encoder, load_model
 from musicssl.frame_features import MfccConfig, mfcc
-from musicssl.interop.huggingface import from_hf_config, read_preprocessing
+from musicssl.interop.huggingface import read_hf_config, read_preprocessing
 from musicssl.models.backbone import Backbone
 from musicssl.models.backbone_config import BackboneConfig, backbone_preset
 

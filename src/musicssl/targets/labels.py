@@ -247,7 +247,7 @@ def merge_labels(manifest_dir: str | Path, label_dir: str | Path, num_shards: in
     manifest_dir, label_set = Path(manifest_dir), read_label_set(label_dir)
     summaries = {}
     for split in splits:
-        manifest = manifests[split]
+        manifest = read_manifest(manifest_dir / f"{split}.tsv")
         if not len(manifest):
             continue
         merge_shards(label_set.directory, split, num_shards)
