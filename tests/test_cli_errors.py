@@ -253,7 +253,7 @@ def test_keyboard_interrupt_is_one_line_and_exit_130(valid, monkeypatch):
         raise KeyboardInterrupt
     monkeypatch.setattr("musicssl.interop.fairseq.convert_fairseq", interrupted)
     code, stderr = run_cli(["convert", "fairseq", str(valid / "checkpoint.pt"), str(valid / "never")])
-    assert (code, stderr) == (130, "musicssl convert fairseq: interrupted\n")
+    assert (code, stderr) == (130, "musicssl convert: interrupted\n")
 
 
 def test_cuda_without_cuda_names_the_torch_build(monkeypatch):
@@ -262,3 +262,28 @@ def test_cuda_without_cuda_names_the_torch_build(monkeypatch):
     code, stderr = run_cli(["extract", "m", "a.wav", "-o", "x.npz", "--device", "cuda"])
     assert code == 2 and stderr.count("\n") == 1
     assert "CUDA is not available" in stderr and torch.__version__ in stderr and "--device" in stderr
+
+
+@pytest.mark.parametrize("text, expected", [("cpu", "cpu"), ("CPU", "cpu"), (" cpu ", "cpu")])
+def test_cpu_is_always_a_device(text, expected):
+    from musicssl.errors import device_argument
+
+    assert device_argument(text) == expected
+
+
+@pytest.mark.parametrize("text", ["tpu", "cuda:x", "cuda:-1", "mps:0", "gpu", ""])
+def test_unknown_device_names_are_refused_at_parse_time(text):
+    import argparse
+
+    from musicssl.errors import device_argument
+
+    with pytest.raises(argparse.ArgumentTypeError, match="expected cpu, cuda, cuda:N or mps"):
+        device_argument(text)
+
+
+def test_one_line_names_an_os_errors_file_and_collapses_newlines():
+    from musicssl.errors import one_line
+
+    assert one_line(FileNotFoundError(2, "No such file or directory", "/data/x.tsv")) == \
+        "[Errno 2] No such file or directory: '/data/x.tsv'"
+    assert one_line(ValueError("a.json: bad\n  value\tthere")) == "a.json: bad value there"

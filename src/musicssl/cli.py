@@ -464,12 +464,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _command_name(args: argparse.Namespace) -> str:
-    parts = [args.command] + [getattr(args, key) for key in ("kind", "method", "source_format")
-                              if isinstance(getattr(args, key, None), str)]
-    return " ".join(parts)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -477,10 +471,10 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:  # the policy: musicssl.errors
         if os.environ.get("MUSICSSL_DEBUG"):
             raise
-        print(f"musicssl {_command_name(args)}: error: {one_line(error)}", file=sys.stderr)
+        print(f"musicssl {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"musicssl {_command_name(args)}: interrupted", file=sys.stderr)
+        print(f"musicssl {args.command}: interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT
 
 
