@@ -52,7 +52,10 @@ class TrainState:
     def from_json(cls, text: str, source: str | Path) -> TrainState:
         """Read `to_json`'s output, or the string-keyed dict earlier versions wrote (same keys,
         some missing); a key this version does not know is an error naming `source`."""
-        values = json.loads(text)
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{source}: not valid JSON ({error})") from None
         unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"{source}: unknown trainer state keys {unknown}; "
