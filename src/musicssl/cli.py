@@ -8,6 +8,8 @@ import os
 import sys
 import time
 
+from musicssl.errors import INTERRUPTED_EXIT, USER_ERRORS, OneLineParser, device_argument, one_line
+
 
 def _layers(text: str) -> list[int] | None:
     if text == "all":
@@ -36,6 +38,20 @@ _positive_float = _number(float, 0.0, False, "a number > 0")
 _non_negative_float = _number(float, 0.0, True, "a number >= 0")
 _positive_int = _number(int, 1, True, "an integer >= 1")
 _non_negative_int = _number(int, 0, True, "an integer >= 0")
+_clusters = _number(int, 2, True, "an integer >= 2 (one cluster carries no information)")
+
+
+def _bounded(parse, maximum: float, what: str):
+    def bounded(text: str):
+        value = parse(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return bounded
+
+
+_fraction = _bounded(_positive_float, 1.0, "a fraction in (0, 1]")
+_percent = _bounded(_non_negative_float, 100.0, "a percent in [0, 100]")
 
 
 def _chunk_seconds(text: str) -> float | None:
@@ -63,7 +79,7 @@ def add_extract(commands) -> None:
     parser.add_argument("--context-seconds", type=_non_negative_float, default=0.0,
                         help="extra audio each side of a chunk, computed and discarded")
     parser.add_argument("--pool", choices=("none", "mean"), default="none", help="mean over time")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
+    parser.add_argument("--device", type=device_argument, default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     parser.set_defaults(run=run_extract)
 
 
@@ -94,12 +110,12 @@ def add_manifest(commands) -> None:
                     "manifest_report.tsv listing the files left out and why.")
     parser.add_argument("audio_dir")
     parser.add_argument("-o", "--out", required=True, help="output directory")
-    parser.add_argument("--valid-percent", type=float, default=0.0, help="percent of files for valid.tsv")
+    parser.add_argument("--valid-percent", type=_percent, default=0.0, help="percent of files for valid.tsv")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sample-rate", type=int, default=16_000)
-    parser.add_argument("--min-seconds", type=float, default=0.025,
+    parser.add_argument("--sample-rate", type=_positive_int, default=16_000)
+    parser.add_argument("--min-seconds", type=_non_negative_float, default=0.025,
                         help="leave out shorter files (default: the 400-sample receptive field)")
-    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: min(4, cores))")
+    parser.add_argument("--workers", type=_positive_int, default=None, help="decoding processes (default: min(4, cores))")
     parser.set_defaults(run=run_manifest)
 
 
@@ -152,22 +168,22 @@ def add_labels(commands) -> None:
                        help="84 = semitones C1..B7; 12 = chroma (pitch classes)")
     layer = kinds.add_parser("layer", help="clusters of a model's hidden state: a later iteration")
     layer.add_argument("--model", required=True, help="model directory")
-    layer.add_argument("--layer", type=int, required=True, help="hidden state index (6 = block 6)")
+    layer.add_argument("--layer", type=_non_negative_int, required=True, help="hidden state index (6 = block 6)")
     for sub in (mfcc, pitch, layer):
         sub.add_argument("--data", required=True, help="manifest directory (train.tsv, valid.tsv)")
         sub.add_argument("--out", required=True, help="label directory")
-        sub.add_argument("--k", type=int, default=500, help="clusters (paper: 500 or 2000)")
-        sub.add_argument("--fit-fraction", type=float, default=0.1,
+        sub.add_argument("--k", type=_clusters, default=500, help="clusters (paper: 500 or 2000)")
+        sub.add_argument("--fit-fraction", type=_fraction, default=0.1,
                          help="fraction of train files whose frames feed k-means (fairseq percent 0.1)")
-        sub.add_argument("--max-frames", type=int, default=1_000_000, help="cap on frames kept for fitting")
+        sub.add_argument("--max-frames", type=_positive_int, default=1_000_000, help="cap on frames kept for fitting")
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--splits", nargs="+", default=["train", "valid"])
-        sub.add_argument("--shard", type=int, default=0)
-        sub.add_argument("--num-shards", type=int, default=1)
+        sub.add_argument("--shard", type=_non_negative_int, default=0)
+        sub.add_argument("--num-shards", type=_positive_int, default=1)
         sub.add_argument("--fit-only", action="store_true", help="fit the clusters and stop (before shards)")
         sub.add_argument("--overwrite", action="store_true",
                          help="replace the label set in --out made with other arguments (all its split files)")
-        sub.add_argument("--device", default=None)
+        sub.add_argument("--device", type=device_argument, default=None)
         sub.set_defaults(run=run_labels)
     merge = kinds.add_parser("merge", help="join shard files into {split}.km and check them")
     merge.add_argument("label_dir")
@@ -290,7 +306,7 @@ def _probe_arguments(parser) -> None:
     parser.add_argument("--layer-weight-init", choices=("normal", "zeros"), default="normal",
                         help="weighted-sum logits: N(0,1) as MARBLE (default), or zeros: the plain layer mean")
     parser.add_argument("--cache", default=None, help="feature cache folder (default: OUT/cache)")
-    parser.add_argument("--device", default=None, help="cpu, cuda (default: cuda if present)")
+    parser.add_argument("--device", type=device_argument, default=None, help="cpu, cuda (default: cuda if present)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--shard", type=_non_negative_int, default=0,
                         help="extract only share SHARD of --num-shards (array jobs), then stop; under torchrun "
@@ -408,7 +424,7 @@ def add_demo(commands) -> None:
                     "Music2Vec, and probe them against random-init backbones and MFCC statistics.")
     parser.add_argument("--out", default="runs/demo", help="output folder (resumes if it exists)")
     parser.add_argument("--preset", default="demo", help="demo (about 15 min on 2 cores) or smoke (a few minutes)")
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--device", type=device_argument, default=None)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(run=run_demo)
 
@@ -443,7 +459,7 @@ def run_convert(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="musicssl", description=__doc__)
+    parser = OneLineParser(prog="musicssl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     add_extract(commands)
     add_manifest(commands)
@@ -462,12 +478,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, OSError) as error:
-        # Bad input (files, manifests, labels, arguments): say what and where, no traceback.
+    except USER_ERRORS as error:  # the policy: musicssl.errors
         if os.environ.get("MUSICSSL_DEBUG"):
             raise
-        print(f"musicssl {args.command}: error: {error}", file=sys.stderr)
+        print(f"musicssl {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"musicssl {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT
 
 
 if __name__ == "__main__":

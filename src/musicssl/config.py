@@ -187,3 +187,12 @@ def fingerprint(value: Any) -> str:
     what made it (manifest rows, label-set arguments), so a consumer can check it cheaply."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def read_json(path: Any) -> Any:
+    """A JSON file's content; a damaged one is a ConfigError naming the file (json's own message
+    names only a line and column, which on the CLI's one error line says nothing)."""
+    try:
+        return json.loads(open(path, "rb").read().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not valid JSON ({error})") from None

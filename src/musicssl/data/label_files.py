@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from musicssl import atomic, audio
-from musicssl.config import fingerprint
+from musicssl.config import fingerprint, read_json
 from musicssl.data.manifest import Manifest
 
 LABELS_JSON = "labels.json"
@@ -96,12 +96,14 @@ def read_label_set(label_dir: str | Path) -> LabelSet:
     path = label_dir / LABELS_JSON
     if not path.exists():
         raise FileNotFoundError(f"{path}: not found; make labels with `musicssl labels mfcc|layer`")
-    info = json.loads(path.read_text())
+    info = read_json(path)
     try:
         grid = LabelGrid(**{key: info["grid"][key] for key in ("sample_rate", "hop", "window")})
         return LabelSet(label_dir, grid, int(info["k"]), info)
     except KeyError as missing:
         raise LabelError(f"{path}: missing field {missing}") from None
+    except (TypeError, ValueError) as error:  # a list where the object belongs, "k": "x", ...
+        raise LabelError(f"{path}: malformed ({error})") from None
 
 
 def write_label_json(label_dir: Path, info: dict) -> None:
@@ -126,7 +128,10 @@ class LabelSummary:
 
 
 def read_labels(path: Path) -> list[np.ndarray]:
-    return [np.array(line.split(), dtype=np.int64) for line in path.read_text().splitlines()]
+    try:
+        return [np.array(line.split(), dtype=np.int64) for line in path.read_text(encoding="utf-8").splitlines()]
+    except (ValueError, OverflowError) as error:  # UnicodeDecodeError included: a binary file
+        raise LabelError(f"{path}: not a label file of integer cluster ids ({error})") from None
 
 
 def check_labels(path: Path, manifest: Manifest, grid: LabelGrid, k: int) -> LabelSummary:

@@ -71,7 +71,10 @@ def read_manifest(path: str | Path) -> Manifest:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: manifest not found")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ManifestError(f"{path}: not a text manifest (not UTF-8)") from None
     if not lines or not lines[0].strip():
         raise ManifestError(f"{path}:1: the first line must be the audio root directory")
     if "\t" in lines[0]:

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from musicssl import atomic, audio
+from musicssl.config import read_json
 from musicssl.data.manifest import Manifest, read_manifest, write_manifest
 
 PREPARED = "prepared.json"
@@ -111,7 +112,7 @@ def _plan_split(manifest_dir: Path, out_dir: Path, split: str, sample_rate: int,
 def _agree_on_metadata(out_dir: Path, meta: dict) -> None:
     path = out_dir / PREPARED
     if path.exists():
-        old = json.loads(path.read_text())
+        old = read_json(path)
         same = old.get("format") == FORMAT and old.get("sample_rate") == meta["sample_rate"] and all(
             _same_split(old.get("splits", {}).get(split), value) for split, value in meta["splits"].items())
         if not same:
@@ -204,7 +205,7 @@ class PreparedCorpus:
 
     def __init__(self, directory: str | Path, split: str, sample_rate: int):
         self.directory, self.split = Path(directory), split
-        meta = json.loads((self.directory / PREPARED).read_text())
+        meta = read_json(self.directory / PREPARED)
         if meta.get("format") != FORMAT:
             raise ValueError(f"{self.directory / PREPARED}: format {meta.get('format')!r}, expected {FORMAT!r}")
         if meta["sample_rate"] != sample_rate:

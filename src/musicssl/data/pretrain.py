@@ -409,4 +409,9 @@ def build_pretrain_data(manifest_dir: str | Path, split: str = "train",
         prepared.check_manifest(manifest)
     dataset = PretrainDataset(manifest, sample_rate, crop_samples, min_samples, config.seed, labels, grid, normalize,
                               config.crop_only, prepared)
-    return dataset, UpdatePlan(len(dataset), config, world_size, rank)
+    try:
+        return dataset, UpdatePlan(len(dataset), config, world_size, rank)
+    except ValueError as error:
+        if len(dataset) >= config.crops_per_update:  # a config error, not the manifest's
+            raise
+        raise ValueError(f"{Path(manifest_dir) / f'{split}.tsv'}: {error}") from None

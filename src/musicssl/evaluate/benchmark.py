@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from musicssl.atomic import write_text
+from musicssl.config import read_json
 from musicssl.evaluate.features import FeatureCache
 from musicssl.evaluate.probe import probe_task
 from musicssl.evaluate.probe_protocol import ProbeConfig, RunResult, TaskResult
@@ -148,7 +149,7 @@ def _reuse_key(config: ProbeConfig, source, data_dir: Path, options: dict[str, s
 def _load_saved(path: Path, key: dict) -> TaskResult | None:
     if not path.exists():
         return None
-    payload = json.loads(path.read_text())
+    payload = read_json(path)
     if any(payload.get(field) != value for field, value in key.items()):
         return None  # other settings, weights or data: run again
     result = payload["result"]

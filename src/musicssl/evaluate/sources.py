@@ -24,7 +24,7 @@ import torch
 
 from musicssl.extract import Encoder, load_model
 from musicssl.frame_features import MfccConfig, mfcc
-from musicssl.interop.huggingface import from_hf_config, read_preprocessing
+from musicssl.interop.huggingface import read_hf_config, read_preprocessing
 from musicssl.models.backbone import Backbone
 from musicssl.models.backbone_config import BackboneConfig, backbone_preset
 
@@ -147,8 +147,7 @@ def random_backbone_config(spec: str) -> BackboneConfig:
         config_path = path / "config.json"
         if not config_path.is_file():
             raise ValueError(f"random:{spec}: {config_path} not found")
-        hf = json.loads(config_path.read_text())
-        config = from_hf_config(hf, str(config_path))
+        hf, config = read_hf_config(config_path)
         # The directory's input preprocessing too, so the control sees the input the model does.
         preprocessing = read_preprocessing(path, hf, config)
         return dataclasses.replace(config, sample_rate=preprocessing.sample_rate,

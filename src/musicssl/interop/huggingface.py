@@ -10,11 +10,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import pickle
 import re
+import zipfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from musicssl.config import ConfigError, read_json
 
 from musicssl.models.backbone import Backbone
 from musicssl.models.backbone_config import BackboneConfig
@@ -236,13 +241,24 @@ def export_pretrained(backbone: Backbone, directory: str | Path) -> Path:
 
 
 def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The weights file's tensors; a damaged file is a ValueError naming it (the readers' own
+    errors name neither the file nor, for safetensors, a Python exception type we could catch)."""
     safetensors = directory / "model.safetensors"
     if safetensors.exists():
-        return load_file(str(safetensors))
+        try:
+            return load_file(str(safetensors))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+            raise ValueError(f"{safetensors}: not a readable safetensors file ({' '.join(str(error).split())})") from None
     binary = directory / "pytorch_model.bin"
     if binary.exists():
-        # weights_only: a plain tensor dict loads; anything that needs unpickling code is refused.
-        return torch.load(binary, map_location="cpu", weights_only=True)
+        try:
+            # weights_only: a plain tensor dict loads; anything that needs unpickling code is refused.
+            state = torch.load(binary, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError) as error:
+            raise ValueError(f"{binary}: not a readable torch weights file ({' '.join(str(error).split())})") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(f"{binary}: expected a dict of tensors, found {type(state).__name__}")
+        return state
     raise FileNotFoundError(f"{directory}: no model.safetensors or pytorch_model.bin")
 
 
@@ -252,6 +268,20 @@ def import_pretrained(directory: str | Path, **overrides) -> Backbone:
     return load_pretrained(directory, **overrides)[0]
 
 
+def read_hf_config(config_path: Path) -> tuple[dict, BackboneConfig]:
+    """(config.json as a dict, our config from it); damaged JSON, a missing field or a wrong
+    type is a ConfigError naming the file."""
+    hf = read_json(config_path)
+    if not isinstance(hf, dict):
+        raise ConfigError(f"{config_path}: expected a JSON object, found {type(hf).__name__}")
+    try:
+        return hf, from_hf_config(hf, str(config_path))
+    except KeyError as error:
+        raise ConfigError(f"{config_path}: missing field {error}") from None
+    except (TypeError, AttributeError) as error:  # e.g. "conv_dim": 3, or a string where a number belongs
+        raise ConfigError(f"{config_path}: a field has the wrong type ({error})") from None
+
+
 def load_pretrained(directory: str | Path, **overrides) -> tuple[Backbone, "Preprocessing"]:
     """(backbone, its input preprocessing): the rate and waveform normalisation come from
     preprocessor_config.json (or the model type's default, logged), and are in the config."""
@@ -259,8 +289,7 @@ def load_pretrained(directory: str | Path, **overrides) -> tuple[Backbone, "Prep
     config_path = directory / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{directory}: no config.json (not a model directory)")
-    hf = json.loads(config_path.read_text())
-    config = from_hf_config(hf, str(config_path))
+    hf, config = read_hf_config(config_path)
     preprocessing = read_preprocessing(directory, hf, config)
     config = dataclasses.replace(config, **{"sample_rate": preprocessing.sample_rate,
                                             "normalize_waveform": preprocessing.do_normalize, **overrides})
@@ -303,10 +332,9 @@ def read_preprocessing(directory: Path, hf: dict, config: BackboneConfig) -> Pre
     eps = FAIRSEQ_NORMALIZE_EPS if ours else TRANSFORMERS_NORMALIZE_EPS
     path = directory / "preprocessor_config.json"
     if path.exists():
-        try:
-            values = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error})") from None
+        values = read_json(path)
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a JSON object, found {type(values).__name__}")
         default = default_preprocessing(hf, config)
         rate = int(values.get("sampling_rate", default.sample_rate))
         # transformers' Wav2Vec2FeatureExtractor defaults do_normalize to true when the key is absent.

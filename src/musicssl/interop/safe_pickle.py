@@ -24,6 +24,7 @@ import collections
 import pickle
 import re
 import types
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,15 @@ allow_list_pickle = types.SimpleNamespace(
     __name__="musicssl_allow_list_pickle")
 
 
+# What torch.load raises on an empty, truncated or foreign file: the unpickler on garbage
+# (UnpicklingError, EOFError, and Index/Key/TypeError/AttributeError from stray opcodes), torch's
+# zip reader on a damaged archive (RuntimeError: "PytorchStreamReader failed ..."), zipfile on a
+# foreign one, OSError (EINVAL) from a seek past a truncated end. Raised around reading one file
+# that exists, they are the file's fault, not a bug.
+DAMAGED_CHECKPOINT_ERRORS = (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, OSError, IndexError,
+                             KeyError, TypeError, AttributeError, UnicodeDecodeError, OverflowError, MemoryError)
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """The checkpoint dict, tensors on the CPU; OmegaConf nodes as stand-ins (see `to_python`)."""
     path = Path(path)
@@ -150,6 +160,9 @@ def load_checkpoint(path: str | Path) -> dict:
         state = torch.load(path, map_location="cpu", pickle_module=allow_list_pickle, weights_only=False)
     except UnsafeCheckpointError as error:
         raise UnsafeCheckpointError(f"{path}: {error}") from None
+    except DAMAGED_CHECKPOINT_ERRORS as error:
+        raise ValueError(f"{path}: not a readable torch checkpoint (empty, truncated or another format: "
+                         f"{type(error).__name__}: {error})") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path}: a fairseq checkpoint is a dict, found {type(state).__name__}")
     return state

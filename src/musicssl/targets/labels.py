@@ -206,7 +206,10 @@ def _clusters(manifest_dir: Path, label_dir: Path, features: FrameFeatures, conf
         return model
     if sharded:
         raise LabelError(f"{label_dir}: no clusters yet; fit them once with --fit-only, then run the shards")
-    model = fit_clusters(read_manifest(manifest_dir / "train.tsv"), features, config, fit_fraction, progress)
+    manifest = read_manifest(manifest_dir / "train.tsv")
+    if not len(manifest):
+        raise LabelError(f"{manifest_dir / 'train.tsv'}: no rows to fit clusters on")
+    model = fit_clusters(manifest, features, config, fit_fraction, progress)
     model.save(label_dir)
     return model
 

@@ -82,13 +82,13 @@ def _pretrain_locked(method, preset, data, labels, run_dir: Path, overrides, res
     check_manifest_has_rows(data)  # before the run folder gets a config.json
     resume_from = resume_point(run_dir, resume, method, env)
     run = resolve(method, preset, labels, overrides, resume_from, variant)
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        record = {RECORD_KEY: label_identities(_label_dirs(labels))} if labels else {}
-        write_text(run_dir / "config.json", json.dumps({"method": method, **to_dict(run), **record}, indent=2) + "\n")
     backbone = run.model.backbone
     dataset, plan = build_pretrain_data(data, "train", labels, backbone.sample_rate, run.data,
                                         backbone.normalize_waveform, env.world_size, env.rank)
+    if env.is_main:  # after the data and labels are read: a refused run leaves no output behind
+        run_dir.mkdir(parents=True, exist_ok=True)
+        record = {RECORD_KEY: label_identities(_label_dirs(labels))} if labels else {}
+        write_text(run_dir / "config.json", json.dumps({"method": method, **to_dict(run), **record}, indent=2) + "\n")
     loader = UpdateLoader(dataset, plan, run.data.num_workers, pin_memory=device.type == "cuda")
     torch.manual_seed(run.trainer.seed + env.rank)  # dropout differs across ranks, repeats across runs
     task = TASKS[method](run.model, backbone.sample_rate, run.trainer.seed)

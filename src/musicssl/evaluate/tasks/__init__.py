@@ -41,6 +41,8 @@ def resolve_tasks(spec: str) -> list[str]:
     if spec.strip() == "all":
         return list(TASK_NAMES)
     names = [name.strip() for name in spec.split(",") if name.strip()]
+    if not names:  # an empty list would run nothing and exit 0
+        raise ValueError(f"--tasks {spec!r}: expected 'all' or task names, e.g. gtzan,mtt")
     for name in names:
         get_task(name)
     return names

@@ -44,7 +44,7 @@ def _read_examples(path: Path) -> dict[str, dict]:
     with open(path, encoding="utf-8") as f:
         try:
             examples = json.load(f)
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise DatasetError(f"{path}: not valid JSON ({err}); re-extract it from {_SOURCE}") from err
     if not isinstance(examples, dict):
         raise DatasetError(f"{path}: expected a JSON object keyed by note_str, got {type(examples).__name__}")
