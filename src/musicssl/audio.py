@@ -443,14 +443,17 @@ def stream_chunks(
     A chunk that is not the last one of the plan for the ``received`` samples so far, and
     whose window ends before ``received``, is the same in the plan of every longer signal
     (more frames only add or merge chunks after it), so it is yielded at once and the samples
-    before the next window are dropped: memory is one window plus one block, whatever ``N``.
-    The rest is planned when the blocks end. So an MP3 whose header length is only an
+    before the next window are dropped: memory is about one window plus one chunk, whatever
+    ``N``. The rest is planned when the blocks end. So an MP3 whose header length is only an
     estimate is cut exactly as ``plan_chunks`` cuts its decoded samples. Windows are views
     into a buffer that is replaced, never written to, as more blocks arrive.
     """
     sizes = dict(hop=hop, receptive_field=receptive_field, context_samples=context_samples)
     buffer, base, done = np.zeros(0, np.float32), 0, 0  # buffer[0] is sample `base`
-    for block in blocks:
+    # Blocks enter a chunk at a time: the buffer stays about one window plus one chunk, however
+    # long the decoder's blocks are, and a short track holds what a long one holds.
+    step = max(1, chunk_samples)
+    for block in (whole[i : i + step] for whole in blocks for i in range(0, len(whole), step)):
         buffer = np.concatenate([buffer, block])
         received = base + len(buffer)
         plan = plan_chunks(received, chunk_samples, **sizes)
