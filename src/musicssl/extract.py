@@ -306,8 +306,8 @@ def extract_to_npz(encoder: Encoder, paths: Sequence[Path], out: str | Path, lay
                    chunk_seconds: float | None = 30.0, context_seconds: float = 0.0, pool: str = "none",
                    progress: bool = True) -> tuple[int, list[tuple[str, str]]]:
     """Write one array per file, keyed by the path as given: (K, T, D) float32 frames, or (K, D)
-    with pool="mean" (a running sum: memory flat in the track's length); plus `layers`,
-    `frame_rate_hz`, `sample_rate` and `files`. A file that fails is reported and skipped; if
+    with pool="mean" (`extract_mean_file`: the file is streamed, memory flat in the track's
+    length); plus `layers`, `frame_rate_hz`, `sample_rate` and `files`. A file that fails is reported and skipped; if
     none is read, NothingExtracted is raised and `out` is left as it was (an existing archive is
     only ever replaced by a complete new one). Returns (files written, [(path, reason), ...])."""
     import zipfile
