@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -188,36 +188,47 @@ class Encoder:
         blocks (`audio.stream_audio`), cut into exactly the windows `extract` would run
         (`audio.stream_chunks`) and pooled in a float64 running sum, as `extract_mean`. A model
         that standardises its input (data2vec) first reads the file once for the track's mean
-        and variance (float64), so the second pass feeds the same normalised samples."""
+        and variance (float64), so the second pass feeds the same normalised samples.
+        `block_seconds` is load_audio's default: libsndfile decodes a truncated MP3 differently
+        when read in other block sizes."""
         _check_chunking(chunk_seconds, context_seconds)
         indices, source = self.resolve_layers(layers), str(path)
-        stats = _track_moments(audio.stream_audio(path, self.sample_rate, block_seconds=block_seconds)) \
-            if self.config.normalize_waveform else None
-        received = 0
-
-        def counted_blocks() -> Iterator[np.ndarray]:
-            nonlocal received
-            for block in audio.stream_audio(path, self.sample_rate, block_seconds=block_seconds):
-                received += len(block)
-                yield block
-
-        chunk = sys.maxsize if chunk_seconds is None else max(int(chunk_seconds * self.sample_rate), self.config.hop)
-        windows = audio.stream_chunks(counted_blocks(), chunk, hop=self.config.hop,
-                                      receptive_field=self.config.receptive_field,
-                                      context_samples=int(context_seconds * self.sample_rate))
+        stats = None
+        if self.config.normalize_waveform:
+            stats = _track_moments(audio.stream_audio(path, self.sample_rate, block_seconds=block_seconds))
+        blocks = _CountedBlocks(audio.stream_audio(path, self.sample_rate, block_seconds=block_seconds))
         total = torch.zeros(len(indices), self.dim, dtype=torch.float64)  # (K, D)
         count = 0
-        for plan, samples in windows:
+        for plan, samples in self._stream_windows(blocks, chunk_seconds, context_seconds):
             window = torch.from_numpy(samples)  # (n,)
             if stats is not None:
                 window = _standardise(window, stats[1], stats[2], self.normalize_eps)
             piece = self._run_window(window, indices)[:, plan.keep_start:plan.keep_stop]  # (K, t, D)
             total += piece.double().sum(1)
             count += piece.shape[1]
-        audio.check_num_samples(received, self.config.receptive_field, source, sample_rate=self.sample_rate)
-        if stats is not None and stats[0] != received:
-            raise audio.AudioError(source, f"decoded {stats[0]} samples, then {received}: did the file change?")
+        audio.check_num_samples(blocks.samples, self.config.receptive_field, source, sample_rate=self.sample_rate)
+        if stats is not None and stats[0] != blocks.samples:
+            raise audio.AudioError(source, f"decoded {stats[0]} samples, then {blocks.samples}: did the file change?")
         return (total / count).float()
+
+    def _stream_windows(self, blocks: Iterable[np.ndarray], chunk_seconds: float | None,
+                        context_seconds: float) -> Iterator[tuple[audio.Chunk, np.ndarray]]:
+        """`_pieces`' windows, cut from a stream (one pass: a chunk longer than any track)."""
+        chunk = sys.maxsize if chunk_seconds is None else max(int(chunk_seconds * self.sample_rate), self.config.hop)
+        return audio.stream_chunks(blocks, chunk, hop=self.config.hop, receptive_field=self.config.receptive_field,
+                                   context_samples=int(context_seconds * self.sample_rate))
+
+
+class _CountedBlocks:
+    """Blocks passed through, their samples counted (the stream's length is known at its end)."""
+
+    def __init__(self, blocks: Iterable[np.ndarray]):
+        self.blocks, self.samples = blocks, 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for block in self.blocks:
+            self.samples += len(block)
+            yield block
 
 
 def _check_chunking(chunk_seconds: float | None, context_seconds: float) -> None:
