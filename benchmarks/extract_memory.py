@@ -2,18 +2,27 @@
 
     .venv/bin/python benchmarks/extract_memory.py [--preset hubert_tiny] [--long-minutes 180] [--device cpu]
 
-Each measurement runs in a fresh subprocess: build the model (random weights), extract the time
-mean of every hidden state of a generated track (`Encoder.extract_mean`, what `--pool mean` runs,
-chunks of 30 s), and report the process's peak resident memory (VmHWM) above its resident memory
-after the model was built and warmed up. The decoded track itself grows with its length (16 kHz
-float32: 691 MB for 3 hours) and is shown apart; everything else is the working memory, which the
-running sum keeps flat: the ratio long / 1 min should be about 1 (target: within 1.2x). Holding
-the (K, T, D) frames before pooling instead took 1.66 GB for 3 hours of the tiny model.
+Each length is written to a temporary 16 kHz FLAC (white noise, a block at a time); a fresh
+subprocess builds the model (random weights), warms it up on a 40-s file, and extracts the time
+mean of every hidden state from the file as the CLI does (`Encoder.extract_mean_file`, chunks of
+30 s): the file is decoded and resampled in blocks, cut into the chunk windows and pooled in a
+float64 running sum, so nothing track-sized is held (a data2vec model reads the file twice). The
+figure is the process's total peak resident memory (VmHWM) above its resident memory after the
+warm-up, the warm-up's freed heap trimmed and VmHWM reset: the ratio long / 1 min should be about
+1 (target: within 1.2x). `input_mb` is 0 (no decoded track held; kept for device_check's rows).
 With `--device cuda` the peak is torch.cuda.max_memory_allocated above the model's allocation.
 
-Measured (defaults, AMD EPYC, 2 threads, a machine shared with other jobs): 1 min peak 73.3 MB
-(input 3.7, working 69.6); 180 min peak 732.5 MB (input 659.2, working 73.4): working 1.05x.
-The decoded track is still held whole (decoding and waveform normalisation see the whole file).
+Measured (chunks of 30 s, AMD EPYC, 2 threads, a machine shared with other jobs, 2026-12-07),
+total peak above the model, 1 min -> long:
+  hubert_tiny   --malloc default: 94.9 -> 125.4 MB (180 min, 420 s): 1.32x
+  data2vec_tiny --malloc default: 137.0 -> 142.8 MB (180 min, 737 s, two reads): 1.04x
+  hubert_tiny   --malloc fixed:   57.9 -> 58.4 MB (180 min): 1.01x
+  data2vec_tiny --malloc fixed:   84.0 -> 84.2 MB (60 min only, for time): 1.00x
+With the default allocator the 1-minute figure itself varied from 95 to 113 MB between runs
+(hubert_tiny) and a 20-minute run's peak rose in steps over its chunks while the memory in use
+did not: what the extraction holds is flat (fixed), the rest is glibc keeping freed buffers.
+Before the stream (the decoded track held whole, in-memory track, not trimmed; so not comparable
+peak for peak): hubert_tiny 1 min 73.3 MB, 180 min 732.5 MB (659 MB of it the decoded waveform).
 """
 
 from __future__ import annotations
@@ -85,14 +94,22 @@ def worker(preset: str, path: str, warm_up: str, chunk_seconds: float, device: s
                       "layers": pooled.shape[0]}))
 
 
-def measure(preset: str, minutes: float, chunk_seconds: float, device: str) -> dict:
+# glibc serves a freed buffer's memory again from its heap rather than return it, and raises its
+# mmap threshold after each large free (up to 32 MB): the activations of successive chunks then
+# land at different places and the resident peak creeps up with the number of chunks, by chance.
+# A fixed threshold maps every buffer over 128 kB and unmaps it when freed, so the peak is what
+# the extraction holds at once (`--malloc fixed`); `default` is what a user's process shows.
+MALLOC_ENV = {"default": {}, "fixed": {"MALLOC_MMAP_THRESHOLD_": "131072"}}
+
+
+def measure(preset: str, minutes: float, chunk_seconds: float, device: str, malloc: str = "default") -> dict:
     with tempfile.TemporaryDirectory(prefix="extract_memory_") as folder:
         path, warm_up = os.path.join(folder, "track.flac"), os.path.join(folder, "warm_up.flac")
         write_track(path, minutes)
         write_track(warm_up, 40 / 60)
         result = subprocess.run([sys.executable, __file__, "--worker", "--preset", preset, "--track", path,
                                  "--warm-up", warm_up, "--chunk-seconds", str(chunk_seconds), "--device", device],
-                                capture_output=True, text=True, check=True)
+                                capture_output=True, text=True, check=True, env={**os.environ, **MALLOC_ENV[malloc]})
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -104,14 +121,16 @@ def main() -> None:
     parser.add_argument("--track", default=None, help=argparse.SUPPRESS)  # the worker's file
     parser.add_argument("--warm-up", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--malloc", choices=sorted(MALLOC_ENV), default="default",
+                        help="glibc's allocator as it is, or with a fixed mmap threshold (see MALLOC_ENV)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args.preset, args.track, args.warm_up, args.chunk_seconds, args.device)
         return
-    rows = measure_lengths(args.preset, args.chunk_seconds, args.device, (1.0, args.long_minutes))
+    rows = measure_lengths(args.preset, args.chunk_seconds, args.device, (1.0, args.long_minutes), args.malloc)
     print(f"{args.preset}, --pool mean of a 16 kHz FLAC over all {rows[1.0]['layers']} hidden states, chunks of "
-          f"{args.chunk_seconds:g} s, 2 threads, {args.device}")
+          f"{args.chunk_seconds:g} s, 2 threads, {args.device}, malloc {args.malloc}")
     for minutes, row in rows.items():
         print(f"  {minutes:6.0f} min: peak {row['peak_above_model_mb']:7.1f} MB above the model, {row['seconds']:.0f} s")
     ratio = rows[args.long_minutes]["peak_above_model_mb"] / max(rows[1.0]["peak_above_model_mb"], 1e-9)
@@ -119,9 +138,9 @@ def main() -> None:
 
 
 def measure_lengths(preset: str, chunk_seconds: float, device: str,
-                    lengths: tuple[float, float] = (1.0, 180.0)) -> dict[float, dict]:
+                    lengths: tuple[float, float] = (1.0, 180.0), malloc: str = "default") -> dict[float, dict]:
     """One worker per track length (minutes); each row also gets working_mb = peak - decoded input."""
-    rows = {minutes: measure(preset, minutes, chunk_seconds, device) for minutes in lengths}
+    rows = {minutes: measure(preset, minutes, chunk_seconds, device, malloc) for minutes in lengths}
     for row in rows.values():
         row["working_mb"] = row["peak_above_model_mb"] - row["input_mb"]
     return rows
