@@ -21,6 +21,8 @@ from musicssl.audio import (
     num_frames,
     plan_chunks,
     random_crop,
+    stream_audio,
+    stream_chunks,
     resample,
     to_mono,
 )
@@ -144,6 +146,54 @@ def test_blockwise_decoding_matches_one_shot_read_and_resample(tmp_path):
     # computation as one call, so the same bits
     np.testing.assert_array_equal(mono, ref_mono)
     np.testing.assert_array_equal(multi, ref_multi)
+
+
+@pytest.mark.parametrize("ext", ["wav", "flac", "mp3"])
+def test_streamed_blocks_concatenate_to_load_audio_bit_for_bit(tmp_path, ext):
+    rng = np.random.default_rng(2)
+    data = stereo_tone(3.0) + (0.05 * rng.standard_normal((3 * SR_IN, 2))).astype(np.float32)
+    path = write(tmp_path / f"noisy.{ext}", data, **WRITE_ARGS[ext])
+
+    blocks = list(stream_audio(path, SR_OUT, block_seconds=0.37))  # 44.1 kHz stereo -> 16 kHz mono
+
+    assert len(blocks) > 5 and all(b.dtype == np.float32 and b.ndim == 1 for b in blocks)
+    np.testing.assert_array_equal(np.concatenate(blocks), load_audio(path, SR_OUT))
+
+
+def test_streamed_blocks_report_a_non_finite_sample_after_the_blocks_before_it(tmp_path):
+    data = np.zeros((3000, 2), dtype=np.float32)
+    data[2345, 0] = np.nan
+    path = write(tmp_path / "broken.wav", data, subtype="FLOAT")
+    stream = stream_audio(path, SR_OUT, block_seconds=0.01)  # 441-frame blocks
+
+    assert next(stream).dtype == np.float32  # the first blocks are fine and delivered
+    with pytest.raises(AudioError) as excinfo:
+        list(stream)
+    assert_audio_error(excinfo, path, "non-finite samples (NaN or inf) at sample 2345")
+
+
+def test_streamed_blocks_of_missing_and_empty_files_raise_as_load_audio(tmp_path):
+    with pytest.raises(AudioError) as excinfo:
+        next(stream_audio(tmp_path / "nope.flac", SR_OUT))
+    assert_audio_error(excinfo, tmp_path / "nope.flac", "file not found")
+    empty = write(tmp_path / "silence.wav", np.zeros((0, 2), dtype=np.float32))
+    with pytest.raises(AudioError) as excinfo:
+        list(stream_audio(empty, SR_OUT))
+    assert_audio_error(excinfo, empty, "empty audio (0 samples)")
+
+
+def test_streamed_truncated_mp3_yields_what_load_audio_returns_with_the_warning(tmp_path, mp3_bytes):
+    path = tmp_path / "half.mp3"
+    path.write_bytes(mp3_bytes[: len(mp3_bytes) // 2])
+
+    # Same read size on both sides: libsndfile's mpg123 decodes a cut-off MP3 differently when
+    # read in other block sizes (measured: 0.1 s vs 1 s reads differ by up to 0.5), while a
+    # whole MP3 decodes the same (test above). stream_audio's default is load_audio's.
+    with pytest.warns(UserWarning, match="truncated"):
+        streamed = np.concatenate(list(stream_audio(path, SR_OUT)))
+    with pytest.warns(UserWarning, match="truncated"):
+        np.testing.assert_array_equal(streamed, load_audio(path, SR_OUT))
+    assert 0 < streamed.size < 32000 * 0.75  # a prefix of the 2 s the header announces
 
 
 def test_audio_info_reports_header_values(tmp_path):
@@ -375,6 +425,34 @@ def test_plan_chunks_with_other_hops_and_receptive_fields(num_samples, hop, rf, 
     chunks = plan_chunks(num_samples, chunk, hop=hop, receptive_field=rf, context_samples=ctx)
     total = (num_samples - rf) // hop + 1
     assert simulate(chunks, num_samples, hop, rf) == list(range(total))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_stream_chunks_cut_the_windows_of_plan_chunks_whatever_the_blocks(seed):
+    """Random lengths, hops, receptive fields, contexts and block boundaries (empty blocks,
+    blocks shorter than a frame, one block): the windows and their samples are plan_chunks'."""
+    rng = np.random.default_rng(seed)
+    for _ in range(150):
+        hop = int(rng.choice([1, 3, 7, 320]))
+        rf, chunk, ctx = hop + int(rng.integers(0, 4 * hop)), int(rng.integers(1, 15 * hop)), int(rng.integers(0, 6 * hop))
+        signal = np.arange(int(rng.integers(0, 60 * hop)), dtype=np.float32)
+        cuts = np.sort(rng.integers(0, signal.size + 1, size=int(rng.integers(0, 12))))
+        streamed = [
+            (c, w.copy())
+            for c, w in stream_chunks(np.split(signal, cuts), chunk, hop=hop, receptive_field=rf, context_samples=ctx)
+        ]
+        plan = plan_chunks(signal.size, chunk, hop=hop, receptive_field=rf, context_samples=ctx)
+        assert [c for c, _ in streamed] == plan
+        for c, window in streamed:
+            np.testing.assert_array_equal(window, signal[c.start : c.stop])
+
+
+def test_stream_chunks_hold_one_window_and_one_chunk():
+    blocks = [np.zeros(100_000, np.float32)] * 5  # 500k samples in long blocks; windows of 16000 + 2 * 960
+    sizes = [w.base.size if w.base is not None else w.size for _, w in stream_chunks(
+        iter(blocks), 16000, hop=HOP, receptive_field=RF, context_samples=960)]
+    assert len(sizes) == len(plan_chunks(500_000, 16000, hop=HOP, receptive_field=RF, context_samples=960))
+    assert max(sizes) <= 16000 + RF + 2 * 960 + 16000
 
 
 def test_plan_chunks_layout_without_context():

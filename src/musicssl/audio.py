@@ -20,6 +20,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ __all__ = [
     "Chunk",
     "audio_info",
     "check_length",
+    "check_num_samples",
     "crop_or_pad",
     "find_audio_files",
     "load_audio",
@@ -39,6 +41,8 @@ __all__ = [
     "plan_chunks",
     "random_crop",
     "resample",
+    "stream_audio",
+    "stream_chunks",
     "to_mono",
 ]
 
@@ -144,32 +148,78 @@ def _check_finite(block: np.ndarray, first_frame: int, path: str) -> None:
         raise AudioError(path, f"non-finite samples (NaN or inf) at sample {first_frame + bad}")
 
 
-def _decode_resampled(
+def _resampled_blocks(
     f: sf.SoundFile, path: str, sample_rate: int, mono: bool, block_frames: int
-) -> tuple[list[np.ndarray], int]:
-    """Read ``f`` block by block, resampling each block; returns (output blocks, frames read)."""
+) -> Iterator[np.ndarray]:
+    """Read ``f`` block by block and yield each block resampled, then soxr's flushed tail.
+
+    Blocks are ``(n,)`` when ``mono`` else ``(n, C)``; empty ones are skipped. Decoding stops
+    at the real end of the stream, however many frames the header announced. Raises
+    :class:`AudioError` for non-finite samples, an undecodable stream or a file with no
+    samples, and warns when fewer frames decode than the header announced (truncated file).
+    """
     channels = 1 if mono else f.channels
     stream = None
     if f.samplerate != sample_rate:
         stream = soxr.ResampleStream(
             f.samplerate, sample_rate, channels, dtype="float32", quality=RESAMPLE_QUALITY
         )
-    out: list[np.ndarray] = []
     frames_read = 0
     while True:
         # A read loop rather than relying on f.frames: for MP3 the header count is an
         # estimate, and read() simply returns fewer frames at the real end of the stream.
-        block = f.read(block_frames, dtype="float32", always_2d=True)
+        try:
+            block = f.read(block_frames, dtype="float32", always_2d=True)
+        except _DECODE_ERRORS as err:
+            raise AudioError(path, f"cannot decode: {_decode_reason(err)}") from err
         if len(block) == 0:
             break
         _check_finite(block, frames_read, path)
         frames_read += len(block)
         block = block.mean(axis=1, dtype=np.float32) if mono else block
-        out.append(block if stream is None else stream.resample_chunk(block))
+        block = block if stream is None else stream.resample_chunk(block)
+        if len(block):
+            yield block
+    if frames_read == 0:
+        raise AudioError(path, "empty audio (0 samples)")
+    if frames_read < 0.99 * f.frames:
+        warnings.warn(
+            f"{path}: decoded {frames_read} frames but the header announces {f.frames}; "
+            "the file is probably truncated",
+            stacklevel=3,
+        )
     if stream is not None:
         empty = np.zeros((0,) if mono else (0, channels), dtype=np.float32)
-        out.append(stream.resample_chunk(empty, last=True))  # flush soxr's filter delay
-    return out, frames_read
+        tail = stream.resample_chunk(empty, last=True)  # flush soxr's filter delay
+        if len(tail):
+            yield tail
+
+
+def _check_rates(sample_rate: int, block_seconds: float) -> None:
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    if block_seconds <= 0:
+        raise ValueError(f"block_seconds must be positive, got {block_seconds}")
+
+
+def stream_audio(
+    path: str | os.PathLike, sample_rate: int, *, block_seconds: float = 60.0
+) -> Iterator[np.ndarray]:
+    """Decode ``path`` as a stream of mono float32 ``(n,)`` blocks at ``sample_rate``.
+
+    The same decoder and soxr ``"HQ"`` stream as :func:`load_audio`, so the concatenated
+    blocks equal ``load_audio(path, sample_rate)`` bit for bit (soxr computes the same
+    samples whatever blocks it is fed), while only one block of ``block_seconds`` (native
+    rate) and its resampled copy are in memory at a time: memory is flat in the file's
+    length. Errors are those of :func:`load_audio`, raised when the stream reaches them (a
+    non-finite sample after some blocks were yielded, "empty audio" at the end); the file
+    is opened, and "file not found" / "cannot decode" raised, on the first ``next()``.
+    """
+    _check_rates(sample_rate, block_seconds)
+    path = os.fspath(path)
+    with _open(path) as f:
+        block_frames = max(1, int(block_seconds * f.samplerate))
+        yield from _resampled_blocks(f, path, sample_rate, True, block_frames)
 
 
 def load_audio(
@@ -185,7 +235,8 @@ def load_audio(
     the content, so extension case does not matter). Channels are averaged to mono unless
     ``mono=False``; resampling uses soxr ``"HQ"``. The file is decoded and resampled in
     blocks of ``block_seconds`` (streaming soxr), so only one native-rate block is in memory
-    at a time next to the float32 output at the target rate.
+    at a time next to the float32 output at the target rate (:func:`stream_audio` yields
+    the blocks instead of holding them).
 
     Returns ``(N,)`` float32, or ``(C, N)`` float32 when ``mono=False``.
     Output length is ``round(frames * sample_rate / native_rate)`` (soxr's length).
@@ -196,26 +247,11 @@ def load_audio(
     An MP3 cut off mid-stream usually decodes without error to a prefix; a warning is issued
     when fewer frames decode than the header announced.
     """
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-    if block_seconds <= 0:
-        raise ValueError(f"block_seconds must be positive, got {block_seconds}")
+    _check_rates(sample_rate, block_seconds)
     path = os.fspath(path)
     with _open(path) as f:
-        declared = int(f.frames)
         block_frames = max(1, int(block_seconds * f.samplerate))
-        try:
-            out, frames_read = _decode_resampled(f, path, sample_rate, mono, block_frames)
-        except _DECODE_ERRORS as err:
-            raise AudioError(path, f"cannot decode: {_decode_reason(err)}") from err
-    if frames_read == 0:
-        raise AudioError(path, "empty audio (0 samples)")
-    if frames_read < 0.99 * declared:
-        warnings.warn(
-            f"{path}: decoded {frames_read} frames but the header announces {declared}; "
-            "the file is probably truncated",
-            stacklevel=2,
-        )
+        out = list(_resampled_blocks(f, path, sample_rate, mono, block_frames))
     wav = np.concatenate(out, axis=0)
     return wav if mono else np.ascontiguousarray(wav.T)
 
@@ -230,7 +266,11 @@ def check_length(
 
     ``sample_rate`` only serves to state the length in seconds in the message.
     """
-    n = int(wav.shape[-1])
+    check_num_samples(int(wav.shape[-1]), min_samples, path, sample_rate=sample_rate)
+
+
+def check_num_samples(n: int, min_samples: int, path: Any = "<array>", *, sample_rate: int = 16000) -> None:
+    """:func:`check_length` for a signal known only by its length (a decoded stream)."""
     if n < min_samples:
         raise AudioError(
             path,
@@ -387,3 +427,43 @@ def plan_chunks(
         keep_start = f0 - start // hop
         chunks.append(Chunk(start, stop, keep_start, keep_start + (f1 - f0)))
     return chunks
+
+
+def stream_chunks(
+    blocks: Iterable[np.ndarray],
+    chunk_samples: int,
+    *,
+    hop: int = 320,
+    receptive_field: int = 400,
+    context_samples: int = 0,
+) -> Iterator[tuple[Chunk, np.ndarray]]:
+    """``plan_chunks(N, ...)`` of a signal that arrives in ``(n,)`` blocks, each chunk with
+    its samples ``x[start:stop]``, without knowing ``N`` (the blocks' total) in advance.
+
+    A chunk that is not the last one of the plan for the ``received`` samples so far, and
+    whose window ends before ``received``, is the same in the plan of every longer signal
+    (more frames only add or merge chunks after it), so it is yielded at once and the samples
+    before the next window are dropped: memory is about one window plus one chunk, whatever
+    ``N``. The rest is planned when the blocks end. So an MP3 whose header length is only an
+    estimate is cut exactly as ``plan_chunks`` cuts its decoded samples. Windows are views
+    into a buffer that is replaced, never written to, as more blocks arrive.
+    """
+    sizes = dict(hop=hop, receptive_field=receptive_field, context_samples=context_samples)
+    buffer, base, done = np.zeros(0, np.float32), 0, 0  # buffer[0] is sample `base`
+    # Blocks enter a chunk at a time: the buffer stays about one window plus one chunk, however
+    # long the decoder's blocks are, and a short track holds what a long one holds.
+    step = max(1, chunk_samples)
+    for block in (whole[i : i + step] for whole in blocks for i in range(0, len(whole), step)):
+        buffer = np.concatenate([buffer, block])
+        received = base + len(buffer)
+        plan = plan_chunks(received, chunk_samples, **sizes)
+        for chunk in plan[done:-1]:
+            if chunk.stop >= received:  # its window may still grow: wait for more samples
+                break
+            yield chunk, buffer[chunk.start - base : chunk.stop - base]
+            done += 1
+        if plan:
+            drop = plan[done].start - base  # chunk `done` starts at frame done * F in any plan
+            buffer, base = buffer[drop:], base + drop
+    for chunk in plan_chunks(base + len(buffer), chunk_samples, **sizes)[done:]:
+        yield chunk, buffer[chunk.start - base : chunk.stop - base]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -125,10 +125,7 @@ class Encoder:
     def _pieces(self, signal: Tensor, indices: list[int], chunk_seconds: float | None,
                 context_seconds: float) -> Iterator[Tensor]:
         """The frames of `signal` chunk by chunk, (K, t, D) each, in order: `audio.plan_chunks`."""
-        if chunk_seconds is not None and not chunk_seconds > 0:
-            raise ValueError(f"chunk_seconds must be > 0 or None (one pass), got {chunk_seconds}")
-        if not context_seconds >= 0:
-            raise ValueError(f"context_seconds must be >= 0, got {context_seconds}")
+        _check_chunking(chunk_seconds, context_seconds)
         total = signal.numel()
         chunk = total if chunk_seconds is None else max(int(chunk_seconds * self.sample_rate), self.config.hop)
         plan = audio.plan_chunks(total, chunk, hop=self.config.hop, receptive_field=self.config.receptive_field,
@@ -176,10 +173,91 @@ class Encoder:
 
     def extract_file(self, path: str | Path, layers: Sequence[int] | None = None,
                      chunk_seconds: float | None = 30.0, context_seconds: float = 0.0, pool: str = "none") -> Tensor:
-        """(K, T, D) frames of an audio file, or with pool="mean" their (K, D) mean (`extract_mean`)."""
+        """(K, T, D) frames of an audio file, or with pool="mean" their (K, D) mean (`extract_mean_file`)."""
+        if pool == "mean":
+            return self.extract_mean_file(path, layers, chunk_seconds, context_seconds)
         wav = audio.load_audio(path, self.sample_rate)
-        run = self.extract_mean if pool == "mean" else self.extract
-        return run(wav, self.sample_rate, layers, chunk_seconds, context_seconds, source=str(path))
+        return self.extract(wav, self.sample_rate, layers, chunk_seconds, context_seconds, source=str(path))
+
+    @torch.no_grad()
+    def extract_mean_file(self, path: str | Path, layers: Sequence[int] | None = None,
+                          chunk_seconds: float | None = 30.0, context_seconds: float = 0.0,
+                          block_seconds: float = 60.0) -> Tensor:
+        """`extract(load_audio(path)).mean(1)`, float32 (K, D), with memory flat in the track's
+        length, decoded audio included: the file is decoded as a stream of `block_seconds`
+        blocks (`audio.stream_audio`), cut into exactly the windows `extract` would run
+        (`audio.stream_chunks`) and pooled in a float64 running sum, as `extract_mean`. A model
+        that standardises its input (data2vec) first reads the file once for the track's mean
+        and variance (float64), so the second pass feeds the same normalised samples.
+        `block_seconds` is load_audio's default: libsndfile decodes a truncated MP3 differently
+        when read in other block sizes."""
+        _check_chunking(chunk_seconds, context_seconds)
+        indices, source = self.resolve_layers(layers), str(path)
+        stats = None
+        if self.config.normalize_waveform:
+            stats = _track_moments(audio.stream_audio(path, self.sample_rate, block_seconds=block_seconds))
+        blocks = _CountedBlocks(audio.stream_audio(path, self.sample_rate, block_seconds=block_seconds))
+        total = torch.zeros(len(indices), self.dim, dtype=torch.float64)  # (K, D)
+        count = 0
+        for plan, samples in self._stream_windows(blocks, chunk_seconds, context_seconds):
+            window = torch.from_numpy(samples)  # (n,)
+            if stats is not None:
+                window = _standardise(window, stats[1], stats[2], self.normalize_eps)
+            piece = self._run_window(window, indices)[:, plan.keep_start:plan.keep_stop]  # (K, t, D)
+            total += piece.double().sum(1)
+            count += piece.shape[1]
+        audio.check_num_samples(blocks.samples, self.config.receptive_field, source, sample_rate=self.sample_rate)
+        if stats is not None and stats[0] != blocks.samples:
+            raise audio.AudioError(source, f"decoded {stats[0]} samples, then {blocks.samples}: did the file change?")
+        return (total / count).float()
+
+    def _stream_windows(self, blocks: Iterable[np.ndarray], chunk_seconds: float | None,
+                        context_seconds: float) -> Iterator[tuple[audio.Chunk, np.ndarray]]:
+        """`_pieces`' windows, cut from a stream (one pass: a chunk longer than any track)."""
+        chunk = sys.maxsize if chunk_seconds is None else max(int(chunk_seconds * self.sample_rate), self.config.hop)
+        return audio.stream_chunks(blocks, chunk, hop=self.config.hop, receptive_field=self.config.receptive_field,
+                                   context_samples=int(context_seconds * self.sample_rate))
+
+
+class _CountedBlocks:
+    """Blocks passed through, their samples counted (the stream's length is known at its end)."""
+
+    def __init__(self, blocks: Iterable[np.ndarray]):
+        self.blocks, self.samples = blocks, 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for block in self.blocks:
+            self.samples += len(block)
+            yield block
+
+
+def _check_chunking(chunk_seconds: float | None, context_seconds: float) -> None:
+    if chunk_seconds is not None and not chunk_seconds > 0:
+        raise ValueError(f"chunk_seconds must be > 0 or None (one pass), got {chunk_seconds}")
+    if not context_seconds >= 0:
+        raise ValueError(f"context_seconds must be >= 0, got {context_seconds}")
+
+
+def _track_moments(blocks: Iterator[np.ndarray]) -> tuple[int, float, float]:
+    """(samples, mean, population variance) of a streamed track, in float64: the blocks' own
+    moments merged pairwise (Chan et al.'s update), which unlike a running sum of squares loses
+    nothing to cancellation when the mean is large against the spread."""
+    count, mean, squares = 0, 0.0, 0.0  # squares: sum of squared deviations from `mean`
+    for block in blocks:
+        values = block.astype(np.float64)
+        block_mean = float(values.mean())
+        block_squares = float(np.square(values - block_mean).sum())
+        delta, merged = block_mean - mean, count + len(values)
+        mean += delta * len(values) / merged
+        squares += block_squares + delta * delta * count * len(values) / merged
+        count = merged
+    return count, mean, squares / max(count, 1)
+
+
+def _standardise(window: Tensor, mean: float, variance: float, eps: float) -> Tensor:
+    """`normalize_waveform`'s arithmetic (float32, same operations) with whole-track statistics."""
+    mean32, variance32 = torch.tensor(mean, dtype=torch.float32), torch.tensor(variance, dtype=torch.float32)
+    return (window - mean32) / torch.sqrt(variance32 + eps)
 
 
 def _all_finite(array: np.ndarray, block: int = 1 << 20) -> bool:
@@ -239,8 +317,8 @@ def extract_to_npz(encoder: Encoder, paths: Sequence[Path], out: str | Path, lay
                    chunk_seconds: float | None = 30.0, context_seconds: float = 0.0, pool: str = "none",
                    progress: bool = True) -> tuple[int, list[tuple[str, str]]]:
     """Write one array per file, keyed by the path as given: (K, T, D) float32 frames, or (K, D)
-    with pool="mean" (a running sum: memory flat in the track's length); plus `layers`,
-    `frame_rate_hz`, `sample_rate` and `files`. A file that fails is reported and skipped; if
+    with pool="mean" (`extract_mean_file`: the file is streamed, memory flat in the track's
+    length); plus `layers`, `frame_rate_hz`, `sample_rate` and `files`. A file that fails is reported and skipped; if
     none is read, NothingExtracted is raised and `out` is left as it was (an existing archive is
     only ever replaced by a complete new one). Returns (files written, [(path, reason), ...])."""
     import zipfile
