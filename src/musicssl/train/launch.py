@@ -147,8 +147,11 @@ def check_manifest_has_rows(data: str) -> None:
     manifest = Path(data) / "train.tsv"
     if not manifest.is_file():
         return  # read_manifest says so
-    with manifest.open(encoding="utf-8") as handle:
-        next(handle, None)  # the root line
-        empty = not any(line.strip() for line in handle)  # stops at the first row
+    try:
+        with manifest.open(encoding="utf-8") as handle:
+            next(handle, None)  # the root line
+            empty = not any(line.strip() for line in handle)  # stops at the first row
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{manifest}: not a UTF-8 text manifest ({error.reason} at byte {error.start})") from None
     if empty:
         raise ConfigError(f"manifest {manifest} has no rows; `musicssl manifest` lists a folder of audio")
