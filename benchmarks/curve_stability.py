@@ -148,7 +148,9 @@ def stability_rows(runs: dict[str, dict], steps: list[int], window: int, average
         row = {"run": name, "kind": run["kind"], "seed": run["seed"], "kernel": run["kernel"],
                "seconds": round(run["seconds"], 1),
                "pretext": {s: pretext_at(records, s, window, key) for s in positive},
-               "rank": {s: logged_at(records, s, "collapse/effective_rank") for s in steps},
+               "rank": {s: (logged_at(records, s, "collapse/effective_rank") if s else
+                            next((r["collapse/init_effective_rank"] for r in records
+                                  if "collapse/init_effective_rank" in r), None)) for s in steps},
                "usage": codebook_usage(run["dir"], run["checkpoints"][max(steps)]) if max(steps) in run["checkpoints"] else None,
                "average": {s: averages.get((name, s)) for s in (0, max(steps))}}
         first, last = row["pretext"].get(positive[0]), row["pretext"].get(positive[-1])

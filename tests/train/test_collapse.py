@@ -35,13 +35,17 @@ def test_warning_after_patience_checks_below_the_floor_then_a_recovery_line(tmp_
 def test_monitored_run_logs_rank_and_trains_exactly_as_an_unmonitored_one(prepared, tmp_path):  # noqa: F811
     # dropout and LayerDrop on: the monitor's forward (eval mode) must not draw from their generator
     common = [*MICRO, "data.batch_seconds=8", "data.micro_batch_seconds=4", "trainer.max_steps=4",
-              "trainer.log_every=4"]
-    pretrain(prepared, tmp_path / "on", *common, "trainer.collapse.every=1")
+              "trainer.log_every=1"]
+    pretrain(prepared, tmp_path / "on", *common, "trainer.collapse.every=2")
     pretrain(prepared, tmp_path / "off", *common, "trainer.collapse.every=0")
     on, off = final_state(tmp_path / "on"), final_state(tmp_path / "off")
     assert on.keys() == off.keys() and all(torch.equal(on[k], off[k]) for k in on)
-    records = [r for r in log(tmp_path / "on") if "collapse/effective_rank" in r]
-    assert [r["step"] for r in records] == [0, 1, 2, 3, 4]  # 1-3 between log lines, on lines of their own
+    lines = log(tmp_path / "on")
+    assert [r["step"] for r in lines] == [1, 2, 3, 4] and all("loss" in r for r in lines)  # no line of its own
+    records = [r for r in lines if "collapse/effective_rank" in r]
+    assert [r["step"] for r in records] == [2, 4]
+    assert [r["step"] for r in lines if "collapse/init_effective_rank" in r] == [1]  # the random init, once
+    assert 1.0 <= lines[0]["collapse/init_effective_rank"] <= 64
     assert all(1.0 <= r["collapse/effective_rank"] <= 64 and 0 < r["collapse/top_share"] <= 1 for r in records)
     assert (tmp_path / "on" / BATCH_FILE).exists() and not (tmp_path / "off" / BATCH_FILE).exists()
     assert not any("collapse/effective_rank" in r for r in log(tmp_path / "off"))

@@ -12,8 +12,11 @@ logs, for the frames of one layer:
 - `collapse/top_share`: the variance share of the first principal direction.
 
 The batch is the first micro-batch the run ever trained on, stored in `RUN/collapse_batch.npy`,
-so a resumed run measures the same audio. The first measurement (the random init, or the
-first one after resume) is the reference: a layer whose effective rank stays below
+so a resumed run measures the same audio. Measurements ride on the regular log lines (at the
+logged steps that are multiples of `every`), so every line of log.jsonl keeps the training
+numbers. The random init is measured before the first update and logged once, on the first
+line, as `collapse/init_effective_rank` / `collapse/init_top_share`: it is the reference (a
+resumed run reads it back from log.jsonl). A layer whose effective rank stays below
 `floor_fraction` of it for `patience` checks in a row gets one warning line, and one more line
 when it recovers.
 """
@@ -68,6 +71,7 @@ class CollapseMonitor:
         self.reference: float | None = _logged_reference(run_dir / "log.jsonl") if resumed else None
         self.low_in_row = 0
         self.warned = False
+        self.init: dict[str, float] = {}  # logged once, on the next log line
 
     def remember(self, micro_batches: list) -> bool:
         """Keep the run's fixed batch: the stored one, else (new run) the crops of the first
@@ -84,6 +88,16 @@ class CollapseMonitor:
         with atomic_path(self.path) as partial, partial.open("wb") as handle:
             np.save(handle, self.wav.numpy(), allow_pickle=False)
         return True
+
+    def measure_init(self, backbone: Backbone, device: torch.device) -> None:
+        """The random init's statistics: the alarm's reference, logged with the first log line."""
+        values = self.measure(backbone, device)
+        self.init = {"collapse/init_effective_rank": values["collapse/effective_rank"],
+                     "collapse/init_top_share": values["collapse/top_share"]}
+
+    def take_init(self) -> dict[str, float]:
+        init, self.init = self.init, {}
+        return init
 
     def due(self, step: int) -> bool:
         return self.enabled and self.wav is not None and step % self.config.every == 0
@@ -129,6 +143,6 @@ def _logged_reference(log_path: Path) -> float | None:
             record = json.loads(line)
         except ValueError:  # a line cut by a kill: the rest of the log still counts
             continue
-        if record.get("step") == 0 and "collapse/effective_rank" in record:
-            return float(record["collapse/effective_rank"])
+        if "collapse/init_effective_rank" in record:
+            return float(record["collapse/init_effective_rank"])
     return None

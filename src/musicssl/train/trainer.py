@@ -248,7 +248,7 @@ def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_d
             if state.step >= config.max_steps or stopping:
                 break
             if monitor.remember(micro_batches) and state.step == 0:  # the random init: the reference
-                logger.log(0, monitor.measure(task.backbone(), device))
+                monitor.measure_init(task.backbone(), device)
             totals, finite = _run_update(task, ddp, micro_batches, config, device, scaler, update)
             state.updates_consumed = update + 1
             # The stop flag rides the totals' all-reduce: every rank stops after the same update.
@@ -291,10 +291,8 @@ def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_d
                     "whole_file_reads": state.whole_file_reads}
                 if monitor.due(state.step):
                     values |= monitor.measure(task.backbone(), device)
-                logger.log(state.step, values)
+                logger.log(state.step, values | monitor.take_init())
                 window, started = defaultdict(float), time.perf_counter()
-            elif monitor.due(state.step):  # a measurement between log lines gets a line of its own
-                logger.log(state.step, monitor.measure(task.backbone(), device))
             if state.step % config.checkpoint_every == 0 or state.step == config.max_steps or stopping:
                 saved = _save(run_dir, task, optimizer, scheduler, scaler, state, config, env)
             if env.world_size > 1:
