@@ -14,13 +14,14 @@ from musicssl.atomic import write_text
 from musicssl.config import ConfigError, from_dict, to_dict
 from musicssl.data.pretrain import UpdateLoader, build_pretrain_data
 from musicssl.data.label_files import read_label_set
+from musicssl.data.manifest import read_manifest
 from musicssl.train.checkpoint import check_resumable, checkpoint_dirs, find_resumable, read_run_config
 from musicssl.train.interrupt import stop_on_signals
 from musicssl.train.label_identity import RECORD_KEY, check_resumed_labels, label_identities
 from musicssl.train.lock import run_lock
 from musicssl.train.tasks import (MUSICHUBERT_PRESETS, BestRQRun, BestRQTask, Music2VecRun, Music2VecTask,
-                                  MusicHubertRun, MusicHubertTask, bestrq_run, measure_mel_statistics, music2vec_run,
-                                  resolve_run)
+                                  MusicHubertRun, MusicHubertTask, bestrq_run, check_corpus_holds_a_crop,
+                                  measure_mel_statistics, music2vec_run, resolve_run)
 from musicssl.train.trainer import setup_distributed, train
 
 RUN_TYPES = {"musichubert": MusicHubertRun, "music2vec": Music2VecRun, "bestrq": BestRQRun}
@@ -97,6 +98,8 @@ def _pretrain_locked(method, preset, data, labels, run_dir: Path, overrides, res
     resume_from = resume_point(run_dir, resume, method, env)
     run = resolve(method, preset, labels, overrides, resume_from, variant)
     backbone = run.model.backbone
+    if method == "bestrq" and run.model.mel_mean is None:  # before the data summary lines: one error line
+        check_corpus_holds_a_crop(read_manifest(Path(data) / "train.tsv"), run.data.crop_seconds, backbone.sample_rate)
     dataset, plan = build_pretrain_data(data, "train", labels, backbone.sample_rate, run.data,
                                         backbone.normalize_waveform, env.world_size, env.rank)
     if method == "bestrq" and run.model.mel_mean is None:  # a new run: its targets' statistics, kept in its config

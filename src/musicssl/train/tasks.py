@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from musicssl.config import Registry
+from musicssl.data.manifest import Manifest
 from musicssl.data.pretrain import Batch, DataConfig, PretrainDataset
 from musicssl.models.backbone import Backbone
 from musicssl.models.backbone_config import replace_backbone_config
@@ -146,12 +147,8 @@ def bestrq_run(preset: str) -> BestRQRun:
 def measure_mel_statistics(dataset: PretrainDataset, config: BestRQConfig, seed: int) -> tuple[float, float]:
     """The dB-mel's global mean and std (MusicFM's *_stats.json) over every frame and band of
     `config.stats_crops` crops of rows drawn with `seed` (float64 sums; each crop read as training
-    reads it, epoch 0). A corpus with less audio than one crop, or no readable crop, is refused."""
+    reads it, epoch 0). No readable crop is an error naming the audio folder."""
     manifest = dataset.manifest
-    total = sum(count for _, count in manifest.items)
-    if total < dataset.crop_samples:
-        raise ValueError(f"{manifest.root}: the manifest lists {total / dataset.sample_rate:.2f} s of audio, less "
-                         f"than one {dataset.crop_samples / dataset.sample_rate:g} s crop (data.crop_seconds)")
     log_mel = LogMel(config.backbone.sample_rate, config.n_fft, config.mel_hop, config.n_mels)
     rows = np.random.default_rng([seed, 142]).permutation(len(dataset))[:config.stats_crops]
     count, sum_, sum_squares = 0, 0.0, 0.0
@@ -167,6 +164,14 @@ def measure_mel_statistics(dataset: PretrainDataset, config: BestRQConfig, seed:
     mean = sum_ / count
     # Silence has no spread: a floor keeps the targets finite (they collapse, and the run says so).
     return mean, max(math.sqrt(max(sum_squares / count - mean * mean, 0.0)), 1e-3)
+
+
+def check_corpus_holds_a_crop(manifest: Manifest, crop_seconds: float, sample_rate: int) -> None:
+    """BEST-RQ's statistics and targets need at least one whole crop of audio."""
+    total = sum(count for _, count in manifest.items)
+    if total < round(crop_seconds * sample_rate):
+        raise ValueError(f"{manifest.root}: the manifest lists {total / sample_rate:.2f} s of audio, less than one "
+                         f"{crop_seconds:g} s crop (data.crop_seconds)")
 
 
 def resolve_run(run, overrides: list[str]):
