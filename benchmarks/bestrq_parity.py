@@ -104,8 +104,9 @@ def compare_masking(reference: dict, settings: dict, table: list) -> None:
     our_noise, their_noise = noised[noised != 0].std().item(), float(np.std(reference["masking/noise"]))
     # The std of m normal samples has a standard error of std / sqrt(2 m): 5 of them on either side.
     bound = 5 * 0.1 / np.sqrt(2 * min((noised != 0).sum().item(), reference["masking/noise"].size))
+    difference = abs(our_noise - their_noise)
     table.append(("masking", f"noise std: ours {our_noise:.5f}, MusicFM {their_noise:.5f} (|diff|, bound "
-                  f"{2 * bound:.1e})", f"{abs(our_noise - their_noise):.1e}", abs(our_noise - their_noise) <= 2 * bound))
+                  f"{2 * bound:.1e})", f"{difference:.1e}", difference <= 2 * bound))
 
 
 def main() -> int:

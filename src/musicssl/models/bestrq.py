@@ -1,5 +1,5 @@
 """BEST-RQ on the backbone: masked prediction of frozen random-projection tokens of the log-mel
-(docs/method.md §7). MusicFM's "BERT + random tokens" ablation, on our CNN + Transformer.
+(docs/method.md §8). MusicFM's "BERT + random tokens" ablation, on our CNN + Transformer.
 
     wav ──> log-mel dB (100 Hz) ─> (x - mean) / std ─> stack 2 frames (50 Hz, 256-d)
         │       ─> frozen projection (256 -> 16) ─> L2 norm ─> nearest frozen N(0, 1) code  = targets
@@ -32,7 +32,7 @@ MASKINGS = ("span", "waveform")
 @dataclass(frozen=True)
 class BestRQConfig:
     backbone: BackboneConfig = field(default_factory=lambda: backbone_preset("hubert_base"))
-    # Log-mel at the backbone's 16 kHz (docs/method.md §7.1): MusicFM's 128 mels and 100 Hz frame
+    # Log-mel at the backbone's 16 kHz (docs/method.md §8.1): MusicFM's 128 mels and 100 Hz frame
     # rate (hop 240 at 24 kHz = 10 ms = hop 160 here); n_fft 1024 = 64 ms, the power of two nearest
     # MusicFM's 85 ms window (2048 at 24 kHz).
     n_fft: int = 1024
@@ -41,21 +41,21 @@ class BestRQConfig:
     # Mel frames stacked per token: 2 x 10 ms = one 20 ms backbone frame, so every frame has a
     # target (MusicFM stacks 4 for 25 Hz tokens; its ablation found 25 ~ 50 Hz).
     frames_per_token: int = 2
-    # One global mean / std of the dB-mel (MusicFM's *_stats.json); None: measured on the corpus
+    # One global mean / std of the dB-mel (MusicFM's *_stats.json, docs/method.md §8.2); None: measured on the corpus
     # when the run starts (`stats_crops` crops) and written into the run's config.
     mel_mean: float | None = None
     mel_std: float | None = None
     stats_crops: int = 64
-    code_dim: int = 16  # MusicFM codebook_dim
+    code_dim: int = 16  # MusicFM codebook_dim (docs/method.md §8.3)
     codebook_size: int = 4096  # MusicFM codebook_size
     num_codebooks: int = 1  # MusicFM 1; codebook i is drawn from seed quantizer_seed + i
     quantizer_seed: int = 142  # MusicFM's seed
-    masking: str = "span"  # "span" (ours, models/masking.py) | "waveform" (MusicFM)
+    masking: str = "span"  # "span" (ours, models/masking.py) | "waveform" (MusicFM; docs/method.md §8.4)
     mask: MaskConfig = MaskConfig(mask_prob=0.8, mask_length=10, min_masks=2)  # HuBERT base spans
     waveform_block_seconds: float = 0.4  # MusicFM mask_hop
     waveform_mask_prob: float = 0.6  # MusicFM mask_prob
     waveform_noise_std: float = 0.1  # MusicFM's masking noise
-    # A warning line when one code holds more than this share of a codebook's targets.
+    # A warning line when one code holds more than this share of a codebook's targets (§8.5).
     degenerate_share: float = 0.9
 
     def __post_init__(self) -> None:
