@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.test_cli_errors import run_cli
-from tests.train.test_pretrain_musichubert import DETERMINISTIC, MUSICSSL, final_state, log, pitched_corpus, run
+from tests.train.test_pretrain_musichubert import (DETERMINISTIC, MUSICSSL, TORCHRUN, final_state, log,
+                                                   pitched_corpus, run)
 
 MICRO = ["model.backbone.conv_layers=[[32,10,5],[32,3,2],[32,3,2],[32,3,2],[32,3,2],[32,2,2],[32,2,2]]",
          "model.backbone.dim=64", "model.backbone.ffn_dim=128", "model.backbone.num_layers=2",
@@ -29,9 +30,9 @@ def manifest(tmp_path_factory):
     return root / "manifest"
 
 
-def pretrain(manifest: Path, out: Path, *overrides: str):
+def pretrain(manifest: Path, out: Path, *overrides: str, command=(MUSICSSL,)):
     return run("pretrain", "bestrq", "--preset", "tiny", "--data", str(manifest), "--out", str(out), "--quiet",
-               *sum([["--set", o] for o in overrides], []), command=(MUSICSSL,))
+               *sum([["--set", o] for o in overrides], []), command=command)
 
 
 def test_tiny_run_learns_and_logs_its_targets(manifest, tmp_path):
@@ -71,6 +72,18 @@ def test_resume_is_exact_and_keeps_the_quantiser(manifest, tmp_path):
         assert torch.equal(straight[name], split[name]), name
     stats = json.loads((tmp_path / "straight" / "config.json").read_text())["model"]
     assert straight["mel_statistics"].tolist() == pytest.approx([stats["mel_mean"], stats["mel_std"]], rel=1e-7)
+
+
+def test_two_process_ddp_equals_one_process_with_waveform_masking(manifest, tmp_path):
+    # waveform masking leaves the mask embedding out of the graph: DDP still needs its gradient
+    common = [*MICRO, *DETERMINISTIC, "model.masking=waveform", "trainer.max_steps=3", "data.batch_seconds=8",
+              "data.micro_batch_seconds=4"]
+    pretrain(manifest, tmp_path / "single", *common)
+    pretrain(manifest, tmp_path / "ddp", *common,
+             command=(TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "musicssl.cli"))
+    single, ddp = final_state(tmp_path / "single"), final_state(tmp_path / "ddp")
+    for name in single:
+        assert torch.equal(ddp[name], single[name]), (name, (ddp[name] - single[name]).abs().max())
 
 
 def test_a_checkpoint_with_another_quantiser_is_refused(manifest, tmp_path):
