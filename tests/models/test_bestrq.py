@@ -90,6 +90,15 @@ def test_padding_does_not_change_the_targets_and_marks_missing_tokens():
     assert (targets[0] >= 0).all() and len(torch.unique(targets[0])) > 5
 
 
+def test_targets_ignore_autocast():
+    # 4,096 codes over 800 frames: computed in bf16, a few frames change code (measured 3)
+    model = BestRQ(dataclasses.replace(micro_config(), codebook_size=4096))
+    wav, lengths = torch.stack([music(64000, seed) for seed in range(4)]), torch.tensor([64000] * 3 + [50000])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = model.targets(wav, lengths)
+    assert torch.equal(cast, model.targets(wav, lengths))
+
+
 def test_targets_are_deterministic_given_the_seed():
     wav = music(16000)[None]
     first, second = BestRQ(micro_config()), BestRQ(micro_config())

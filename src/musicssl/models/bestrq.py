@@ -211,7 +211,13 @@ class BestRQ(nn.Module):
     @torch.no_grad()
     def targets(self, wav: Tensor, lengths: Tensor) -> Tensor:
         """(B, n) clean waveform, (B,) lengths -> (B, n // backbone hop, S) token ids, -1 past each
-        item's own tokens. Items are computed on their own samples, grouped by length."""
+        item's own tokens. Items are computed on their own samples, grouped by length, in float32
+        whatever the autocast around (MusicFM computes its features in float32 too, MFM L161):
+        a bf16 projection would move frames to other codes."""
+        with torch.autocast(wav.device.type, enabled=False):
+            return self._targets(wav.float(), lengths)
+
+    def _targets(self, wav: Tensor, lengths: Tensor) -> Tensor:
         config = self.config
         tokens = torch.full((wav.shape[0], wav.shape[1] // config.backbone.hop, config.num_codebooks), -1,
                             dtype=torch.long, device=wav.device)

@@ -294,9 +294,11 @@ class BestRQTask(_Task):
 
     def step(self, model: nn.Module, batch: Batch, update: int) -> dict[str, Tensor]:
         result = model(batch.wav, batch.lengths, generator=self.mask_generator(batch, update))
-        targets = result.pop("targets").cpu()  # (M, S)
+        targets = result.pop("targets")  # (M, S)
+        # counted where the targets are: no wait for the device until the log line reads them
+        self.code_counts = self.code_counts.to(targets.device)
         for codebook in range(targets.shape[1]):
-            self.code_counts[codebook] += torch.bincount(targets[:, codebook], minlength=self.code_counts.shape[1])
+            self.code_counts[codebook].index_add_(0, targets[:, codebook], torch.ones_like(targets[:, codebook]))
         return result
 
     def load_head_state(self, state: dict[str, Tensor]) -> None:
@@ -319,7 +321,7 @@ class BestRQTask(_Task):
         masked = max(totals.get("masked_count", 0.0), 1.0)
         values = {"loss": totals.get("loss_value", 0.0) / max(totals.get("sample_size", 0.0), 1.0)}
         for codebook, suffix in enumerate(bestrq_suffixes(config.num_codebooks)):
-            codes = code_statistics(self.code_counts[codebook])
+            codes = code_statistics(self.code_counts[codebook].cpu())
             values.update({f"loss/masked_ce{suffix}": totals.get(f"masked_ce_sum{suffix}", 0.0) / masked,
                            f"accuracy/masked{suffix}": totals.get(f"masked_correct{suffix}", 0.0) / masked,
                            f"chance/masked{suffix}": 1.0 / config.codebook_size,
