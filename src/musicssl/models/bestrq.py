@@ -205,9 +205,6 @@ class BestRQ(nn.Module):
         """Pre-training head and frozen quantiser (not part of the transformers export)."""
         return {name: tensor for name, tensor in self.state_dict().items() if not name.startswith("backbone.")}
 
-    def token_lengths(self, lengths: Tensor) -> Tensor:
-        return (lengths // self.config.mel_hop) // self.config.frames_per_token
-
     @torch.no_grad()
     def targets(self, wav: Tensor, lengths: Tensor) -> Tensor:
         """(B, n) clean waveform, (B,) lengths -> (B, n // backbone hop, S) token ids, -1 past each
