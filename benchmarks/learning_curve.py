@@ -188,6 +188,8 @@ def main() -> None:
     parser.add_argument("--set", dest="recipe", action="append", default=[], metavar="[MODEL:]KEY=VALUE",
                         help="stability table: a pre-training override on top of the demo recipe (repeatable), "
                         "e.g. musichubert:trainer.schedule.warmup_steps=640")
+    parser.add_argument("--jobs", type=int, default=1, help="stability table: runs pre-trained at once, each "
+                        "with --threads threads (2 cores: --jobs 2 --threads 1)")
     parser.add_argument("--monitor-every", type=int, default=100, help="collapse alarm interval (stability table)")
     parser.add_argument("--no-probe", dest="probe", action="store_false",
                         help="stability table without the 7-task averages (pretext and collapse only)")
@@ -265,7 +267,7 @@ def stability(args, out: Path, config: DemoConfig, steps: list[int], manifest: P
     kernels = [k for k in args.kernels.split(",") if k] or [torch.backends.cpu.get_cpu_capability().lower()]
     seeds = [int(s) for s in args.pretrain_seeds.split(",")]
     runs = curve_stability.run_all(out, kinds, seeds, kernels, steps, manifest, labels, recipe, args.threads,
-                                   args.monitor_every)
+                                   args.monitor_every, args.jobs)
     averages = {}
     if args.probe:
         from musicssl.evaluate.benchmark import run_benchmark
@@ -280,10 +282,12 @@ def stability(args, out: Path, config: DemoConfig, steps: list[int], manifest: P
                     for row in curve_rows(results, {n: (n, s) for n, (_, s) in labelled.items()})}
     cpu = (f"{cpu_name()}, {args.threads} threads, torch {torch.__version__}; kernels {kernels}; "
            f"recipe overrides {json.dumps(recipe)}")
-    rows = curve_stability.stability_rows(runs, steps, args.pretext_window, averages)
-    text = curve_stability.stability_markdown(rows, steps, cpu)
+    prior = curve_stability.majority_share(labels[0])
+    rows = curve_stability.stability_rows(runs, steps, args.pretext_window, averages, prior)
+    text = curve_stability.stability_markdown(rows, steps, cpu, prior)
     (out / "stability.md").write_text(text)
-    (out / "stability.json").write_text(json.dumps({"rows": rows, "cpu": cpu, "steps": steps}, indent=1, default=str))
+    (out / "stability.json").write_text(json.dumps({"rows": rows, "cpu": cpu, "steps": steps, "majority_share": prior},
+                                                   indent=1, default=str))
     print(text)
 
 
