@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-portability demo venv clean-venv bench fairseq-venv parity-convert parity-fairseq
+.PHONY: test test-portability demo venv clean-venv bench fairseq-venv parity-convert parity-fairseq parity-bestrq \
+	musicfm-src-set
 
 venv: $(STAMP)
 
@@ -63,6 +64,27 @@ parity-convert: $(STAMP) $(FAIRSEQ_STAMP)
 PARITY_ARGS ?=
 parity-fairseq: $(STAMP) $(FAIRSEQ_STAMP)
 	OMP_NUM_THREADS=2 FAIRSEQ_VENV=$(FAIRSEQ_VENV) $(PY) benchmarks/fairseq_parity.py $(PARITY_ARGS)
+
+# BEST-RQ against MusicFM's own code (its RandomProjectionQuantizer and MusicFM25Hz.masking), run in
+# its own venv (torch + einops). MusicFM is on no registry: MUSICFM_SRC names a checkout of
+# github.com/minzwon/musicfm; without it the target fails, saying so. Seconds on 2 cores.
+# PARITY_ARGS=--write-fixtures rewrites tests/models/fixtures/musicfm_quantizer.safetensors.
+MUSICFM_VENV := .venv-musicfm
+MUSICFM_STAMP := $(MUSICFM_VENV)/.installed
+
+$(MUSICFM_STAMP):
+	test -x $(MUSICFM_VENV)/bin/python || $(PYTHON) -m venv $(MUSICFM_VENV)
+	$(MUSICFM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MUSICFM_VENV)/bin/python -m pip install --quiet torch==2.13.0 einops numpy
+	touch $(MUSICFM_STAMP)
+
+musicfm-src-set:
+	@test -n "$(MUSICFM_SRC)" || { echo "parity-bestrq: MUSICFM_SRC is unset; clone https://github.com/minzwon/musicfm \
+	(on no package registry) and run make parity-bestrq MUSICFM_SRC=DIR" >&2; exit 1; }
+
+parity-bestrq: musicfm-src-set $(STAMP) $(MUSICFM_STAMP)
+	OMP_NUM_THREADS=2 MUSICFM_VENV=$(MUSICFM_VENV) $(PY) benchmarks/bestrq_parity.py --musicfm-src $(MUSICFM_SRC) \
+		$(PARITY_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,6 +1,7 @@
 """Does pre-training learn past the demo's budget? A learning curve of tiny MusicHuBERT and
-Music2Vec: pre-train on generated music, keep checkpoints along the way, probe each on the
-generated tasks (several probe seeds) beside MFCC statistics, print a table and draw a plot.
+Music2Vec (BEST-RQ too, with `--models musichubert,music2vec,bestrq`): pre-train on generated
+music, keep checkpoints along the way, probe each on the generated tasks (several probe seeds)
+beside MFCC statistics, print a table and draw a plot.
 
     python benchmarks/learning_curve.py --out runs/curve                      # 0..4000 updates
     python benchmarks/learning_curve.py --out runs/curve8k --synth-preset curve \
@@ -40,10 +41,21 @@ import torch
 from musicssl.demo import DEMO_PRESETS, DEMO_TASKS, DemoConfig, make_manifest_and_labels
 from musicssl.evaluate.report import column_title, display_metrics, ordered_tasks
 
-MODELS = {"musichubert": "MusicHuBERT", "music2vec": "Music2Vec"}
+MODELS = {"musichubert": "MusicHuBERT", "music2vec": "Music2Vec", "bestrq": "BEST-RQ"}
 # what each recipe logs about its pretext task (train/trainer.py's log.jsonl)
 PRETEXT_KEYS = {"musichubert": ("accuracy/masked", "accuracy/masked_1", "loss/masked_ce", "loss/masked_ce_1"),
-                "music2vec": ("loss", "target_std", "prediction_std")}
+                "music2vec": ("loss", "target_std", "prediction_std"),
+                "bestrq": ("accuracy/masked", "loss/masked_ce", "targets/usage", "targets/perplexity",
+                           "targets/top_share")}
+# BEST-RQ (`--models bestrq`): its `tiny` preset with MusicHuBERT's demo batch (20 s of audio per
+# update), so the curves compare objectives at the same audio per update; not in the demo.
+BESTRQ_OVERRIDES = ("data.batch_seconds=20",)
+
+
+def recipe_overrides(kind: str, config: DemoConfig) -> tuple[str, ...]:
+    """The demo's overrides of each model's `tiny` preset (BEST-RQ's are this benchmark's own)."""
+    return {"musichubert": config.hubert_overrides, "music2vec": config.music2vec_overrides,
+            "bestrq": BESTRQ_OVERRIDES}[kind]
 
 
 def cpu_name() -> str:
@@ -75,7 +87,7 @@ def pretrain_run(kind: str, out: Path, manifest: Path, labels: list[Path], steps
     from musicssl.train.checkpoint import INITIAL, checkpoint_dirs
 
     run_dir = out / kind
-    overrides = config.hubert_overrides if kind == "musichubert" else config.music2vec_overrides
+    overrides = recipe_overrides(kind, config)
     every = checkpoint_every(steps)
     pretrain(kind, "tiny", str(manifest), [str(d) for d in labels] if kind == "musichubert" else None, str(run_dir),
              [f"trainer.max_steps={max(steps)}", f"trainer.checkpoint_every={every}", "trainer.keep_checkpoints=0",
@@ -156,7 +168,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/curve")
     parser.add_argument("--steps", default="0,500,1000,2000,4000", help="updates at which to probe (0 = init)")
-    parser.add_argument("--models", default="musichubert,music2vec")
+    parser.add_argument("--models", default="musichubert,music2vec", help="of musichubert, music2vec, bestrq")
     parser.add_argument("--max-steps", default="", help="a model's own last step, e.g. music2vec=4000: its "
                         "run (and learning-rate schedule) ends there and it is probed at the steps up to it")
     parser.add_argument("--synth-preset", default="demo")
@@ -247,8 +259,7 @@ def stability(args, out: Path, config: DemoConfig, steps: list[int], manifest: P
     import curve_stability
 
     kinds = args.models.split(",")
-    recipe = {kind: list(config.hubert_overrides if kind == "musichubert" else config.music2vec_overrides)
-              for kind in kinds}
+    recipe = {kind: list(recipe_overrides(kind, config)) for kind in kinds}
     for override in args.recipe:
         model, _, setting = override.rpartition(":") if ":" in override.split("=")[0] else ("", "", override)
         for kind in kinds if not model else [model]:
@@ -354,9 +365,10 @@ def why_markdown(report: dict, window: int) -> str:
     for row in report["pretext"]:
         cells = [f"{row['values'][k]:.3f}" if k in row["values"] else "-" for k in keys]
         lines.append(f"| {row['model']} | {row['step']} | " + " | ".join(cells) + " |")
-    chance = next((row["chance"] for row in report["pretext"] if row["chance"] is not None), None)
-    if chance is not None:
-        lines.append(f"\nChance masked accuracy (1/k of the MFCC codebook): {chance:.3f}.")
+    chances = {row["model"]: row["chance"] for row in report["pretext"] if row["chance"] is not None}
+    if chances:  # 1/k: the MFCC codebook's k (MusicHuBERT), the random codebook's 4,096 (BEST-RQ)
+        listed = ", ".join(f"{model} {chance:.3g}" for model, chance in chances.items())
+        lines.append(f"\nChance masked accuracy (1/k of the first codebook): {listed}.")
     lines += ["", "Per-layer probes (test x100, mean over probe seeds; layer 0 = the CNN's output):", ""]
     layers = sorted({layer for row in report["layers"] for layer in row["layers"]}, key=lambda v: (not v.isdigit(), v))
     lines += ["| model | task | " + " | ".join(layers) + " |", "|" + "---|" * (len(layers) + 2)]

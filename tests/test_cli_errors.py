@@ -152,6 +152,7 @@ COMMANDS = {
     "labels layer": lambda w: _labels(w, "layer"),
     "pretrain musichubert": lambda w: _pretrain(w, "musichubert"),
     "pretrain music2vec": lambda w: _pretrain(w, "music2vec"),
+    "pretrain bestrq": lambda w: _pretrain(w, "bestrq"),
     "probe": _probe, "benchmark": _benchmark,
     "convert fairseq": lambda w: ["convert", "fairseq", str(w / "checkpoint.pt"), str(w / "out" / "converted")],
     "manifest": lambda w: ["manifest", str(w / "audio"), "-o", str(w / "out" / "manifest")],
@@ -165,6 +166,7 @@ DAMAGEABLE = {
     "labels layer": ["model/config.json", "model/model.safetensors", "manifest/train.tsv"],
     "pretrain musichubert": ["manifest/train.tsv", "labels/train.km", "labels/labels.json"],
     "pretrain music2vec": ["manifest/train.tsv"],
+    "pretrain bestrq": ["manifest/train.tsv"],
     "probe": ["model/config.json", "model/model.safetensors", "data/NSynth/nsynth-train/examples.json"],
     "benchmark": ["model/config.json", "model/model.safetensors"],
     "convert fairseq": ["checkpoint.pt"],
@@ -181,6 +183,7 @@ NUMERIC_OPTIONS = {
 ZERO_IS_VALID = {"--context-seconds", "--layer", "--valid-percent", "--min-seconds"}  # layer 0: the Transformer input
 NAME_OPTIONS = {
     "pretrain musichubert": ["--preset"], "pretrain music2vec": ["--preset", "--variant"],
+    "pretrain bestrq": ["--preset"],
     "probe": ["--task"], "benchmark": ["--tasks"], "synth": ["--preset"],
 }
 DEVICE_COMMANDS = ["extract", "labels mfcc", "labels layer", "probe", "benchmark"]

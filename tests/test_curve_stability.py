@@ -22,15 +22,17 @@ def stability():
     del sys.modules["curve_stability"]
 
 
-def write_run(root: Path, name: str, accuracy: dict[int, float]) -> dict:
+def write_run(root: Path, name: str, accuracy: dict[int, float], kind: str = "musichubert",
+              top_share: float | None = None) -> dict:
     run_dir = root / name
     run_dir.mkdir()
     lines = [{"step": 0, "collapse/effective_rank": 100.0, "collapse/init_effective_rank": 100.0}]
+    targets = {} if top_share is None else {"targets/top_share": top_share}
     for step, value in accuracy.items():
-        lines += [{"step": s, "accuracy/masked": value} for s in range(step - 90, step + 1, 10)]
+        lines += [{"step": s, "accuracy/masked": value, **targets} for s in range(step - 90, step + 1, 10)]
         lines.append({"step": step, "collapse/effective_rank": 10.0 * value})
     (run_dir / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines) + "{torn\n")
-    return {"kind": "musichubert", "seed": 1, "kernel": "avx2", "dir": run_dir, "seconds": 1.0, "checkpoints": {}}
+    return {"kind": kind, "seed": 1, "kernel": "avx2", "dir": run_dir, "seconds": 1.0, "checkpoints": {}}
 
 
 def test_learns_needs_doubling_and_the_majority_floor(stability, tmp_path):
@@ -46,6 +48,14 @@ def test_learns_needs_doubling_and_the_majority_floor(stability, tmp_path):
     assert not stability.stability_rows({"doubles": runs["doubles"]}, [0, 1000, 2000], 100, averages)[0]["learns"]
     text = stability.stability_markdown(list(rows.values()), [0, 1000, 2000], "test CPU", prior=0.089)
     assert "1 of 3 runs learn" in text and "above 0.089" in text
+
+
+def test_bestrq_is_held_to_its_own_targets_majority_share(stability, tmp_path):
+    # BEST-RQ logs its targets' top share; the MFCC labels' prior does not apply to it
+    runs = {"above": write_run(tmp_path, "above", {1000: 0.02, 2000: 0.08}, "bestrq", top_share=0.05),
+            "below": write_run(tmp_path, "below", {1000: 0.02, 2000: 0.08}, "bestrq", top_share=0.12)}
+    rows = {row["run"]: row for row in stability.stability_rows(runs, [0, 1000, 2000], 100, {}, prior=0.5)}
+    assert rows["above"]["learns"] and not rows["below"]["learns"]
 
 
 def test_majority_share_counts_the_training_labels(stability, tmp_path):

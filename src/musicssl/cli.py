@@ -217,7 +217,8 @@ def run_merge(args) -> int:
 
 
 def add_pretrain(commands) -> None:
-    parser = commands.add_parser("pretrain", help="pre-train MusicHuBERT or Music2Vec (torchrun for several processes)",
+    parser = commands.add_parser("pretrain", help="pre-train MusicHuBERT, Music2Vec or BEST-RQ (torchrun for several "
+                                                  "processes)",
                                  description="Pre-train a model; the same command runs under torchrun.")
     methods = parser.add_subparsers(dest="method", required=True)
     hubert = methods.add_parser("musichubert", help="HuBERT masked prediction of k-means labels")
@@ -228,7 +229,9 @@ def add_pretrain(commands) -> None:
     music2vec.add_argument("--variant", default="vanilla",
                            help="the paper's ablations: vanilla, span5, span15, prob50, prob80, target12, "
                                 "crop5s, steps800k")
-    for sub in (hubert, music2vec):
+    bestrq = methods.add_parser("bestrq", help="BEST-RQ: masked prediction of frozen random-projection tokens "
+                                               "of the log-mel (no labels step)")
+    for sub in (hubert, music2vec, bestrq):
         sub.add_argument("--preset", default="base", help="base (the paper's) or tiny (CPU tests, the demo)")
         sub.add_argument("--data", required=True, help="manifest directory (train.tsv)")
         sub.add_argument("--out", required=True, help="run directory (resumes if it holds checkpoints)")

@@ -13,6 +13,8 @@ from musicssl.cli import main
      "musicssl pretrain: error: unknown musichubert preset 'nosuch'; known: base, tiny"),
     (["music2vec", "--preset", "nosuch"],
      "musicssl pretrain: error: unknown music2vec preset 'nosuch'; known: base, tiny"),
+    (["bestrq", "--preset", "nosuch"],
+     "musicssl pretrain: error: unknown bestrq preset 'nosuch'; known: base, tiny"),
     (["music2vec", "--preset", "tiny", "--variant", "span7"],
      "musicssl pretrain: error: unknown Music2Vec variant 'span7'; known: vanilla, span5, span15, prob50, "
      "prob80, target12, crop5s, steps800k"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -13,16 +14,18 @@ from musicssl.atomic import write_text
 from musicssl.config import ConfigError, from_dict, to_dict
 from musicssl.data.pretrain import UpdateLoader, build_pretrain_data
 from musicssl.data.label_files import read_label_set
+from musicssl.data.manifest import read_manifest
 from musicssl.train.checkpoint import check_resumable, checkpoint_dirs, find_resumable, read_run_config
 from musicssl.train.interrupt import stop_on_signals
 from musicssl.train.label_identity import RECORD_KEY, check_resumed_labels, label_identities
 from musicssl.train.lock import run_lock
-from musicssl.train.tasks import (MUSICHUBERT_PRESETS, Music2VecRun, Music2VecTask, MusicHubertRun, MusicHubertTask,
-                                  music2vec_run, resolve_run)
+from musicssl.train.tasks import (MUSICHUBERT_PRESETS, BestRQRun, BestRQTask, Music2VecRun, Music2VecTask,
+                                  MusicHubertRun, MusicHubertTask, bestrq_run, check_corpus_holds_a_crop,
+                                  measure_mel_statistics, music2vec_run, resolve_run)
 from musicssl.train.trainer import setup_distributed, train
 
-RUN_TYPES = {"musichubert": MusicHubertRun, "music2vec": Music2VecRun}
-TASKS = {"musichubert": MusicHubertTask, "music2vec": Music2VecTask}
+RUN_TYPES = {"musichubert": MusicHubertRun, "music2vec": Music2VecRun, "bestrq": BestRQRun}
+TASKS = {"musichubert": MusicHubertTask, "music2vec": Music2VecTask, "bestrq": BestRQTask}
 RESUMABLE_OVERRIDES = ("trainer.max_steps", "trainer.checkpoint_every", "trainer.log_every",
                        "trainer.keep_checkpoints", "data.num_workers", "data.crop_only", "trainer.compile",
                        "trainer.fused_adamw")
@@ -52,6 +55,8 @@ def resolve(method: str, preset: str, labels: str | Sequence[str] | None, overri
     if method == "music2vec":
         run, variant_overrides = music2vec_run(preset, variant)
         return resolve_run(run, variant_overrides + overrides)
+    if method == "bestrq":
+        return resolve_run(bestrq_run(preset), overrides)
     recipe = MUSICHUBERT_PRESETS[preset]  # an unknown preset fails before any label is read
     if not labels:
         raise ValueError("musichubert needs --labels: a label directory from `musicssl labels`")
@@ -60,6 +65,16 @@ def resolve(method: str, preset: str, labels: str | Sequence[str] | None, overri
     if len(rates) > 1:
         raise ValueError(f"label sets at different rates {sorted(rates)} Hz cannot be trained together")
     return resolve_run(recipe(tuple(s.k for s in label_sets), rates.pop()), overrides)
+
+
+def with_mel_statistics(run: BestRQRun, dataset, say: bool) -> BestRQRun:
+    """The run with the corpus's dB-mel mean and std in its model config (every rank measures the
+    same crops, so all get the same values)."""
+    mean, std = measure_mel_statistics(dataset, run.model, run.data.seed)
+    if say:
+        print(f"bestrq: mel statistics of {run.model.stats_crops} crops: mean {mean:.3f} dB, std {std:.3f} dB",
+              file=sys.stderr)
+    return dataclasses.replace(run, model=dataclasses.replace(run.model, mel_mean=mean, mel_std=std))
 
 
 def _label_dirs(labels: str | Sequence[str]) -> list[str]:
@@ -83,8 +98,12 @@ def _pretrain_locked(method, preset, data, labels, run_dir: Path, overrides, res
     resume_from = resume_point(run_dir, resume, method, env)
     run = resolve(method, preset, labels, overrides, resume_from, variant)
     backbone = run.model.backbone
+    if method == "bestrq" and run.model.mel_mean is None:  # before the data summary lines: one error line
+        check_corpus_holds_a_crop(read_manifest(Path(data) / "train.tsv"), run.data.crop_seconds, backbone.sample_rate)
     dataset, plan = build_pretrain_data(data, "train", labels, backbone.sample_rate, run.data,
                                         backbone.normalize_waveform, env.world_size, env.rank)
+    if method == "bestrq" and run.model.mel_mean is None:  # a new run: its targets' statistics, kept in its config
+        run = with_mel_statistics(run, dataset, env.is_main)
     if env.is_main:  # after the data and labels are read: a refused run leaves no output behind
         run_dir.mkdir(parents=True, exist_ok=True)
         record = {RECORD_KEY: label_identities(_label_dirs(labels))} if labels else {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -13,9 +14,12 @@ import torch
 from torch import Tensor, nn
 
 from musicssl.config import Registry
-from musicssl.data.pretrain import Batch, DataConfig
+from musicssl.data.manifest import Manifest
+from musicssl.data.pretrain import Batch, DataConfig, PretrainDataset
 from musicssl.models.backbone import Backbone
 from musicssl.models.backbone_config import replace_backbone_config
+from musicssl.models.bestrq import BestRQ, BestRQConfig, LogMel, bestrq_config, code_statistics
+from musicssl.models.bestrq import codebook_suffixes as bestrq_suffixes
 from musicssl.models.music2vec import MUSIC2VEC_VARIANTS, Music2Vec, Music2VecConfig, music2vec_config
 from musicssl.models.musichubert import MusicHubert, MusicHubertConfig, codebook_suffixes, musichubert_config
 from musicssl.train.schedules import ScheduleConfig
@@ -105,6 +109,69 @@ def music2vec_run(preset: str, variant: str = "vanilla") -> tuple[Music2VecRun, 
     paper's ablations, applied like `--set`). Unknown names are ConfigErrors naming the known."""
     overrides = [f"{key}={value}" for key, value in MUSIC2VEC_VARIANTS[variant].items()]
     return MUSIC2VEC_PRESETS[preset](), overrides
+
+
+@dataclass(frozen=True)
+class BestRQRun:
+    model: BestRQConfig = field(default_factory=BestRQConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+BESTRQ_PRESETS: Registry[Callable[[], BestRQRun]] = Registry("bestrq preset")
+
+
+@BESTRQ_PRESETS.register("base")
+def _bestrq_base() -> BestRQRun:
+    """Our 95M backbone with MusicHuBERT's base schedule and batch (docs/method.md §7.4: MusicFM's
+    optimiser settings are in neither its code nor the notes read here). HuBERT's backbone
+    settings, the CNN's gradient scaled by 0.1 among them."""
+    return BestRQRun(bestrq_config("base"),
+                     DataConfig(crop_seconds=5.0, batch_seconds=720.0, micro_batch_seconds=90.0), TrainerConfig())
+
+
+@BESTRQ_PRESETS.register("tiny")
+def _bestrq_tiny() -> BestRQRun:
+    """MusicHuBERT's tiny recipe (~1M parameters, 40 s per update, 300 steps, peak lr 1e-3, the
+    full gradient into the CNN) with BEST-RQ targets."""
+    schedule = ScheduleConfig(kind="polynomial", peak_lr=1e-3, warmup_steps=30, total_steps=300)
+    trainer = TrainerConfig(max_steps=300, schedule=schedule, checkpoint_every=100, log_every=10)
+    model = replace_backbone_config(bestrq_config("tiny"), feature_grad_mult=1.0)
+    return BestRQRun(model, DataConfig(crop_seconds=5.0, batch_seconds=40.0, micro_batch_seconds=20.0), trainer)
+
+
+def bestrq_run(preset: str) -> BestRQRun:
+    return BESTRQ_PRESETS[preset]()
+
+
+def measure_mel_statistics(dataset: PretrainDataset, config: BestRQConfig, seed: int) -> tuple[float, float]:
+    """The dB-mel's global mean and std (MusicFM's *_stats.json) over every frame and band of
+    `config.stats_crops` crops of rows drawn with `seed` (float64 sums; each crop read as training
+    reads it, epoch 0). No readable crop is an error naming the audio folder."""
+    manifest = dataset.manifest
+    log_mel = LogMel(config.backbone.sample_rate, config.n_fft, config.mel_hop, config.n_mels)
+    rows = np.random.default_rng([seed, 142]).permutation(len(dataset))[:config.stats_crops]
+    count, sum_, sum_squares = 0, 0.0, 0.0
+    for row in rows.tolist():
+        item = dataset[(0, row)]
+        if item is None or len(item["wav"]) <= config.n_fft // 2:
+            continue
+        with torch.no_grad():
+            mel = log_mel(item["wav"][None]).double()  # (1, T, M)
+        count, sum_, sum_squares = count + mel.numel(), sum_ + float(mel.sum()), sum_squares + float(mel.pow(2).sum())
+    if count == 0:
+        raise ValueError(f"{manifest.root}: none of {len(rows)} crops read for the mel statistics was readable")
+    mean = sum_ / count
+    # Silence has no spread: a floor keeps the targets finite (they collapse, and the run says so).
+    return mean, max(math.sqrt(max(sum_squares / count - mean * mean, 0.0)), 1e-3)
+
+
+def check_corpus_holds_a_crop(manifest: Manifest, crop_seconds: float, sample_rate: int) -> None:
+    """BEST-RQ's statistics and targets need at least one whole crop of audio."""
+    total = sum(count for _, count in manifest.items)
+    if total < round(crop_seconds * sample_rate):
+        raise ValueError(f"{manifest.root}: the manifest lists {total / sample_rate:.2f} s of audio, less than one "
+                         f"{crop_seconds:g} s crop (data.crop_seconds)")
 
 
 def resolve_run(run, overrides: list[str]):
@@ -213,3 +280,56 @@ class Music2VecTask(_Task):
         return {"loss": totals.get("loss_value", 0.0) / size,
                 "target_std": totals.get("target_std_sum", 0.0) / size,
                 "prediction_std": totals.get("prediction_std_sum", 0.0) / size}
+
+
+class BestRQTask(_Task):
+    """Targets come from the frozen quantiser inside the model; the task counts them per codebook
+    over each log window (rank 0's share under DDP) for usage and perplexity, and warns once when
+    one code takes nearly all of them."""
+
+    def __init__(self, config: BestRQConfig, sample_rate: int, seed: int):
+        super().__init__(BestRQ(config), sample_rate, seed)
+        self.code_counts = torch.zeros(config.num_codebooks, config.codebook_size, dtype=torch.long)
+        self.warned = False
+
+    def step(self, model: nn.Module, batch: Batch, update: int) -> dict[str, Tensor]:
+        result = model(batch.wav, batch.lengths, generator=self.mask_generator(batch, update))
+        targets = result.pop("targets")  # (M, S)
+        # counted where the targets are: no wait for the device until the log line reads them
+        self.code_counts = self.code_counts.to(targets.device)
+        for codebook in range(targets.shape[1]):
+            self.code_counts[codebook].index_add_(0, targets[:, codebook], torch.ones_like(targets[:, codebook]))
+        return result
+
+    def load_head_state(self, state: dict[str, Tensor]) -> None:
+        """The checkpoint's quantiser and mel statistics must be the ones this run's config makes."""
+        for name in ("quantizer.projection", "quantizer.codebook", "mel_statistics"):
+            mine = self.model.state_dict()[name]
+            if name not in state or state[name].shape != mine.shape or not torch.equal(state[name], mine):
+                raise ValueError(f"checkpoint {name} differs from what its run config makes (seed "
+                                 f"{self.model.config.quantizer_seed}, mel statistics {self.model.config.mel_mean}, "
+                                 f"{self.model.config.mel_std}); it was not written by this run")
+        super().load_head_state(state)
+
+    def after_update(self, update: int, totals: dict[str, float]) -> dict[str, float]:
+        return {}
+
+    def metrics(self, totals: dict[str, float]) -> dict[str, float]:
+        """Loss per masked frame; per codebook (suffix "" for the first, "_1"... after) masked
+        cross-entropy and accuracy, chance 1/K, and its targets' usage, perplexity and top share."""
+        config = self.model.config
+        masked = max(totals.get("masked_count", 0.0), 1.0)
+        values = {"loss": totals.get("loss_value", 0.0) / max(totals.get("sample_size", 0.0), 1.0)}
+        for codebook, suffix in enumerate(bestrq_suffixes(config.num_codebooks)):
+            codes = code_statistics(self.code_counts[codebook].cpu())
+            values.update({f"loss/masked_ce{suffix}": totals.get(f"masked_ce_sum{suffix}", 0.0) / masked,
+                           f"accuracy/masked{suffix}": totals.get(f"masked_correct{suffix}", 0.0) / masked,
+                           f"chance/masked{suffix}": 1.0 / config.codebook_size,
+                           **{f"targets/{key}{suffix}": value for key, value in codes.items()}})
+            if codes["top_share"] > config.degenerate_share and not self.warned:
+                self.warned = True
+                print(f"warning: BEST-RQ targets are degenerate: one code holds {codes['top_share']:.0%} of codebook "
+                      f"{codebook}'s targets (silent or near-constant audio? check the corpus and "
+                      f"model.mel_mean/mel_std)", file=sys.stderr)
+        self.code_counts.zero_()
+        return values

@@ -1,0 +1,65 @@
+"""MusicFM's side of `make parity-bestrq`, run in the reference venv (torch + einops + numpy, no
+musicssl): MusicFM's own RandomProjectionQuantizer and MusicFM25Hz.masking on the cases that
+benchmarks/bestrq_parity.py wrote.
+
+    python benchmarks/musicfm_side.py JOB_DIR MUSICFM_SRC
+
+JOB_DIR/cases.json lists the cases, JOB_DIR/inputs.npz holds their frames; the answers go to
+JOB_DIR/musicfm.npz. MUSICFM_SRC is a checkout of github.com/minzwon/musicfm; its modules import
+each other as `musicfm.modules...`, so it is reached through a link named `musicfm`. torchaudio is
+stubbed when absent: only MelSTFT uses it, and nothing here builds one.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def import_musicfm(source: Path):
+    link_root = Path(tempfile.mkdtemp())
+    (link_root / "musicfm").symlink_to(source.resolve(), target_is_directory=True)
+    sys.path.insert(0, str(link_root))
+    try:
+        import torchaudio  # noqa: F401
+    except ImportError:
+        sys.modules["torchaudio"] = types.ModuleType("torchaudio")
+    from musicfm.model.musicfm_25hz import MusicFM25Hz
+    from musicfm.modules.random_quantizer import RandomProjectionQuantizer
+    return RandomProjectionQuantizer, MusicFM25Hz
+
+
+def main() -> int:
+    job, source = Path(sys.argv[1]), Path(sys.argv[2])
+    quantizer_class, model_class = import_musicfm(source)
+    cases = json.loads((job / "cases.json").read_text())
+    inputs = np.load(job / "inputs.npz")
+    out: dict[str, np.ndarray] = {}
+    for case in cases["quantizer"]:
+        name = case["name"]
+        quantizer = quantizer_class(case["input_dim"], case["code_dim"], case["codebook_size"], seed=case["seed"])
+        out[f"{name}/projection"] = quantizer.random_projection.numpy()
+        out[f"{name}/codebook"] = quantizer.codebook.numpy()
+        out[f"{name}/tokens"] = quantizer(torch.from_numpy(inputs[name])).numpy()
+    masking = cases["masking"]
+    torch.manual_seed(masking["seed"])
+    # MusicFM25Hz.masking reads only these three fields of the model (the rest needs its weights).
+    settings = types.SimpleNamespace(mask_hop=masking["mask_hop"], mask_prob=masking["mask_prob"], hop_length=240)
+    wav = torch.zeros(masking["batch"], masking["samples"])
+    noised, token_indices = model_class.masking(settings, wav)
+    tokens = torch.zeros(masking["batch"], masking["samples"] // 960, dtype=torch.bool)  # 25 Hz tokens at 24 kHz
+    tokens[tuple(token_indices.t())] = True
+    out["masking/token_mask"] = tokens.numpy()
+    out["masking/noise"] = noised[noised != 0].numpy()
+    np.savez(job / "musicfm.npz", **out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
