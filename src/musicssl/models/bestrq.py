@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from musicssl.models.backbone import Backbone
 from musicssl.models.backbone_config import BackboneConfig, backbone_preset
 from musicssl.models.masking import MaskConfig, mask_spans, numpy_generator
+from musicssl.models.musichubert import codebook_suffixes  # the same metric names as MusicHuBERT's codebooks
 
 DB_FLOOR = 1e-10  # torchaudio AmplitudeToDB's amin: power below it reads as -100 dB
 MASKINGS = ("span", "waveform")
@@ -271,11 +272,6 @@ class BestRQ(nn.Module):
             result = {key: torch.zeros((), device=wav.device) for key in result}
         result.update(loss=loss, sample_size=count, masked_count=count, targets=chosen)
         return result
-
-
-def codebook_suffixes(count: int) -> list[str]:
-    """Metric-name suffix of each codebook: "" for the first, then "_1", "_2"..."""
-    return ["", *(f"_{i}" for i in range(1, count))]
 
 
 def code_statistics(counts: Tensor) -> dict[str, float]:

@@ -19,7 +19,6 @@ from musicssl.data.pretrain import Batch, DataConfig, PretrainDataset
 from musicssl.models.backbone import Backbone
 from musicssl.models.backbone_config import replace_backbone_config
 from musicssl.models.bestrq import BestRQ, BestRQConfig, LogMel, bestrq_config, code_statistics
-from musicssl.models.bestrq import codebook_suffixes as bestrq_suffixes
 from musicssl.models.music2vec import MUSIC2VEC_VARIANTS, Music2Vec, Music2VecConfig, music2vec_config
 from musicssl.models.musichubert import MusicHubert, MusicHubertConfig, codebook_suffixes, musichubert_config
 from musicssl.train.schedules import ScheduleConfig
@@ -46,6 +45,14 @@ def _musichubert_base(num_classes: int | tuple[int, ...], label_rate_hz: float) 
                           TrainerConfig())
 
 
+def _tiny_polynomial() -> tuple[DataConfig, TrainerConfig]:
+    """The CPU-sized data and trainer of MusicHuBERT's and BEST-RQ's `tiny` recipes: 40 s per
+    update, 300 steps, peak lr 1e-3 after 30 updates of warm-up, linear decay."""
+    schedule = ScheduleConfig(kind="polynomial", peak_lr=1e-3, warmup_steps=30, total_steps=300)
+    trainer = TrainerConfig(max_steps=300, schedule=schedule, checkpoint_every=100, log_every=10)
+    return DataConfig(crop_seconds=5.0, batch_seconds=40.0, micro_batch_seconds=20.0), trainer
+
+
 @MUSICHUBERT_PRESETS.register("tiny")
 def _musichubert_tiny(num_classes: int | tuple[int, ...], label_rate_hz: float) -> MusicHubertRun:
     """The same recipe on a ~1M-parameter model, 40 s per update, 300 steps, with two changes
@@ -53,9 +60,7 @@ def _musichubert_tiny(num_classes: int | tuple[int, ...], label_rate_hz: float) 
     post-LN model sat at the label prior for 1,500 updates) and the full gradient into the CNN
     (feature_grad_mult 1.0 instead of 0.1: a few hundred updates cannot afford a 10x slower CNN)."""
     model = replace_backbone_config(musichubert_config("tiny", num_classes, label_rate_hz), feature_grad_mult=1.0)
-    schedule = ScheduleConfig(kind="polynomial", peak_lr=1e-3, warmup_steps=30, total_steps=300)
-    trainer = TrainerConfig(max_steps=300, schedule=schedule, checkpoint_every=100, log_every=10)
-    return MusicHubertRun(model, DataConfig(crop_seconds=5.0, batch_seconds=40.0, micro_batch_seconds=20.0), trainer)
+    return MusicHubertRun(model, *_tiny_polynomial())
 
 
 def musichubert_run(preset: str, num_classes: int | tuple[int, ...], label_rate_hz: float) -> MusicHubertRun:
@@ -134,10 +139,7 @@ def _bestrq_base() -> BestRQRun:
 def _bestrq_tiny() -> BestRQRun:
     """MusicHuBERT's tiny recipe (~1M parameters, 40 s per update, 300 steps, peak lr 1e-3, the
     full gradient into the CNN) with BEST-RQ targets."""
-    schedule = ScheduleConfig(kind="polynomial", peak_lr=1e-3, warmup_steps=30, total_steps=300)
-    trainer = TrainerConfig(max_steps=300, schedule=schedule, checkpoint_every=100, log_every=10)
-    model = replace_backbone_config(bestrq_config("tiny"), feature_grad_mult=1.0)
-    return BestRQRun(model, DataConfig(crop_seconds=5.0, batch_seconds=40.0, micro_batch_seconds=20.0), trainer)
+    return BestRQRun(replace_backbone_config(bestrq_config("tiny"), feature_grad_mult=1.0), *_tiny_polynomial())
 
 
 def bestrq_run(preset: str) -> BestRQRun:
@@ -217,6 +219,9 @@ class _Task:
     def head_state(self) -> dict[str, Tensor]:
         return self.model.head_state_dict()
 
+    def after_update(self, update: int, totals: dict[str, float]) -> dict[str, float]:
+        return {}  # nothing to step between updates (Music2Vec's teacher does)
+
     def load_head_state(self, state: dict[str, Tensor]) -> None:
         missing = set(self.model.head_state_dict()) - set(state)
         if missing:
@@ -236,9 +241,6 @@ class MusicHubertTask(_Task):
         config = self.model.config
         labels = torch.full((1, math.ceil(config.label_rate_hz), len(config.codebooks)), -1, dtype=torch.long)
         return dataclasses.replace(super().stand_in_batch(), labels=labels)
-
-    def after_update(self, update: int, totals: dict[str, float]) -> dict[str, float]:
-        return {}
 
     def metrics(self, totals: dict[str, float]) -> dict[str, float]:
         """Loss per masked frame, then per codebook (suffix "" for the first, "_1"... after) its
@@ -311,16 +313,13 @@ class BestRQTask(_Task):
                                  f"{self.model.config.mel_std}); it was not written by this run")
         super().load_head_state(state)
 
-    def after_update(self, update: int, totals: dict[str, float]) -> dict[str, float]:
-        return {}
-
     def metrics(self, totals: dict[str, float]) -> dict[str, float]:
         """Loss per masked frame; per codebook (suffix "" for the first, "_1"... after) masked
         cross-entropy and accuracy, chance 1/K, and its targets' usage, perplexity and top share."""
         config = self.model.config
         masked = max(totals.get("masked_count", 0.0), 1.0)
         values = {"loss": totals.get("loss_value", 0.0) / max(totals.get("sample_size", 0.0), 1.0)}
-        for codebook, suffix in enumerate(bestrq_suffixes(config.num_codebooks)):
+        for codebook, suffix in enumerate(codebook_suffixes(config.num_codebooks)):
             codes = code_statistics(self.code_counts[codebook].cpu())
             values.update({f"loss/masked_ce{suffix}": totals.get(f"masked_ce_sum{suffix}", 0.0) / masked,
                            f"accuracy/masked{suffix}": totals.get(f"masked_correct{suffix}", 0.0) / masked,
