@@ -1,0 +1,5 @@
+import sys
+
+from musicssl.cli import main
+
+sys.exit(main())
