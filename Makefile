@@ -68,7 +68,7 @@ parity-fairseq: $(STAMP) $(FAIRSEQ_STAMP)
 # BEST-RQ against MusicFM's own code (its RandomProjectionQuantizer and MusicFM25Hz.masking), run in
 # its own venv (torch + einops). MusicFM is on no registry: MUSICFM_SRC names a checkout of
 # github.com/minzwon/musicfm; without it the target fails, saying so. Seconds on 2 cores.
-# PARITY_ARGS=--write-fixtures rewrites tests/models/fixtures/musicfm_quantizer.safetensors.
+# PARITY_ARGS=--write-fixtures rewrites tests/models/fixtures/musicfm_reference.safetensors.
 MUSICFM_VENV := .venv-musicfm
 MUSICFM_STAMP := $(MUSICFM_VENV)/.installed
 

@@ -1,5 +1,6 @@
 """BEST-RQ parity with MusicFM's own code: the random-projection quantiser (matrices from a seed,
-tokens of the same frames) and the waveform masking (block structure, mask rate, noise). Exits 1
+tokens of the same frames), the waveform masking (block structure, mask rate, noise) and the
+Conv2d front end (MusicFM's weights, the same mel). Exits 1
 when a comparison fails, and when no MusicFM source is given.
 
     make parity-bestrq MUSICFM_SRC=DIR      # DIR: a checkout of github.com/minzwon/musicfm
@@ -8,7 +9,7 @@ when a comparison fails, and when no MusicFM source is given.
 Our side runs here; MusicFM's in its own venv (`.venv-musicfm`: torch, einops, numpy), through
 benchmarks/musicfm_side.py, the frames and answers exchanged as .npz files in a temporary folder.
 `--write-fixtures` stores MusicFM's tokens (and a sample of its matrices) for the seeded cases in
-tests/models/fixtures/musicfm_quantizer.safetensors, which tests/models/test_bestrq_reference.py checks our
+tests/models/fixtures/musicfm_reference.safetensors, which tests/models/test_bestrq_reference.py checks our
 code against without MusicFM.
 
 Tolerances: both sides draw the matrices with the same torch generator and compute the tokens
@@ -33,13 +34,16 @@ from safetensors.numpy import save_file
 from scipy import stats
 
 from musicssl.models.bestrq import LogMel, RandomProjectionQuantizer, stack_frames, waveform_block_mask
+from musicssl.models.musicfm import Conv2dSubsampling
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.models.musicfm_cases
 from tests.models.musicfm_cases import CODE_DIM, QUANTIZER_CASES, case_frames  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_PYTHON = ROOT / os.environ.get("MUSICFM_VENV", ".venv-musicfm") / "bin" / "python"
-FIXTURE = ROOT / "tests" / "models" / "fixtures" / "musicfm_quantizer.safetensors"
+FIXTURE = ROOT / "tests" / "models" / "fixtures" / "musicfm_reference.safetensors"
+# MusicFM's Conv2dSubsampling at a small size (the large model: 512 channels, 128 mels, 1024 dims)
+CONV_CASE = {"seed": 7, "channels": 8, "n_mels": 16, "dim": 24, "frames": 50}
 SAMPLED_ENTRIES = 256  # matrix entries the fixture keeps (the whole matrices are ~300 KB per case)
 
 def mel_frames(seconds: float = 6.0) -> np.ndarray:
@@ -52,6 +56,13 @@ def mel_frames(seconds: float = 6.0) -> np.ndarray:
     mel = LogMel(16000, 1024, 160, 128)(torch.from_numpy(wav.astype(np.float32))[None])
     mel = (mel - mel.mean()) / mel.std()
     return stack_frames(mel, 2).numpy()
+
+
+def conv_input() -> np.ndarray:
+    """(2, n_mels, T) unit normals with a drift along time: a normalised mel as MusicFM's conv sees it."""
+    rng = np.random.default_rng(5)
+    shape = (2, CONV_CASE["n_mels"], CONV_CASE["frames"])
+    return (rng.standard_normal(shape) + np.cumsum(rng.standard_normal(shape), axis=2) / 8).astype(np.float32)
 
 
 def our_tokens(frames: np.ndarray, input_dim: int, codebook_size: int, seed: int):
@@ -81,6 +92,23 @@ def compare(reference: dict, frames: dict, table: list) -> dict[str, np.ndarray]
                             f"{name}/codebook_positions": rows,
                             f"{name}/codebook_values": reference[f"{name}/codebook"].reshape(-1)[rows]})
     return fixture
+
+
+def compare_conv(reference: dict, mel: np.ndarray, table: list) -> dict[str, np.ndarray]:
+    """Our Conv2dSubsampling (models/musicfm.py) with MusicFM's weights on the same mel: the same
+    operations on the same shapes in the same torch, so equal here; the fixture keeps both for
+    tests/models/test_musicfm.py, which checks across CPUs with a float64-calibrated tolerance."""
+    state = {key.removeprefix("conv/state/"): torch.from_numpy(value)
+             for key, value in reference.items() if key.startswith("conv/state/")}
+    conv = Conv2dSubsampling(CONV_CASE["channels"], CONV_CASE["n_mels"], CONV_CASE["dim"])
+    conv.load_state_dict(state)
+    with torch.no_grad():
+        ours = conv.eval()(torch.from_numpy(mel).transpose(1, 2)).numpy()
+    difference = float(np.abs(ours - reference["conv/output"]).max())
+    table.append(("conv", f"Conv2dSubsampling output {ours.shape}: max |ours - MusicFM|", f"{difference:.1e}",
+                  difference <= 1e-5 * float(np.abs(reference["conv/output"]).max())))
+    return {"conv/mel": mel, "conv/output": reference["conv/output"],
+            **{f"conv/state/{key}": value.numpy() for key, value in state.items()}}
 
 
 def compare_masking(reference: dict, settings: dict, table: list) -> None:
@@ -124,10 +152,11 @@ def main() -> int:
         return 1
     frames = {name: case_frames(name, dim, count) for name, dim, _, _, count in QUANTIZER_CASES}
     frames["mel_256"] = mel_frames()
+    frames["conv/mel"] = conv_input()
     masking = {"seed": 11, "batch": 64, "samples": 24000 * 30, "mask_hop": 0.4, "mask_prob": 0.6}
     cases = {"quantizer": [{"name": name, "input_dim": dim, "code_dim": CODE_DIM, "codebook_size": k, "seed": seed}
                            for name, dim, k, seed, _ in QUANTIZER_CASES + [("mel_256", 256, 4096, 142, 0)]],
-             "masking": masking}
+             "masking": masking, "conv": CONV_CASE}
     with tempfile.TemporaryDirectory() as job_dir:
         job = Path(job_dir)
         (job / "cases.json").write_text(json.dumps(cases))
@@ -138,6 +167,7 @@ def main() -> int:
     table: list[tuple[str, str, str, bool]] = []
     fixture = compare(reference, frames, table)
     compare_masking(reference, masking, table)
+    fixture.update(compare_conv(reference, frames["conv/mel"], table))
     for case, what, value, ok in table:
         print(f"{'ok  ' if ok else 'FAIL'} {case:20s} {what:75s} {value}")
     failed = [row for row in table if not row[3]]

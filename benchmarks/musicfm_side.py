@@ -31,13 +31,31 @@ def import_musicfm(source: Path):
     except ImportError:
         sys.modules["torchaudio"] = types.ModuleType("torchaudio")
     from musicfm.model.musicfm_25hz import MusicFM25Hz
+    from musicfm.modules.conv import Conv2dSubsampling
     from musicfm.modules.random_quantizer import RandomProjectionQuantizer
-    return RandomProjectionQuantizer, MusicFM25Hz
+    return RandomProjectionQuantizer, MusicFM25Hz, Conv2dSubsampling
+
+
+def conv_front_end(conv_class, case: dict, mel: np.ndarray) -> dict[str, np.ndarray]:
+    """MusicFM's Conv2dSubsampling (seeded weights, BatchNorm statistics moved off their init, eval
+    mode) on a (B, M, T) mel: its state dict and its output (B, T / 4, D)."""
+    torch.manual_seed(case["seed"])
+    conv = conv_class(1, case["channels"], case["dim"], strides=[2, 2], n_bands=case["n_mels"])
+    with torch.no_grad():
+        for module in conv.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.normal_(1.0, 0.2)
+                module.bias.normal_(0, 0.2)
+        output = conv.eval()(torch.from_numpy(mel))
+    state = {f"conv/state/{name}": value.numpy() for name, value in conv.state_dict().items()}
+    return {**state, "conv/output": output.numpy()}
 
 
 def main() -> int:
     job, source = Path(sys.argv[1]), Path(sys.argv[2])
-    quantizer_class, model_class = import_musicfm(source)
+    quantizer_class, model_class, conv_class = import_musicfm(source)
     cases = json.loads((job / "cases.json").read_text())
     inputs = np.load(job / "inputs.npz")
     out: dict[str, np.ndarray] = {}
@@ -57,6 +75,7 @@ def main() -> int:
     tokens[tuple(token_indices.t())] = True
     out["masking/token_mask"] = tokens.numpy()
     out["masking/noise"] = noised[noised != 0].numpy()
+    out.update(conv_front_end(conv_class, cases["conv"], inputs["conv/mel"]))
     np.savez(job / "musicfm.npz", **out)
     return 0
 

@@ -27,7 +27,9 @@ from torch import Tensor
 from musicssl import audio
 from musicssl.atomic import atomic_path
 from musicssl.interop.huggingface import FAIRSEQ_NORMALIZE_EPS, load_pretrained
+from musicssl.interop.musicfm import is_musicfm_dir, load_musicfm
 from musicssl.models.backbone import Backbone, normalize_waveform
+from musicssl.models.musicfm import MelConformer
 
 
 def default_device() -> torch.device:
@@ -38,7 +40,7 @@ class Encoder:
     """A frozen backbone with its preprocessing. `num_hidden_states` = L + 1 (index 0 is the
     Transformer input, index i the output of block i)."""
 
-    def __init__(self, backbone: Backbone, device: torch.device | str | None = None, name: str = "",
+    def __init__(self, backbone: Backbone | MelConformer, device: torch.device | str | None = None, name: str = "",
                  normalize_eps: float = FAIRSEQ_NORMALIZE_EPS):
         self.device = torch.device(device) if device is not None else default_device()
         self.normalize_eps = normalize_eps  # transformers' feature extractor: 1e-7 (see Preprocessing)
@@ -268,13 +270,17 @@ def _all_finite(array: np.ndarray, block: int = 1 << 20) -> bool:
 
 def load_model(path: str | Path, device: torch.device | str | None = None, **overrides) -> Encoder:
     """Open a model directory (config.json + model.safetensors or pytorch_model.bin): ours, a
-    pre-training checkpoint, or transformers'. `overrides` change non-weight config fields
+    pre-training checkpoint, or transformers'; or MusicFM's published layout. `overrides` change non-weight config fields
     (e.g. isolate_padding=False to reproduce transformers on padded batches)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such model directory")
     if not path.is_dir():
         raise ValueError(f"{path}: a model is a directory holding config.json and weights, not a file")
+    if is_musicfm_dir(path):  # MusicFM's layout: *.pt + *_stats.json (interop/musicfm.py)
+        if overrides:
+            raise ValueError(f"{path}: a MusicFM directory takes no config overrides, got {sorted(overrides)}")
+        return Encoder(load_musicfm(path), device=device, name=path.name)
     backbone, preprocessing = load_pretrained(path, **overrides)
     return Encoder(backbone, device=device, name=path.name, normalize_eps=preprocessing.normalize_eps)
 

@@ -1,6 +1,6 @@
 """Our random-projection quantiser pinned to MusicFM's: tokens and matrix entries MusicFM's own
 RandomProjectionQuantizer gave on the seeded cases of tests/models/musicfm_cases.py, stored in
-fixtures/musicfm_quantizer.safetensors by `make parity-bestrq` (benchmarks/bestrq_parity.py
+fixtures/musicfm_reference.safetensors by `make parity-bestrq` (benchmarks/bestrq_parity.py
 --write-fixtures), compared here without MusicFM.
 
 Against MusicFM itself (same CPU, same float32 operations on the same shapes) the tokens are equal
@@ -24,7 +24,7 @@ from musicssl.models.bestrq import RandomProjectionQuantizer
 from tests.models.musicfm_cases import CODE_DIM, QUANTIZER_CASES, case_frames
 from tests.numerics import U32, gamma, matmul_bound
 
-FIXTURE = Path(__file__).parent / "fixtures" / "musicfm_quantizer.safetensors"
+FIXTURE = Path(__file__).parent / "fixtures" / "musicfm_reference.safetensors"
 MATRIX_ULPS = 8  # Box-Muller through two libm-grade approximations (log, cos) and a sqrt, then a scale
 
 

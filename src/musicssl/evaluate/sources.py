@@ -25,6 +25,7 @@ import torch
 from musicssl.extract import Encoder, load_model
 from musicssl.frame_features import MfccConfig, mfcc
 from musicssl.interop.huggingface import read_hf_config, read_preprocessing
+from musicssl.interop.musicfm import is_musicfm_dir
 from musicssl.models.backbone import Backbone
 from musicssl.models.backbone_config import BackboneConfig, backbone_preset
 
@@ -131,7 +132,10 @@ def weights_fingerprint(directory: Path) -> str:
     directory name, so retraining into the same folder never reuses stale features."""
     digest = hashlib.sha1()
     # The preprocessor config sets the input rate and normalisation: it changes the features too.
-    for name in ("config.json", "preprocessor_config.json", "model.safetensors", "pytorch_model.bin"):
+    names = ["config.json", "preprocessor_config.json", "model.safetensors", "pytorch_model.bin"]
+    if is_musicfm_dir(directory):  # MusicFM's layout: the mel statistics change the features too
+        names = sorted(p.name for p in [*directory.glob("*_stats.json"), *directory.glob("*.pt")])
+    for name in names:
         path = directory / name
         if path.is_file():
             with open(path, "rb") as f:

@@ -1,0 +1,116 @@
+"""Open a MusicFM model directory as MusicFM publishes it (github.com/minzwon/musicfm README):
+
+    DIR/pretrained_msd.pt    torch.save({"state_dict": {"model.<name>": tensor, ...}, ...})
+    DIR/msd_stats.json       {"melspec_2048_mean": ..., "melspec_2048_std": ..., ...}
+
+(`fma` instead of `msd` for the FMA model). The .pt is read through the allow-list unpickler
+(interop/safe_pickle.py): nothing in it runs. The shapes give the configuration (MusicFM's code
+fixes 16 attention heads, from facebook/wav2vec2-conformer-rope-large-960h-ft); the mel
+filterbank stored in the state dict is compared with ours, so a checkpoint made with another mel
+is refused rather than fed features it never saw.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+
+from musicssl.interop.safe_pickle import load_checkpoint
+from musicssl.models.bestrq import mel_filterbank
+from musicssl.models.conformer import ConformerConfig
+from musicssl.models.musicfm import MelConformer, MusicFMConfig
+
+STATS_KEY = "melspec_2048"  # MusicFM's feature name: the stats file's keys are f"{STATS_KEY}_mean" / "_std"
+HEADS = 16  # wav2vec2-conformer-rope-large-960h-ft's num_attention_heads, which MusicFM never changes
+# In the state dict, not in the encoder: the pre-training head and quantiser, the cls token, torchaudio's
+# buffers, and what transformers' rotary encoder builds but never applies.
+NOT_ENCODER = re.compile(r"^(linear\.|cls_token$|quantizer_|preprocessor_|conformer\.pos_conv_embed\.|"
+                         r"conformer\.embed_positions\.)")
+FILTERBANK_KEY = f"preprocessor_{STATS_KEY}.mel_stft.mel_scale.fb"
+FILTERBANK_TOLERANCE = 1e-5  # float32 evaluations of the same triangles in another order: ~1e-7 apart
+
+
+def is_musicfm_dir(path: Path) -> bool:
+    return path.is_dir() and not (path / "config.json").exists() and any(path.glob("*_stats.json"))
+
+
+def _one(directory: Path, pattern: str, what: str) -> Path:
+    found = sorted(directory.glob(pattern))
+    if len(found) != 1:
+        names = ", ".join(p.name for p in found) or "none"
+        raise ValueError(f"{directory}: a MusicFM directory holds exactly one {what} ({pattern}); found {names}")
+    return found[0]
+
+
+def read_stats(path: Path) -> tuple[float, float]:
+    try:
+        stats = json.loads(path.read_text())
+        mean, std = float(stats[f"{STATS_KEY}_mean"]), float(stats[f"{STATS_KEY}_std"])
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a JSON file ({error})") from None
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{path}: no numeric {STATS_KEY}_mean / {STATS_KEY}_std (MusicFM's stats file)") from None
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise ValueError(f"{path}: {STATS_KEY}_mean {mean} / _std {std}: need finite values, std > 0")
+    return mean, std
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    checkpoint = load_checkpoint(path)
+    state = checkpoint.get("state_dict", checkpoint)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: no state dict of tensors (MusicFM saves {{'state_dict': {{name: tensor}}}})")
+    # MusicFM strips the Lightning module's "model." prefix (`k[6:]`); a bare state dict has none
+    return {name[6:] if name.startswith("model.") else name: value for name, value in state.items()}
+
+
+def config_from_state(state: dict[str, torch.Tensor], mean: float, std: float, source: str) -> MusicFMConfig:
+    try:
+        conv_dim = state["conv.conv.0.conv1.weight"].shape[0]
+        dim, flat = state["conv.linear.weight"].shape
+        ffn_dim = state["conformer.layers.0.ffn1.intermediate_dense.weight"].shape[0]
+        kernel = state["conformer.layers.0.conv_module.depthwise_conv.weight"].shape[-1]
+    except KeyError as error:
+        raise ValueError(f"{source}: not a MusicFM state dict (no {error.args[0]})") from None
+    layers = 1 + max(int(m.group(1)) for name in state if (m := re.match(r"conformer\.layers\.(\d+)\.", name)))
+    conformer = ConformerConfig(dim=dim, num_layers=layers, num_heads=HEADS, ffn_dim=ffn_dim, kernel=kernel,
+                                dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, conv_dropout=0.0,
+                                layerdrop=0.0)
+    return MusicFMConfig(conv_dim=conv_dim, n_mels=4 * flat // conv_dim, conformer=conformer,
+                         mel_mean=mean, mel_std=std)
+
+
+def _check_filterbank(state: dict[str, torch.Tensor], config: MusicFMConfig, source: str) -> None:
+    stored = state.get(FILTERBANK_KEY)
+    if stored is None:
+        return  # a bare encoder state dict: nothing to compare
+    ours = mel_filterbank(config.sample_rate, config.n_fft, config.n_mels)
+    if stored.shape != ours.shape or float((stored.float() - ours).abs().max()) > FILTERBANK_TOLERANCE:
+        raise ValueError(f"{source}: its mel filterbank {tuple(stored.shape)} is not torchaudio's HTK mel of "
+                         f"{config.n_mels} bands, n_fft {config.n_fft} at {config.sample_rate} Hz that MusicFM uses")
+
+
+def load_musicfm(directory: str | Path) -> MelConformer:
+    """A MusicFM directory -> the encoder in eval mode, every weight checked against its shape."""
+    directory = Path(directory)
+    mean, std = read_stats(_one(directory, "*_stats.json", "stats file"))
+    weights = _one(directory, "*.pt", "checkpoint")
+    state = read_state_dict(weights)
+    config = config_from_state(state, mean, std, str(weights))
+    _check_filterbank(state, config, str(weights))
+    encoder = MelConformer(config)
+    wanted = {name: value for name, value in state.items() if not NOT_ENCODER.match(name)}
+    expected = encoder.state_dict()
+    missing, unexpected = sorted(set(expected) - set(wanted)), sorted(set(wanted) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{weights}: not MusicFM's encoder: missing {missing[:3]}, unexpected {unexpected[:3]}"
+                         f"{' ...' if len(missing) > 3 or len(unexpected) > 3 else ''}")
+    for name, value in wanted.items():
+        if value.shape != expected[name].shape:
+            raise ValueError(f"{weights}: {name} has shape {tuple(value.shape)}, the model {tuple(expected[name].shape)}")
+    encoder.load_state_dict(wanted)
+    return encoder.eval()

@@ -1,0 +1,170 @@
+"""MusicFM's encoder (Won, Hung, Le, arXiv 2311.03318; github.com/minzwon/musicfm, `MusicFM25Hz`):
+a conformer over the log-mel, the model the BEST-RQ family (MusicFM, MuQ) trains (docs/method.md §8).
+
+    wav (24 kHz) ─> log-mel dB, n_fft 2048, hop 240, 128 mels, last frame dropped (100 Hz)
+        ─> (x - mean) / std  (one global pair: MusicFM's *_stats.json)
+        ─> 2 residual Conv2d blocks, stride 2 in frequency and time (512 channels) ─> Linear (25 Hz)
+        ─> Conformer (rotary positions, models/conformer.py) ─> L + 1 hidden states
+
+Parameter names are MusicFM's (`conv.conv.0.conv1.weight`, `conformer.layers.3...`), so its
+published state dict loads as it is (interop/musicfm.py). One token per whole 40 ms: a tail of
+fewer than 960 samples gives no token (MusicFM's conv would emit a partial one), so n samples give
+n // 960 tokens and chunked extraction lines up with a single pass on whole tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor, nn
+
+from musicssl.models.bestrq import LogMel
+from musicssl.models.conformer import ConformerConfig, ConformerEncoder
+
+STRIDES = 2  # two Conv2d blocks of stride 2 in time: 100 Hz mel -> 25 Hz tokens
+
+
+@dataclass(frozen=True)
+class MusicFMConfig:
+    """Defaults: MusicFM25Hz's constructor (model/musicfm_25hz.py) and the conformer it builds."""
+
+    sample_rate: int = 24_000
+    n_fft: int = 2048
+    mel_hop: int = 240
+    n_mels: int = 128
+    conv_dim: int = 512
+    conformer: ConformerConfig = field(default_factory=ConformerConfig)
+    # MusicFM normalises the dB-mel by one global mean / std, measured on its training set
+    # (fma_stats.json / msd_stats.json); None until measured or read from those files.
+    mel_mean: float | None = None
+    mel_std: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_mels % 4:
+            raise ValueError(f"n_mels must be a multiple of 4 (two stride-2 blocks in frequency), got {self.n_mels}")
+        if (self.mel_mean is None) != (self.mel_std is None) or (self.mel_std is not None and self.mel_std <= 0):
+            raise ValueError(f"mel_mean and mel_std go together, std > 0; got {self.mel_mean}, {self.mel_std}")
+
+    # What extraction reads of a backbone's config (extract.Encoder)
+    @property
+    def hop(self) -> int:
+        return self.mel_hop * STRIDES * 2
+
+    @property
+    def receptive_field(self) -> int:
+        return self.hop  # one token per whole hop (module docstring)
+
+    @property
+    def frame_rate_hz(self) -> float:
+        return self.sample_rate / self.hop
+
+    @property
+    def num_layers(self) -> int:
+        return self.conformer.num_layers
+
+    @property
+    def dim(self) -> int:
+        return self.conformer.dim
+
+    @property
+    def normalize_waveform(self) -> bool:
+        return False  # the mel is normalised instead
+
+
+def musicfm_config(preset: str, **changes) -> MusicFMConfig:
+    """`large` (MusicFM's published 330M shape), `tiny` (tests, CPU demos)."""
+    if preset == "large":
+        return MusicFMConfig(**changes)
+    if preset == "tiny":
+        tiny = ConformerConfig(dim=64, num_layers=2, num_heads=2, ffn_dim=256, kernel=15)
+        return replace(MusicFMConfig(conv_dim=16, conformer=tiny), **changes)
+    raise ValueError(f"unknown MusicFM preset {preset!r}; known: large, tiny")
+
+
+class Res2dModule(nn.Module):
+    """conv3x3 -> BN -> ReLU -> conv3x3 -> BN, plus a strided conv3x3 -> BN shortcut, -> ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: tuple[int, int]):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, stride=stride)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU()
+        # MusicFM builds the shortcut conv whenever the shape changes, which both blocks do
+        self.conv3 = nn.Conv2d(in_channels, out_channels, 3, padding=1, stride=stride)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.relu(self.bn3(self.conv3(x)) + out)
+
+
+class Conv2dSubsampling(nn.Module):
+    def __init__(self, channels: int, n_mels: int, dim: int):
+        super().__init__()
+        self.conv = nn.Sequential(Res2dModule(1, channels, (2, 2)), Res2dModule(channels, channels, (2, 2)))
+        self.linear = nn.Linear(channels * (n_mels // 4), dim)
+
+    def forward(self, mel: Tensor) -> Tensor:
+        """(B, T, M) normalised mel -> (B, ceil(T / 4), D)."""
+        x = self.conv(mel.transpose(1, 2)[:, None])  # (B, C, M / 4, T / 4)
+        batch, channels, bands, frames = x.shape
+        # MusicFM's `b c f t -> b t (c f)`: channel-major features per token
+        return self.linear(x.permute(0, 3, 1, 2).reshape(batch, frames, channels * bands))
+
+
+@dataclass
+class MelConformerOutput:
+    layers: tuple[Tensor, ...]  # L + 1 x (B, T, D): [0] the conformer input, [L] after its final LayerNorm
+    lengths: Tensor  # (B,) tokens per item
+
+    @property
+    def last_hidden_state(self) -> Tensor:
+        return self.layers[-1]
+
+
+class MelConformer(nn.Module):
+    """The encoder extraction and probing use; forward as a Backbone's (extract.Encoder)."""
+
+    def __init__(self, config: MusicFMConfig):
+        super().__init__()
+        if config.mel_mean is None:
+            raise ValueError("MusicFMConfig.mel_mean / mel_std are unset: the model needs its mel statistics "
+                             "(MusicFM's *_stats.json)")
+        self.config = config
+        self.log_mel = LogMel(config.sample_rate, config.n_fft, config.mel_hop, config.n_mels)
+        self.conv = Conv2dSubsampling(config.conv_dim, config.n_mels, config.conformer.dim)
+        self.conformer = ConformerEncoder(config.conformer)
+
+    def frame_lengths(self, sample_lengths: Tensor) -> Tensor:
+        return torch.div(sample_lengths, self.config.hop, rounding_mode="floor")
+
+    def normalized_mel(self, wav: Tensor) -> Tensor:
+        """(B, n) -> (B, n // 240, M) in float32 whatever the autocast (MusicFM computes its
+        features in float32 too); a waveform too short for the reflect padding is zero-padded."""
+        config = self.config
+        if wav.shape[1] <= config.n_fft // 2:
+            wav = nn.functional.pad(wav, (0, config.n_fft // 2 + 1 - wav.shape[1]))
+        with torch.autocast(wav.device.type, enabled=False):
+            mel = self.log_mel(wav.float())
+        return (mel - config.mel_mean) / config.mel_std
+
+    def forward(self, wav: Tensor, lengths: Tensor | None = None, num_layers: int | None = None,
+                mel: Tensor | None = None) -> MelConformerOutput:
+        """wav (B, n) at 24 kHz, lengths (B,) samples (None: all n). `mel` (B, T, M) replaces the
+        normalised mel of `wav` (pre-training passes the masked one). Every layer is computed
+        (`num_layers` is accepted for the Backbone's signature)."""
+        if wav.dim() != 2:
+            raise ValueError(f"wav must be (batch, samples), got shape {tuple(wav.shape)}")
+        if lengths is None:
+            lengths = torch.full((wav.shape[0],), wav.shape[1], dtype=torch.long, device=wav.device)
+        tokens = wav.shape[1] // self.config.hop
+        if tokens == 0:
+            raise ValueError(f"an input has {wav.shape[1]} samples, fewer than one {self.config.hop}-sample token")
+        x = self.conv(self.normalized_mel(wav) if mel is None else mel)[:, :tokens]  # (B, T, D)
+        token_lengths = self.frame_lengths(lengths)
+        padded = bool((token_lengths < tokens).any())
+        layers = self.conformer(x, token_lengths if padded else None)
+        return MelConformerOutput(layers, token_lengths)
