@@ -27,7 +27,7 @@ from torch import Tensor
 from musicssl import audio
 from musicssl.atomic import atomic_path
 from musicssl.interop.huggingface import FAIRSEQ_NORMALIZE_EPS, load_pretrained
-from musicssl.interop.musicfm import is_musicfm_dir, load_musicfm
+from musicssl.interop.musicfm import is_musicfm_dir, is_muq_dir, load_musicfm, load_muq
 from musicssl.models.backbone import Backbone, normalize_waveform
 from musicssl.models.musicfm import MelConformer
 
@@ -270,17 +270,18 @@ def _all_finite(array: np.ndarray, block: int = 1 << 20) -> bool:
 
 def load_model(path: str | Path, device: torch.device | str | None = None, **overrides) -> Encoder:
     """Open a model directory (config.json + model.safetensors or pytorch_model.bin): ours, a
-    pre-training checkpoint, or transformers'; or MusicFM's published layout. `overrides` change non-weight config fields
+    pre-training checkpoint, or transformers'; or MusicFM's or MuQ's published layout. `overrides` change non-weight config fields
     (e.g. isolate_padding=False to reproduce transformers on padded batches)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such model directory")
     if not path.is_dir():
         raise ValueError(f"{path}: a model is a directory holding config.json and weights, not a file")
-    if is_musicfm_dir(path):  # MusicFM's layout: *.pt + *_stats.json (interop/musicfm.py)
-        if overrides:
-            raise ValueError(f"{path}: a MusicFM directory takes no config overrides, got {sorted(overrides)}")
-        return Encoder(load_musicfm(path), device=device, name=path.name)
+    for is_layout, load in ((is_musicfm_dir, load_musicfm), (is_muq_dir, load_muq)):  # interop/musicfm.py
+        if is_layout(path):
+            if overrides:
+                raise ValueError(f"{path}: a MusicFM / MuQ directory takes no config overrides, got {sorted(overrides)}")
+            return Encoder(load(path), device=device, name=path.name)
     backbone, preprocessing = load_pretrained(path, **overrides)
     return Encoder(backbone, device=device, name=path.name, normalize_eps=preprocessing.normalize_eps)
 

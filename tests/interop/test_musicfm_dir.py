@@ -126,3 +126,54 @@ def test_a_bad_directory_is_refused_in_one_line_naming_the_file(tmp_path, capsys
     assert len(error.splitlines()) == 1 and message in error, error
     assert "owned" not in capsys.readouterr().out
     assert not (tmp_path / "f.npz").exists()
+
+
+def muq_dir(directory: Path, label_rate: int = 25, heads: int = 4) -> tuple[Path, dict[str, torch.Tensor]]:
+    """What `MuQ(config).save_pretrained(DIR)` writes (huggingface_hub's PyTorchModelHubMixin):
+    config.json = MuQConfig's fields, model.safetensors = MuQModel's state under `model.`."""
+    from safetensors.torch import save_file
+
+    w2v2 = Wav2Vec2ConformerConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=heads,
+                                   intermediate_size=256, conv_depthwise_kernel_size=15, hidden_act="swish",
+                                   position_embeddings_type="rotary")
+    config = {"label_rate": label_rate, "num_codebooks": 1, "codebook_dim": 16, "codebook_size": 8192,
+              "features": ["melspec_2048"], "hop_length": 240, "n_mels": 128, "conv_dim": 16, "encoder_dim": 64,
+              "encoder_depth": 2, "mask_hop": 0.4, "mask_prob": 0.6, "is_flash": False,
+              "stat": {"melspec_2048_cnt": 14282760192, "melspec_2048_mean": 6.768, "melspec_2048_std": 18.418},
+              "w2v2_config": w2v2.to_dict(), "use_rvq_target": True, "use_vq_target": False,
+              "use_encodec_target": False, "rvq_ckpt_path": None, "recon_loss_ratio": None,
+              "resume_checkpoint": None, "rvq_n_codebooks": 8, "rvq_multi_layer_num": 1}
+    torch.manual_seed(1)
+    tiny = musicfm_config("tiny", mel_mean=0.0, mel_std=1.0, time_strides=(2, 2) if label_rate == 25 else (2, 1))
+    state = {f"conv.{k}": v for k, v in MelConformer(tiny).conv.state_dict().items()}
+    state |= {f"conformer.{k}": v for k, v in Wav2Vec2ConformerEncoder(w2v2).state_dict().items()}
+    state = {k: torch.randn_like(v) * 0.1 if v.is_floating_point() and not k.endswith("running_var") else v
+             for k, v in state.items()}
+    state |= {"linear.weight": torch.randn(8192, 64), "linear.bias": torch.zeros(8192), "cls_token": torch.randn(64),
+              "rvq.quantizers.0.in_proj.weight": torch.randn(16, 512), "rvq.quantizers.0.codebook.weight": torch.randn(1024, 16)}
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text(json.dumps(config))
+    save_file({f"model.{k}": v.contiguous() for k, v in state.items()}, str(directory / "model.safetensors"))
+    return directory, state
+
+
+@pytest.mark.parametrize("label_rate", [25, 50])
+def test_a_muq_directory_loads_at_its_label_rate(tmp_path, label_rate):
+    directory, state = muq_dir(tmp_path / "MuQ-large-msd-iter", label_rate)
+    encoder = load_model(directory, device="cpu")
+    for name, value in encoder.backbone.state_dict().items():
+        assert torch.equal(value, state[name]), name
+    assert encoder.frame_rate_hz == label_rate and encoder.config.conformer.num_heads == 4
+    features = encoder.extract(np.zeros(24_000 * 2, np.float32) + 0.01, 24_000, chunk_seconds=None)
+    assert features.shape == (3, 2 * label_rate, 64)
+
+
+def test_a_muq_config_that_muqs_code_would_build_otherwise_is_refused(tmp_path, capsys):
+    directory, _ = muq_dir(tmp_path / "MuQ")
+    config = json.loads((directory / "config.json").read_text())
+    config["w2v2_config"]["position_embeddings_type"] = "relative"
+    (directory / "config.json").write_text(json.dumps(config))
+    write_tone(tmp_path / "a.wav", 1.0)
+    assert main(["extract", str(directory), str(tmp_path / "a.wav"), "-o", str(tmp_path / "f.npz")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "rotary" in error and "config.json" in error

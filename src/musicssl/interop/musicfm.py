@@ -1,4 +1,7 @@
-"""Open a MusicFM model directory as MusicFM publishes it (github.com/minzwon/musicfm README):
+"""Open MusicFM and MuQ model directories as those projects publish them: the same encoder
+(models/musicfm.py) under two layouts.
+
+MusicFM (github.com/minzwon/musicfm README):
 
     DIR/pretrained_msd.pt    torch.save({"state_dict": {"model.<name>": tensor, ...}, ...})
     DIR/msd_stats.json       {"melspec_2048_mean": ..., "melspec_2048_std": ..., ...}
@@ -8,6 +11,15 @@
 fixes 16 attention heads, from facebook/wav2vec2-conformer-rope-large-960h-ft); the mel
 filterbank stored in the state dict is compared with ours, so a checkpoint made with another mel
 is refused rather than fed features it never saw.
+
+MuQ (tencent-ailab/MuQ, `MuQ.from_pretrained`: huggingface_hub's PyTorchModelHubMixin):
+
+    DIR/config.json          MuQConfig's fields: encoder_dim, encoder_depth, conv_dim, n_mels,
+                             label_rate, stat {melspec_2048_mean, _std}, w2v2_config {...}
+    DIR/model.safetensors    (or pytorch_model.bin) {"model.<name>": tensor}: MuQModel's modules
+
+MuQ's mel is a plain object (no buffers in its state dict), its quantiser an RVQ or random
+projection (`model.rvq.*`, `model.quantizer_*`), left out of the encoder.
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from musicssl.interop.huggingface import read_hf_weights
 from musicssl.interop.safe_pickle import load_checkpoint
 from musicssl.models.bestrq import mel_filterbank
 from musicssl.models.conformer import ConformerConfig
@@ -28,14 +41,26 @@ STATS_KEY = "melspec_2048"  # MusicFM's feature name: the stats file's keys are 
 HEADS = 16  # wav2vec2-conformer-rope-large-960h-ft's num_attention_heads, which MusicFM never changes
 # In the state dict, not in the encoder: the pre-training head and quantiser, the cls token, torchaudio's
 # buffers, and what transformers' rotary encoder builds but never applies.
-NOT_ENCODER = re.compile(r"^(linear\.|cls_token$|quantizer_|preprocessor_|conformer\.pos_conv_embed\.|"
-                         r"conformer\.embed_positions\.)")
+NOT_ENCODER = re.compile(r"^(linear\.|cls_token$|quantizer_|preprocessor_|rvq\.|recon_proj\.|"
+                         r"conformer\.pos_conv_embed\.|conformer\.embed_positions\.)")
 FILTERBANK_KEY = f"preprocessor_{STATS_KEY}.mel_stft.mel_scale.fb"
 FILTERBANK_TOLERANCE = 1e-5  # float32 evaluations of the same triangles in another order: ~1e-7 apart
 
 
 def is_musicfm_dir(path: Path) -> bool:
     return path.is_dir() and not (path / "config.json").exists() and any(path.glob("*_stats.json"))
+
+
+def is_muq_dir(path: Path) -> bool:
+    """config.json with MuQConfig's own fields (transformers' configs have none of them)."""
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        values = json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return False  # the transformers loader names the problem
+    return isinstance(values, dict) and {"w2v2_config", "encoder_dim", "stat"} <= set(values)
 
 
 def _one(directory: Path, pattern: str, what: str) -> Path:
@@ -94,6 +119,22 @@ def _check_filterbank(state: dict[str, torch.Tensor], config: MusicFMConfig, sou
                          f"{config.n_mels} bands, n_fft {config.n_fft} at {config.sample_rate} Hz that MusicFM uses")
 
 
+def _load_encoder(state: dict[str, torch.Tensor], config: MusicFMConfig, source: str) -> MelConformer:
+    encoder = MelConformer(config)
+    wanted = {name: value for name, value in state.items() if not NOT_ENCODER.match(name)}
+    expected = encoder.state_dict()
+    missing, unexpected = sorted(set(expected) - set(wanted)), sorted(set(wanted) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{source}: not this encoder's weights: missing {missing[:3]}, unexpected {unexpected[:3]}"
+                         f"{' ...' if len(missing) > 3 or len(unexpected) > 3 else ''}")
+    for name, value in wanted.items():
+        if value.shape != expected[name].shape:
+            raise ValueError(f"{source}: {name} has shape {tuple(value.shape)}, the config says "
+                             f"{tuple(expected[name].shape)}")
+    encoder.load_state_dict(wanted)
+    return encoder.eval()
+
+
 def load_musicfm(directory: str | Path) -> MelConformer:
     """A MusicFM directory -> the encoder in eval mode, every weight checked against its shape."""
     directory = Path(directory)
@@ -102,15 +143,44 @@ def load_musicfm(directory: str | Path) -> MelConformer:
     state = read_state_dict(weights)
     config = config_from_state(state, mean, std, str(weights))
     _check_filterbank(state, config, str(weights))
-    encoder = MelConformer(config)
-    wanted = {name: value for name, value in state.items() if not NOT_ENCODER.match(name)}
-    expected = encoder.state_dict()
-    missing, unexpected = sorted(set(expected) - set(wanted)), sorted(set(wanted) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{weights}: not MusicFM's encoder: missing {missing[:3]}, unexpected {unexpected[:3]}"
-                         f"{' ...' if len(missing) > 3 or len(unexpected) > 3 else ''}")
-    for name, value in wanted.items():
-        if value.shape != expected[name].shape:
-            raise ValueError(f"{weights}: {name} has shape {tuple(value.shape)}, the model {tuple(expected[name].shape)}")
-    encoder.load_state_dict(wanted)
-    return encoder.eval()
+    return _load_encoder(state, config, str(weights))
+
+
+def muq_config(values: dict, source: str) -> MusicFMConfig:
+    """MuQConfig's fields -> ours; what MuQ's code would build differently is refused by name."""
+    w2v2 = values.get("w2v2_config") or {}
+    stat = values.get("stat") or {}
+    try:
+        mean, std = float(stat[f"{STATS_KEY}_mean"]), float(stat[f"{STATS_KEY}_std"])
+        folds = 100 // int(values.get("label_rate", 25))
+        heads, ffn_dim = int(w2v2["num_attention_heads"]), int(w2v2["intermediate_size"])
+        kernel = int(w2v2["conv_depthwise_kernel_size"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{source}: not a MuQ config (stat / label_rate / w2v2_config: {error})") from None
+    if w2v2.get("position_embeddings_type", "rotary") != "rotary" or w2v2.get("hidden_act", "swish") not in ("swish", "silu"):
+        raise ValueError(f"{source}: w2v2_config asks for position_embeddings_type "
+                         f"{w2v2.get('position_embeddings_type')!r}, hidden_act {w2v2.get('hidden_act')!r}; "
+                         "MuQ's and ours are rotary and swish")
+    strides = {4: (2, 2), 2: (2, 1)}.get(folds)
+    if strides is None or values.get("features", ["melspec_2048"]) != ["melspec_2048"]:
+        raise ValueError(f"{source}: label_rate {values.get('label_rate')} / features {values.get('features')}: "
+                         "MuQ's code builds 25 or 50 Hz models on melspec_2048 only")
+    conformer = ConformerConfig(dim=int(values["encoder_dim"]), num_layers=int(values["encoder_depth"]),
+                                num_heads=heads, ffn_dim=ffn_dim, kernel=kernel,
+                                rotary_base=int(w2v2.get("rotary_embedding_base", 10_000)),
+                                layer_norm_eps=float(w2v2.get("layer_norm_eps", 1e-5)), dropout=0.0,
+                                attention_dropout=0.0, activation_dropout=0.0, conv_dropout=0.0, layerdrop=0.0)
+    return MusicFMConfig(n_mels=int(values.get("n_mels", 128)), mel_hop=int(values.get("hop_length", 240)),
+                         conv_dim=int(values.get("conv_dim", 512)), time_strides=strides, conformer=conformer,
+                         mel_mean=mean, mel_std=std)
+
+
+def load_muq(directory: str | Path) -> MelConformer:
+    """A MuQ directory -> the encoder in eval mode (MuQ's `output_hidden_states` are its layers)."""
+    directory = Path(directory)
+    config = muq_config(json.loads((directory / "config.json").read_text()), str(directory / "config.json"))
+    state = read_hf_weights(directory)
+    prefixed = [name for name in state if not name.startswith("model.")]
+    if prefixed:
+        raise ValueError(f"{directory}: weights outside MuQ's `model.` ({prefixed[:3]}): not a MuQ directory")
+    return _load_encoder({name[6:]: value for name, value in state.items()}, config, str(directory))

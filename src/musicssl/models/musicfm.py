@@ -1,5 +1,6 @@
 """MusicFM's encoder (Won, Hung, Le, arXiv 2311.03318; github.com/minzwon/musicfm, `MusicFM25Hz`):
-a conformer over the log-mel, the model the BEST-RQ family (MusicFM, MuQ) trains (docs/method.md §8).
+a conformer over the log-mel, the model the BEST-RQ family (MusicFM, MuQ: tencent-ailab/MuQ
+`MuQModel`, the same modules) trains (docs/method.md §8).
 
     wav (24 kHz) ─> log-mel dB, n_fft 2048, hop 240, 128 mels, last frame dropped (100 Hz)
         ─> (x - mean) / std  (one global pair: MusicFM's *_stats.json)
@@ -7,7 +8,8 @@ a conformer over the log-mel, the model the BEST-RQ family (MusicFM, MuQ) trains
         ─> Conformer (rotary positions, models/conformer.py) ─> L + 1 hidden states
 
 Parameter names are MusicFM's (`conv.conv.0.conv1.weight`, `conformer.layers.3...`), so its
-published state dict loads as it is (interop/musicfm.py). One token per whole 40 ms: a tail of
+published state dict loads as it is, and MuQ's (the same modules under `model.`; interop/musicfm.py).
+One token per whole 40 ms: a tail of
 fewer than 960 samples gives no token (MusicFM's conv would emit a partial one), so n samples give
 n // 960 tokens and chunked extraction lines up with a single pass on whole tokens.
 """
@@ -22,7 +24,6 @@ from torch import Tensor, nn
 from musicssl.models.bestrq import LogMel
 from musicssl.models.conformer import ConformerConfig, ConformerEncoder
 
-STRIDES = 2  # two Conv2d blocks of stride 2 in time: 100 Hz mel -> 25 Hz tokens
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ class MusicFMConfig:
     mel_hop: int = 240
     n_mels: int = 128
     conv_dim: int = 512
+    # The two Conv2d blocks' strides in time (in frequency both are 2): (2, 2) = 25 Hz tokens from
+    # the 100 Hz mel; MuQ's 50 Hz label rate uses (2, 1).
+    time_strides: tuple[int, int] = (2, 2)
     conformer: ConformerConfig = field(default_factory=ConformerConfig)
     # MusicFM normalises the dB-mel by one global mean / std, measured on its training set
     # (fma_stats.json / msd_stats.json); None until measured or read from those files.
@@ -41,6 +45,8 @@ class MusicFMConfig:
     mel_std: float | None = None
 
     def __post_init__(self) -> None:
+        if any(stride not in (1, 2) for stride in self.time_strides) or len(self.time_strides) != 2:
+            raise ValueError(f"time_strides must be two of 1 or 2, got {self.time_strides}")
         if self.n_mels % 4:
             raise ValueError(f"n_mels must be a multiple of 4 (two stride-2 blocks in frequency), got {self.n_mels}")
         if (self.mel_mean is None) != (self.mel_std is None) or (self.mel_std is not None and self.mel_std <= 0):
@@ -49,7 +55,7 @@ class MusicFMConfig:
     # What extraction reads of a backbone's config (extract.Encoder)
     @property
     def hop(self) -> int:
-        return self.mel_hop * STRIDES * 2
+        return self.mel_hop * self.time_strides[0] * self.time_strides[1]
 
     @property
     def receptive_field(self) -> int:
@@ -102,13 +108,14 @@ class Res2dModule(nn.Module):
 
 
 class Conv2dSubsampling(nn.Module):
-    def __init__(self, channels: int, n_mels: int, dim: int):
+    def __init__(self, channels: int, n_mels: int, dim: int, time_strides: tuple[int, int] = (2, 2)):
         super().__init__()
-        self.conv = nn.Sequential(Res2dModule(1, channels, (2, 2)), Res2dModule(channels, channels, (2, 2)))
+        self.conv = nn.Sequential(Res2dModule(1, channels, (2, time_strides[0])),
+                                  Res2dModule(channels, channels, (2, time_strides[1])))
         self.linear = nn.Linear(channels * (n_mels // 4), dim)
 
     def forward(self, mel: Tensor) -> Tensor:
-        """(B, T, M) normalised mel -> (B, ceil(T / 4), D)."""
+        """(B, T, M) normalised mel -> (B, T', D), T' = ceil(T / 4) at time strides (2, 2)."""
         x = self.conv(mel.transpose(1, 2)[:, None])  # (B, C, M / 4, T / 4)
         batch, channels, bands, frames = x.shape
         # MusicFM's `b c f t -> b t (c f)`: channel-major features per token
@@ -135,7 +142,7 @@ class MelConformer(nn.Module):
                              "(MusicFM's *_stats.json)")
         self.config = config
         self.log_mel = LogMel(config.sample_rate, config.n_fft, config.mel_hop, config.n_mels)
-        self.conv = Conv2dSubsampling(config.conv_dim, config.n_mels, config.conformer.dim)
+        self.conv = Conv2dSubsampling(config.conv_dim, config.n_mels, config.conformer.dim, config.time_strides)
         self.conformer = ConformerEncoder(config.conformer)
 
     def frame_lengths(self, sample_lengths: Tensor) -> Tensor:
