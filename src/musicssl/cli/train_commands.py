@@ -6,8 +6,8 @@ import sys
 
 
 def add_pretrain(commands) -> None:
-    parser = commands.add_parser("pretrain", help="pre-train MusicHuBERT, Music2Vec or BEST-RQ (torchrun for several "
-                                                  "processes)",
+    parser = commands.add_parser("pretrain", help="pre-train MusicHuBERT, Music2Vec, BEST-RQ or MusicFM (torchrun "
+                                                  "for several processes)",
                                  description="Pre-train a model; the same command runs under torchrun.")
     methods = parser.add_subparsers(dest="method", required=True)
     hubert = methods.add_parser("musichubert", help="HuBERT masked prediction of k-means labels")
@@ -20,8 +20,11 @@ def add_pretrain(commands) -> None:
                                 "crop5s, steps800k")
     bestrq = methods.add_parser("bestrq", help="BEST-RQ: masked prediction of frozen random-projection tokens "
                                                "of the log-mel (no labels step)")
-    for sub in (hubert, music2vec, bestrq):
-        sub.add_argument("--preset", default="base", help="base (the paper's) or tiny (CPU tests, the demo)")
+    musicfm = methods.add_parser("musicfm", help="MusicFM: BEST-RQ tokens of the log-mel predicted by a conformer over "
+                                                 "the mel (24 kHz, 25 Hz; no labels step)")
+    for sub in (hubert, music2vec, bestrq, musicfm):
+        sub.add_argument("--preset", default="base", help="base (the paper's) or tiny (CPU tests, the demo)"
+                         + ("; large: MusicFM's 330M" if sub is musicfm else ""))
         sub.add_argument("--data", required=True, help="manifest directory (train.tsv)")
         sub.add_argument("--out", required=True, help="run directory (resumes if it holds checkpoints)")
         sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

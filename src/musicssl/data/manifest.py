@@ -96,24 +96,48 @@ def read_manifest(path: str | Path) -> Manifest:
     return Manifest(Path(lines[0].strip()), tuple(items))
 
 
-def write_manifest(path: str | Path, root: str | Path, items: Sequence[tuple[str, int]]) -> None:
+def write_manifest(path: str | Path, root: str | Path, items: Sequence[tuple[str, int]],
+                   sample_rate: int | None = None) -> None:
+    """`sample_rate`: the rate the sample counts are at, kept in the sidecar (a reader at another
+    rate is refused: `check_sample_rate`)."""
     path = Path(path)
     lines = [str(Path(root).resolve())] + [f"{relative}\t{count}" for relative, count in items]
     # array jobs of `musicssl prepare` write the same manifest at once: atomic's temporary is
     # per process, so one job cannot rename the other's file away (ENOENT)
     with atomic.atomic_path(path) as partial:
         partial.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    _record_in_sidecar(path, Manifest(Path(root), tuple(items)))
+    _record_in_sidecar(path, Manifest(Path(root), tuple(items)), sample_rate)
 
 
-def _record_in_sidecar(path: Path, manifest: Manifest) -> None:
+def _record_in_sidecar(path: Path, manifest: Manifest, sample_rate: int | None) -> None:
     sidecar = path.with_name(SIDECAR_NAME)
     try:
         splits = json.loads(sidecar.read_text())["splits"] if sidecar.exists() else {}
     except (ValueError, KeyError, TypeError):
         splits = {}  # a damaged sidecar is only a cache of the rows: rewrite it
     splits[path.stem] = {"rows": len(manifest), "fingerprint": manifest.fingerprint}
+    if sample_rate is not None:
+        splits[path.stem]["sample_rate"] = sample_rate
     atomic.write_text(sidecar, json.dumps({"splits": splits}, indent=2, sort_keys=True) + "\n")
+
+
+def recorded_sample_rate(path: str | Path) -> int | None:
+    """The rate `musicssl manifest` counted `path`'s samples at (None: not recorded, an older or
+    hand-made manifest)."""
+    path = Path(path)
+    try:
+        entry = json.loads(path.with_name(SIDECAR_NAME).read_text())["splits"][path.stem]
+        return int(entry["sample_rate"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_sample_rate(path: str | Path, sample_rate: int) -> None:
+    """A manifest's sample counts are at one rate: read at another, every file looks changed."""
+    recorded = recorded_sample_rate(path)
+    if recorded is not None and recorded != sample_rate:
+        raise ManifestError(f"{path}: its sample counts are at {recorded} Hz, this model reads {sample_rate} Hz; "
+                            f"list the audio again with `musicssl manifest AUDIO_DIR -o DIR --sample-rate {sample_rate}`")
 
 
 def untsvable(relative: str) -> bool:
@@ -192,8 +216,8 @@ def build_manifest(audio_dir: str | Path, out_dir: str | Path, valid_percent: fl
         raise ValueError(f"{root}: none of the {len(failed)} audio files could be used (see stderr)")
     train, valid = split_items(good, valid_percent, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_manifest(out_dir / "train.tsv", root, train)
-    write_manifest(out_dir / "valid.tsv", root, valid)
+    write_manifest(out_dir / "train.tsv", root, train, sample_rate)
+    write_manifest(out_dir / "valid.tsv", root, valid, sample_rate)
     report = "".join(f"{_report_name(relative)}\t{reason}\n" for relative, reason in failed)
     atomic.write_text(out_dir / REPORT_NAME, "path\treason\n" + report)
     hours = sum(count for _, count in good) / sample_rate / 3600

@@ -38,7 +38,7 @@ import numpy as np
 
 from musicssl import atomic, audio
 from musicssl.config import read_json
-from musicssl.data.manifest import Manifest, read_manifest, write_manifest
+from musicssl.data.manifest import Manifest, check_sample_rate, read_manifest, write_manifest
 
 PREPARED = "prepared.json"
 FORMAT = "musicssl int16 shards v1"
@@ -97,6 +97,7 @@ def prepare(manifest_dir: str | Path, out_dir: str | Path, sample_rate: int = 16
 
 def _plan_split(manifest_dir: Path, out_dir: Path, split: str, sample_rate: int,
                 num_shards: int | None) -> tuple[str, int, int, str, str]:
+    check_sample_rate(manifest_dir / f"{split}.tsv", sample_rate)
     manifest = read_manifest(manifest_dir / f"{split}.tsv")
     if len(manifest) == 0:
         raise ValueError(f"{manifest_dir / f'{split}.tsv'}: no rows to prepare")
@@ -105,7 +106,7 @@ def _plan_split(manifest_dir: Path, out_dir: Path, split: str, sample_rate: int,
         raise ValueError(f"--num-shards must be in 1..{len(manifest)} for {split} ({len(manifest)} rows), got {n}")
     target = out_dir / f"{split}.tsv"
     if not target.exists():  # the same rows in the same order: label files keep lining up
-        write_manifest(target, manifest.root, list(manifest.items))
+        write_manifest(target, manifest.root, list(manifest.items), sample_rate)
     return split, len(manifest), n, _digest(manifest), manifest.fingerprint
 
 

@@ -46,7 +46,7 @@ from musicssl import audio
 from musicssl.data.crop_read import WholeFile, crop_offset, read_span
 from musicssl.data.label_files import (LabelGrid, LabelRows, StackedLabelRows, check_labels, check_made_from, label_file,
                                        read_label_set)
-from musicssl.data.manifest import Manifest, read_manifest
+from musicssl.data.manifest import Manifest, check_sample_rate, read_manifest
 from musicssl.data.prepare import PreparedCorpus, is_prepared
 from musicssl.models.backbone import normalize_waveform
 
@@ -88,6 +88,15 @@ class DataConfig:
 
 # ---------------------------------------------------------------------------------------------
 # items: one crop per (epoch, row)
+
+
+def _why_counts_differ(decoded: int, expected: int, sample_rate: int) -> str:
+    """A manifest listed at another rate gives every file this count at that rate, not a changed file."""
+    for rate in (8000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000):
+        if rate != sample_rate and abs(round(decoded * rate / sample_rate) - expected) <= 1:
+            return (f"that is this file at {rate} Hz: the manifest was made with --sample-rate {rate}, the model "
+                    f"reads {sample_rate} Hz (list the audio again with --sample-rate {sample_rate})")
+    return "the file changed since the manifest was built"
 
 
 class PretrainDataset(Dataset):
@@ -176,7 +185,7 @@ class PretrainDataset(Dataset):
             return self._skip(index, "undecodable", getattr(error, "problem", str(error)))
         if len(wav) != expected:
             return self._skip(index, "changed", f"decodes to {len(wav)} samples, the manifest says "
-                                                f"{expected}; the file changed since the manifest was built")
+                                                f"{expected}; {_why_counts_differ(len(wav), expected, self.sample_rate)}")
         return wav
 
     def _skip(self, index: int, kind: str, reason: str) -> None:
@@ -379,6 +388,7 @@ def build_pretrain_data(manifest_dir: str | Path, split: str = "train",
     several on one grid), each ``{split}.km`` is checked against the manifest first: made from these
     rows (their fingerprint), a row and frame count per row (every rank checks; rank 0 prints the
     summary lines)."""
+    check_sample_rate(Path(manifest_dir) / f"{split}.tsv", sample_rate)
     manifest = read_manifest(Path(manifest_dir) / f"{split}.tsv")
     labels, grid = None, None
     if label_dir is not None:

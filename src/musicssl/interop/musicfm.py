@@ -184,3 +184,36 @@ def load_muq(directory: str | Path) -> MelConformer:
     if prefixed:
         raise ValueError(f"{directory}: weights outside MuQ's `model.` ({prefixed[:3]}): not a MuQ directory")
     return _load_encoder({name[6:]: value for name, value in state.items()}, config, str(directory))
+
+
+def export_muq(encoder: MelConformer, directory: str | Path) -> Path:
+    """Write the encoder in MuQ's layout (what `load_muq` and `extract` read): config.json with
+    MuQConfig's fields (the conformer's in `w2v2_config`, named as transformers names them; our
+    exact config under "musicssl") + model.safetensors under `model.`."""
+    from dataclasses import asdict
+
+    from safetensors.torch import save_file
+
+    config, c = encoder.config, encoder.config.conformer
+    w2v2 = {"hidden_size": c.dim, "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads,
+            "intermediate_size": c.ffn_dim, "conv_depthwise_kernel_size": c.kernel, "hidden_act": "swish",
+            "position_embeddings_type": "rotary", "rotary_embedding_base": c.rotary_base,
+            "layer_norm_eps": c.layer_norm_eps, "hidden_dropout": c.dropout, "attention_dropout": c.attention_dropout,
+            "activation_dropout": c.activation_dropout, "conformer_conv_dropout": c.conv_dropout,
+            "layerdrop": c.layerdrop}
+    values = {"label_rate": round(config.frame_rate_hz), "features": [STATS_KEY], "hop_length": config.mel_hop,
+              "n_mels": config.n_mels, "conv_dim": config.conv_dim, "encoder_dim": c.dim, "encoder_depth": c.num_layers,
+              "stat": {f"{STATS_KEY}_mean": config.mel_mean, f"{STATS_KEY}_std": config.mel_std},
+              "w2v2_config": w2v2, "musicssl": asdict(config)}
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(values, indent=2) + "\n")
+    save_file({f"model.{name}": value.detach().cpu().contiguous() for name, value in encoder.state_dict().items()},
+              str(directory / "model.safetensors"))
+    return directory
+
+
+def muq_encoder_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The encoder's tensors of a MuQ-layout directory, `model.` stripped (resuming a run)."""
+    return {name[6:]: value for name, value in read_hf_weights(directory).items()
+            if name.startswith("model.") and not NOT_ENCODER.match(name[6:])}

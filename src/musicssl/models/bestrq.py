@@ -14,7 +14,7 @@ with the heads and never trained.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -77,6 +77,9 @@ class BestRQConfig:
     @property
     def token_dim(self) -> int:
         return self.n_mels * self.frames_per_token
+
+    def with_mel_statistics(self, mean: float, std: float) -> BestRQConfig:
+        return replace(self, mel_mean=mean, mel_std=std)
 
 
 def bestrq_config(preset: str, **changes) -> BestRQConfig:
@@ -258,20 +261,29 @@ class BestRQ(nn.Module):
         chosen = targets[:, :usable][masked]  # (M, S)
         logits = self.head(out.last_hidden_state[:, :usable][masked]).float()  # (M, S * K)
         logits = logits.view(-1, config.num_codebooks, config.codebook_size)  # (M, S, K)
-        result: dict[str, Tensor] = {}
-        for codebook, suffix in enumerate(codebook_suffixes(config.num_codebooks)):
-            result[f"masked_ce_sum{suffix}"] = F.cross_entropy(logits[:, codebook], chosen[:, codebook],
-                                                               reduction="sum")
-            result[f"masked_correct{suffix}"] = (logits[:, codebook].argmax(-1) == chosen[:, codebook]).sum().float()
-        count = masked.sum().float()
-        # Codebooks' losses add up, as HuBERT's label sets do; an empty mask gives a zero that
-        # still reaches every parameter (DDP's all-reduce needs each one).
-        loss = sum(result[f"masked_ce_sum{s}"] for s in codebook_suffixes(config.num_codebooks)) + unused
-        if chosen.shape[0] == 0:
-            loss = logits.sum() * 0 + out.last_hidden_state.sum() * 0 + unused
-            result = {key: torch.zeros((), device=wav.device) for key in result}
-        result.update(loss=loss, sample_size=count, masked_count=count, targets=chosen)
-        return result
+        return masked_prediction_losses(logits, chosen, out.last_hidden_state, unused)
+
+
+def masked_prediction_losses(logits: Tensor, chosen: Tensor, hidden: Tensor, unused: Tensor | None = None
+                             ) -> dict[str, Tensor]:
+    """logits (M, S, K) and targets (M, S) of the M masked frames -> sums over them: `loss` (the
+    codebooks' cross-entropies added, as HuBERT's label sets are), per codebook `masked_ce_sum`
+    and `masked_correct`, `masked_count` = `sample_size`, and `targets`. An empty mask gives a
+    zero that still reaches every parameter through `hidden` (DDP's all-reduce needs each one);
+    `unused`: a zero touching parameters the forward skipped."""
+    unused = torch.zeros((), device=logits.device) if unused is None else unused
+    result: dict[str, Tensor] = {}
+    suffixes = codebook_suffixes(logits.shape[1])
+    for codebook, suffix in enumerate(suffixes):
+        result[f"masked_ce_sum{suffix}"] = F.cross_entropy(logits[:, codebook], chosen[:, codebook], reduction="sum")
+        result[f"masked_correct{suffix}"] = (logits[:, codebook].argmax(-1) == chosen[:, codebook]).sum().float()
+    count = torch.tensor(float(chosen.shape[0]), device=logits.device)
+    loss = sum(result[f"masked_ce_sum{s}"] for s in suffixes) + unused
+    if chosen.shape[0] == 0:
+        loss = logits.sum() * 0 + hidden.sum() * 0 + unused
+        result = {key: torch.zeros((), device=logits.device) for key in result}
+    result.update(loss=loss, sample_size=count, masked_count=count, targets=chosen)
+    return result
 
 
 def code_statistics(counts: Tensor) -> dict[str, float]:

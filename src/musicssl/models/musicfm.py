@@ -21,8 +21,10 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor, nn
 
-from musicssl.models.bestrq import LogMel
+from musicssl.models.bestrq import (LogMel, RandomProjectionQuantizer, masked_prediction_losses, stack_frames,
+                                    waveform_block_mask)
 from musicssl.models.conformer import ConformerConfig, ConformerEncoder
+from musicssl.models.masking import numpy_generator
 
 
 
@@ -77,15 +79,22 @@ class MusicFMConfig:
     def normalize_waveform(self) -> bool:
         return False  # the mel is normalised instead
 
+    @property
+    def layerdrop(self) -> float:
+        return self.conformer.layerdrop
+
 
 def musicfm_config(preset: str, **changes) -> MusicFMConfig:
-    """`large` (MusicFM's published 330M shape), `tiny` (tests, CPU demos)."""
+    """`large` (MusicFM's published 330M shape), `base` (12 x 768, heads 12, FFN 3072: our 95M
+    transformer's widths), `tiny` (tests, CPU demos)."""
     if preset == "large":
         return MusicFMConfig(**changes)
+    if preset == "base":
+        return replace(MusicFMConfig(conformer=ConformerConfig(dim=768, num_heads=12, ffn_dim=3072)), **changes)
     if preset == "tiny":
         tiny = ConformerConfig(dim=64, num_layers=2, num_heads=2, ffn_dim=256, kernel=15)
         return replace(MusicFMConfig(conv_dim=16, conformer=tiny), **changes)
-    raise ValueError(f"unknown MusicFM preset {preset!r}; known: large, tiny")
+    raise ValueError(f"unknown MusicFM preset {preset!r}; known: tiny, base, large")
 
 
 class Res2dModule(nn.Module):
@@ -175,3 +184,106 @@ class MelConformer(nn.Module):
         padded = bool((token_lengths < tokens).any())
         layers = self.conformer(x, token_lengths if padded else None)
         return MelConformerOutput(layers, token_lengths)
+
+    # the trainer's view of a backbone (train/trainer.py, train/launch.py)
+    @property
+    def feature_extractor(self) -> nn.Module:
+        return self.conv  # `trainer.cnn_lr_scale` scales the front end's learning rate
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def encoder(self) -> ConformerEncoder:
+        return self.conformer  # the trainer seeds its LayerDrop generator here
+
+
+# ---------------------------------------------------------------------------------------------
+# pre-training: MusicFM's BEST-RQ (docs/method.md §9)
+
+
+@dataclass(frozen=True)
+class MusicFMPretrainConfig:
+    """MusicFM25Hz's targets, masking and head around the encoder; defaults are its constructor's."""
+
+    backbone: MusicFMConfig = field(default_factory=MusicFMConfig)
+    frames_per_token: int = 4  # mel frames stacked per target: 4 x 128 = 512 dims at 25 Hz
+    code_dim: int = 16
+    codebook_size: int = 4096
+    num_codebooks: int = 1
+    quantizer_seed: int = 142
+    waveform_block_seconds: float = 0.4  # mask_hop
+    waveform_mask_prob: float = 0.6  # mask_prob
+    waveform_noise_std: float = 0.1
+    stats_crops: int = 64  # crops measured for the mel statistics of a new run
+    degenerate_share: float = 0.9  # warn when one code holds more of a codebook's targets
+
+    def __post_init__(self) -> None:
+        if self.backbone.mel_hop * self.frames_per_token != self.backbone.hop:
+            raise ValueError(f"mel_hop x frames_per_token = {self.backbone.mel_hop} x {self.frames_per_token} must "
+                             f"equal the encoder's token hop {self.backbone.hop}")
+        block = self.waveform_block_seconds * self.backbone.sample_rate
+        if abs(block - round(block)) > 1e-6 or round(block) % self.backbone.hop:
+            raise ValueError(f"waveform_block_seconds {self.waveform_block_seconds} must be whole tokens")
+
+    # what the mel statistics step reads (train/tasks.py measure_mel_statistics)
+    n_fft = property(lambda self: self.backbone.n_fft)
+    mel_hop = property(lambda self: self.backbone.mel_hop)
+    n_mels = property(lambda self: self.backbone.n_mels)
+    mel_mean = property(lambda self: self.backbone.mel_mean)
+    mel_std = property(lambda self: self.backbone.mel_std)
+
+    def with_mel_statistics(self, mean: float, std: float) -> MusicFMPretrainConfig:
+        return replace(self, backbone=replace(self.backbone, mel_mean=mean, mel_std=std))
+
+
+def musicfm_pretrain_config(preset: str) -> MusicFMPretrainConfig:
+    return MusicFMPretrainConfig(backbone=musicfm_config(preset))
+
+
+class MusicFMPretrain(nn.Module):
+    """Targets from the clean waveform (float32, each item on its own length), the encoder on the
+    block-masked waveform, cross-entropy on the masked tokens: BestRQ.forward's contract."""
+
+    def __init__(self, config: MusicFMPretrainConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = MelConformer(config.backbone)
+        self.quantizer = RandomProjectionQuantizer(config.backbone.n_mels * config.frames_per_token, config.code_dim,
+                                                   config.codebook_size, config.num_codebooks, config.quantizer_seed)
+        self.register_buffer("mel_statistics", torch.tensor([config.mel_mean, config.mel_std]))
+        self.head = nn.Linear(config.backbone.dim, config.codebook_size * config.num_codebooks)
+
+    def head_state_dict(self) -> dict[str, Tensor]:
+        return {name: tensor for name, tensor in self.state_dict().items() if not name.startswith("backbone.")}
+
+    @torch.no_grad()
+    def targets(self, wav: Tensor, lengths: Tensor) -> Tensor:
+        """(B, n), (B,) -> (B, n // hop, S) token ids, -1 past each item's whole tokens."""
+        hop = self.config.backbone.hop
+        tokens = torch.full((wav.shape[0], wav.shape[1] // hop, self.config.num_codebooks), -1, dtype=torch.long,
+                            device=wav.device)
+        for length in torch.unique(lengths).tolist():
+            rows, count = (lengths == length).nonzero().squeeze(1), length // hop
+            if count:
+                mel = self.backbone.normalized_mel(wav[rows, :length])  # (b, t, M)
+                tokens[rows, :count] = self.quantizer(stack_frames(mel, self.config.frames_per_token))[:, :count]
+        return tokens
+
+    def forward(self, wav: Tensor, lengths: Tensor | None, mask: Tensor | None = None,
+                generator=None) -> dict[str, Tensor]:
+        """As BestRQ.forward (models/bestrq.py), with MusicFM's waveform masking always (`mask` is
+        not used: the masked frames are those of the noised blocks)."""
+        config, hop = self.config, self.config.backbone.hop
+        lengths = lengths if lengths is not None else torch.full((wav.shape[0],), wav.shape[1], device=wav.device)
+        targets = self.targets(wav, lengths)  # (B, T, S)
+        frames = targets.shape[1]
+        block = round(config.waveform_block_seconds * config.backbone.sample_rate)
+        noised, mask = waveform_block_mask(wav, lengths, frames, hop, block, config.waveform_mask_prob,
+                                           config.waveform_noise_std, numpy_generator(generator))
+        out = self.backbone(noised, lengths)
+        masked = mask & (targets >= 0).all(-1)  # (B, T): padding has no target
+        chosen = targets[masked]  # (M, S)
+        logits = self.head(out.last_hidden_state[masked]).float().view(-1, config.num_codebooks, config.codebook_size)
+        return masked_prediction_losses(logits, chosen, out.last_hidden_state)

@@ -25,7 +25,9 @@ from safetensors.torch import load_file, save_file
 
 from musicssl.atomic import atomic_path
 from musicssl.interop.huggingface import export_pretrained, from_hf_state_dict, read_hf_weights
+from musicssl.interop.musicfm import export_muq, muq_encoder_weights
 from musicssl.models.backbone import Backbone
+from musicssl.models.musicfm import MelConformer
 
 if TYPE_CHECKING:  # the trainer imports this module; the protocol is only a type here
     from musicssl.train.trainer import PretrainTask
@@ -89,15 +91,21 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
                   key=lambda p: int(p.name.split("_")[1]))
 
 
-def save_initial(run_dir: Path, backbone: Backbone) -> Path:
+def save_initial(run_dir: Path, backbone: Backbone | MelConformer) -> Path:
     """Export the backbone as initialised, before any update, to `run_dir/initial` (written
     once). Probing it next to the trained checkpoints isolates what pre-training added: the two
     differ only by the updates, not by the random draw."""
     final = run_dir / INITIAL
     if not final.is_dir():
         with atomic_path(final) as partial:
-            export_pretrained(backbone, partial)
+            export_backbone(backbone, partial)
     return final
+
+
+def export_backbone(backbone: Backbone | MelConformer, directory: Path) -> None:
+    """Our backbones as transformers directories; MusicFM's encoder in MuQ's layout (the format
+    published for that encoder that keeps a config; interop/musicfm.py)."""
+    (export_muq if isinstance(backbone, MelConformer) else export_pretrained)(backbone, directory)
 
 
 def save_checkpoint(run_dir: Path, task: PretrainTask, optimizer, scheduler, scaler, state: TrainState,
@@ -112,7 +120,7 @@ def save_checkpoint(run_dir: Path, task: PretrainTask, optimizer, scheduler, sca
 
 
 def _fill_checkpoint(partial: Path, task: PretrainTask, optimizer, scheduler, scaler, state: TrainState) -> None:
-    export_pretrained(task.backbone(), partial)
+    export_backbone(task.backbone(), partial)
     (partial / STATE).mkdir()
     save_file({k: v.detach().contiguous() for k, v in task.head_state().items()},
               str(partial / STATE / "heads.safetensors"))
@@ -130,7 +138,10 @@ def load_checkpoint(path: Path, task: PretrainTask, optimizer, scheduler, scaler
     state = read_state(path)  # first: an unreadable state fails before any weight is touched
     backbone = task.backbone()
     with _naming(path / "model.safetensors"):
-        weights, _ = from_hf_state_dict(read_hf_weights(path), backbone.config.variant, str(path))
+        if isinstance(backbone, MelConformer):
+            weights = muq_encoder_weights(path)
+        else:
+            weights, _ = from_hf_state_dict(read_hf_weights(path), backbone.config.variant, str(path))
         backbone.load_state_dict(weights)
     with _naming(path / STATE / "heads.safetensors"):
         task.load_head_state(load_file(str(path / STATE / "heads.safetensors")))

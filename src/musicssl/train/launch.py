@@ -14,18 +14,19 @@ from musicssl.atomic import write_text
 from musicssl.config import ConfigError, from_dict, to_dict
 from musicssl.data.pretrain import UpdateLoader, build_pretrain_data
 from musicssl.data.label_files import read_label_set
-from musicssl.data.manifest import read_manifest
+from musicssl.data.manifest import check_sample_rate, read_manifest
 from musicssl.train.checkpoint import check_resumable, checkpoint_dirs, find_resumable, read_run_config
 from musicssl.train.interrupt import stop_on_signals
 from musicssl.train.label_identity import RECORD_KEY, check_resumed_labels, label_identities
 from musicssl.train.lock import run_lock
-from musicssl.train.tasks import (MUSICHUBERT_PRESETS, BestRQRun, BestRQTask, Music2VecRun, Music2VecTask,
-                                  MusicHubertRun, MusicHubertTask, bestrq_run, check_corpus_holds_a_crop,
+from musicssl.train.tasks import (MUSICFM_PRESETS, MUSICHUBERT_PRESETS, BestRQRun, BestRQTask, Music2VecRun,
+                                  Music2VecTask, MusicFMRun, MusicFMTask, MusicHubertRun, MusicHubertTask, bestrq_run, check_corpus_holds_a_crop,
                                   measure_mel_statistics, music2vec_run, resolve_run)
 from musicssl.train.trainer import setup_distributed, train
 
-RUN_TYPES = {"musichubert": MusicHubertRun, "music2vec": Music2VecRun, "bestrq": BestRQRun}
-TASKS = {"musichubert": MusicHubertTask, "music2vec": Music2VecTask, "bestrq": BestRQTask}
+RUN_TYPES = {"musichubert": MusicHubertRun, "music2vec": Music2VecRun, "bestrq": BestRQRun, "musicfm": MusicFMRun}
+TASKS = {"musichubert": MusicHubertTask, "music2vec": Music2VecTask, "bestrq": BestRQTask, "musicfm": MusicFMTask}
+MEL_TARGETS = ("bestrq", "musicfm")  # methods whose targets need the corpus's mel statistics
 RESUMABLE_OVERRIDES = ("trainer.max_steps", "trainer.checkpoint_every", "trainer.log_every",
                        "trainer.keep_checkpoints", "data.num_workers", "data.crop_only", "trainer.compile",
                        "trainer.fused_adamw")
@@ -57,6 +58,8 @@ def resolve(method: str, preset: str, labels: str | Sequence[str] | None, overri
         return resolve_run(run, variant_overrides + overrides)
     if method == "bestrq":
         return resolve_run(bestrq_run(preset), overrides)
+    if method == "musicfm":
+        return resolve_run(MUSICFM_PRESETS[preset](), overrides)
     recipe = MUSICHUBERT_PRESETS[preset]  # an unknown preset fails before any label is read
     if not labels:
         raise ValueError("musichubert needs --labels: a label directory from `musicssl labels`")
@@ -67,14 +70,14 @@ def resolve(method: str, preset: str, labels: str | Sequence[str] | None, overri
     return resolve_run(recipe(tuple(s.k for s in label_sets), rates.pop()), overrides)
 
 
-def with_mel_statistics(run: BestRQRun, dataset, say: bool) -> BestRQRun:
+def with_mel_statistics(run: BestRQRun | MusicFMRun, dataset, say: bool) -> BestRQRun | MusicFMRun:
     """The run with the corpus's dB-mel mean and std in its model config (every rank measures the
     same crops, so all get the same values)."""
     mean, std = measure_mel_statistics(dataset, run.model, run.data.seed)
     if say:
-        print(f"bestrq: mel statistics of {run.model.stats_crops} crops: mean {mean:.3f} dB, std {std:.3f} dB",
+        print(f"mel statistics of {run.model.stats_crops} crops: mean {mean:.3f} dB, std {std:.3f} dB",
               file=sys.stderr)
-    return dataclasses.replace(run, model=dataclasses.replace(run.model, mel_mean=mean, mel_std=std))
+    return dataclasses.replace(run, model=run.model.with_mel_statistics(mean, std))
 
 
 def _label_dirs(labels: str | Sequence[str]) -> list[str]:
@@ -98,11 +101,12 @@ def _pretrain_locked(method, preset, data, labels, run_dir: Path, overrides, res
     resume_from = resume_point(run_dir, resume, method, env)
     run = resolve(method, preset, labels, overrides, resume_from, variant)
     backbone = run.model.backbone
-    if method == "bestrq" and run.model.mel_mean is None:  # before the data summary lines: one error line
+    if method in MEL_TARGETS and run.model.mel_mean is None:  # before the data summary lines: one error line
+        check_sample_rate(Path(data) / "train.tsv", backbone.sample_rate)
         check_corpus_holds_a_crop(read_manifest(Path(data) / "train.tsv"), run.data.crop_seconds, backbone.sample_rate)
     dataset, plan = build_pretrain_data(data, "train", labels, backbone.sample_rate, run.data,
                                         backbone.normalize_waveform, env.world_size, env.rank)
-    if method == "bestrq" and run.model.mel_mean is None:  # a new run: its targets' statistics, kept in its config
+    if method in MEL_TARGETS and run.model.mel_mean is None:  # a new run: its targets' statistics, kept in its config
         run = with_mel_statistics(run, dataset, env.is_main)
     if env.is_main:  # after the data and labels are read: a refused run leaves no output behind
         run_dir.mkdir(parents=True, exist_ok=True)
