@@ -89,7 +89,8 @@ def compare_case(case, reference: dict, table: list, fixture: dict) -> None:
     same_weights = same_keys and all(np.array_equal(value.numpy(), reference[f"{name}/state/{key}"])
                                      for key, value in state.items())
     table.append((name, "state dict keys and shapes = MuQ's", "yes" if same_keys else "NO", same_keys))
-    table.append((name, f"weights of seed {init_seed} equal bit for bit", "yes" if same_weights else "NO", same_weights))
+    table.append((name, f"weights of seed {init_seed} equal bit for bit", "yes" if same_weights else "NO",
+                  same_weights))
     x = torch.from_numpy(case_input(batch, tokens, input_seed))
     ours = our_answers(model, x)
     for label in ("eval_codes", "train_codes"):
@@ -147,8 +148,10 @@ def main() -> int:
         print(f"parity-muq: {REFERENCE_PYTHON} is missing; `make parity-muq` builds it", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory() as job_dir:
+        # MuQ prints a line per replacement; its weight_norm import warns of a deprecation
         subprocess.run([str(REFERENCE_PYTHON), str(ROOT / "benchmarks" / "muq_rvq_side.py"), job_dir], check=True,
-                       env={**os.environ, "PYTHONPATH": "", "PYTHONWARNINGS": "ignore::FutureWarning"}, stdout=subprocess.DEVNULL)  # MuQ prints each replacement
+                       env={**os.environ, "PYTHONPATH": "", "PYTHONWARNINGS": "ignore::FutureWarning"},
+                       stdout=subprocess.DEVNULL)
         reference = dict(np.load(Path(job_dir) / "muq.npz"))
     table: list[tuple[str, str, str, bool]] = []
     fixture: dict[str, np.ndarray] = {}

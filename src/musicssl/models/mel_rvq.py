@@ -58,7 +58,8 @@ class MelRVQConfig:
         if (self.mel_mean is None) != (self.mel_std is None) or (self.mel_std is not None and self.mel_std <= 0):
             raise ValueError(f"mel_mean and mel_std go together, std > 0; got {self.mel_mean}, {self.mel_std}")
         if min(self.num_codebooks, self.codebook_size, self.code_dim, self.frames_per_token, self.stale_tolerance) < 1:
-            raise ValueError("num_codebooks, codebook_size, code_dim, frames_per_token and stale_tolerance must be >= 1")
+            raise ValueError("num_codebooks, codebook_size, code_dim, frames_per_token and stale_tolerance "
+                             "must be >= 1")
         if self.n_fft // 2 + 1 < self.n_mels:
             raise ValueError(f"n_fft {self.n_fft} gives {self.n_fft // 2 + 1} bins, fewer than n_mels {self.n_mels}")
 

@@ -196,7 +196,8 @@ def fit_mel_rvq(data: str | Path, out: str | Path, run: RVQFitRun, device: str =
                  if usage["top_share"] > fit.collapse_share]
     if collapsed:
         say(f"rvq fit: warning: codebook(s) {', '.join(map(str, collapsed))} put more than {fit.collapse_share:.0%} "
-            "of the last frames on one code (silence-only or constant audio?): their tokens carry almost no information")
+            "of the last frames on one code (silence-only or constant audio?): their tokens carry almost no "
+            "information")
     provenance = {"manifest": str(source.resolve()), "manifest_fingerprint": manifest.fingerprint,
                   "manifest_rows": len(manifest), "steps": fit.steps, "seed": fit.seed,
                   "final_losses": {key: records[-1][key] for key in _Window.LOSSES},
