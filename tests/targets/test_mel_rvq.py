@@ -272,14 +272,16 @@ def test_silence_collapses_every_codebook_and_says_so_in_one_line(tmp_path):
 
 
 def test_cli_fits_and_refuses_a_16_khz_manifest_in_one_line(music, tmp_path, capsys):
+    msd = ["model.mel_mean=6.768444971712967", "model.mel_std=18.417922652295623"]  # MuQ's: no measurement
     argv = ["rvq", "fit", "--data", str(music / "data"), "-o", str(tmp_path / "rvq"), "--preset", "tiny",
-            "--steps", "2", "--seed", "4", *[arg for item in FIT for arg in ("--set", item)]]
-    assert main(argv) == 0 and (tmp_path / "rvq" / "model.safetensors").is_file()
+            "--steps", "2", "--seed", "4", *[arg for item in FIT + msd for arg in ("--set", item)]]
+    assert main(argv) == 0 and load_mel_rvq(tmp_path / "rvq").config.mel_std == 18.417922652295623
+    assert "statistics as given" in capsys.readouterr().err
     build_manifest(music / "audio", tmp_path / "data16", sample_rate=16_000, workers=1, progress=False)
     capsys.readouterr()
     argv[argv.index("--data") + 1] = str(tmp_path / "data16")
     assert main(argv) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "train.tsv" in error[0] and "--sample-rate 24000" in error[0]
-    assert main(argv[:-6] + ["--preset", "huge"]) == 2
+    assert main(argv[:-10] + ["--preset", "huge"]) == 2
     assert "unknown rvq fit preset 'huge'" in capsys.readouterr().err

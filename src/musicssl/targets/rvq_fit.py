@@ -6,9 +6,10 @@
            RVQ_DIR/model.safetensors (weights, stale counters, the statistics again)
            RVQ_DIR/log.jsonl (losses, codebook usage and perplexity per log window)
 
-The recipe is MuQ's RVQ fitting script (docs/method.md §9.4): 5 s crops at 24 kHz, batches of 32,
-Adam at 1e-4 with torch's defaults otherwise, MuQ's loss, the stages in training mode (stale-code
-replacement on). The directory appears whole or not at all (musicssl.atomic).
+The recipe is MuQ's RVQ fitting script, `src/recipes/pretrain/rvq_trainer.py` (docs/method.md §9.4):
+5 s crops at 24 kHz, batches of 32, Adam at 1e-4 with torch's defaults otherwise, MuQ's loss, the
+stages in training mode (stale-code replacement on), 4,000 updates. The directory appears whole or
+not at all (musicssl.atomic).
 """
 
 from __future__ import annotations
@@ -42,9 +43,13 @@ class RVQFitConfig:
     crop_seconds: float = 5.0  # MuQ's CLIPSECS "5 for rvq"
     min_seconds: float = 1.0  # shorter files are skipped (MuQ pads them with zeros) [ours]
     batch_size: int = 32  # MuQ's batch_size
-    steps: int = 500_000  # MuQ's max_updates: its script's upper bound, not the step it kept
+    # The checkpoint MuQ trains with is RVQ_4000.pth (its pre-training config), saved at update 4,000
+    # of a script whose max_updates (500,000) is only an upper bound.
+    steps: int = 4_000
     learning_rate: float = 1e-4  # MuQ's lr; torch.optim.Adam's defaults otherwise, no schedule
-    stats_crops: int = 64  # crops measured for the mel statistics (as `pretrain bestrq`)
+    # Crops measured for the mel statistics (as `pretrain bestrq`). MuQ normalises with its MSD values
+    # whatever the corpus; set model.mel_mean / model.mel_std to skip the measurement.
+    stats_crops: int = 64
     seed: int = 0  # crops, their order and the replacement draws; the weights: model.init_seed
     log_every: int = 10  # MuQ's valid_interval: it logs the mean of every 10 updates
     # One warning line when a codebook puts more than this share of a log window's frames on one code.
@@ -169,9 +174,12 @@ def fit_mel_rvq(data: str | Path, out: str | Path, run: RVQFitRun, device: str =
     if max(count for _, count in manifest.items) < shortest:
         raise ValueError(f"{source}: no file holds fit.min_seconds={fit.min_seconds:g} s (and one token) of audio")
     dataset = PretrainDataset(manifest, config.sample_rate, crop, shortest, fit.seed)
-    mean, std = measure_mel_statistics(dataset, MelRVQ(config), fit.stats_crops, fit.seed)
-    say(f"rvq fit: mel statistics of {fit.stats_crops} crops: mean {mean:.3f} dB, std {std:.3f} dB")
-    config = dataclasses.replace(config, mel_mean=mean, mel_std=std)
+    if config.mel_mean is None:
+        mean, std = measure_mel_statistics(dataset, MelRVQ(config), fit.stats_crops, fit.seed)
+        say(f"rvq fit: mel statistics of {fit.stats_crops} crops: mean {mean:.3f} dB, std {std:.3f} dB")
+        config = dataclasses.replace(config, mel_mean=mean, mel_std=std)
+    else:
+        say(f"rvq fit: mel statistics as given: mean {config.mel_mean:.3f} dB, std {config.mel_std:.3f} dB")
     model = MelRVQ(config).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=fit.learning_rate)
     generator = torch.Generator().manual_seed(fit.seed)  # the stale-code draws (MuQ: the global generator)
