@@ -16,6 +16,7 @@ and the same losses (tests/targets/test_mel_rvq.py, `make parity-muq`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -85,8 +86,7 @@ MEL_RVQ_PRESETS: Registry[MelRVQConfig] = Registry("Mel-RVQ preset", {
 
 
 def mel_rvq_config(preset: str, **changes) -> MelRVQConfig:
-    from dataclasses import replace
-    return replace(MEL_RVQ_PRESETS[preset], **changes)
+    return dataclasses.replace(MEL_RVQ_PRESETS[preset], **changes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,9 +193,9 @@ class MelRVQ(nn.Module):
             QuantizerStage(config.token_dim, config.codebook_size, config.code_dim, config.stale_tolerance, generator)
             for _ in range(config.num_codebooks)])
         # The statistics the codes were fitted with, kept with the weights: load_mel_rvq checks them
-        # against config.json. NaN until measured.
+        # against config.json (float32: MPS has no float64; the config keeps the exact values). NaN until measured.
         mean, std = (config.mel_mean, config.mel_std) if config.mel_mean is not None else (math.nan, math.nan)
-        self.register_buffer("mel_statistics", torch.tensor([mean, std], dtype=torch.float64))
+        self.register_buffer("mel_statistics", torch.tensor([mean, std], dtype=torch.float32))
 
     def features(self, wav: Tensor) -> Tensor:
         """(B, n) 24 kHz waveform -> (B, 512, n // 960) normalised stacked log-mel, MuQ's layout."""
