@@ -1,6 +1,6 @@
 """Mel-RVQ parity with MuQ's own `ResidualVectorQuantize` (tencent-ailab/MuQ rvq.py, the `muq`
-0.1.0 package): the weights a seed gives, the codes, losses and gradients of the same batch, and
-stale-code replacement. Exits 1 when a comparison fails.
+0.1.0 package): the weights a seed gives, the codes, losses and gradients of the same batch,
+stale-code replacement, and a few steps of MuQ's fitting loop. Exits 1 when a comparison fails.
 
     make parity-muq
     .venv/bin/python benchmarks/muq_rvq_parity.py [--write-fixtures]
@@ -35,7 +35,7 @@ from musicssl.models.mel_rvq import MelRVQ, MelRVQConfig
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.*
 from tests.numerics import float64_calibrated  # noqa: E402
-from tests.targets.muq_cases import CASES, REPLACEMENT_SEED, STALE_TOLERANCE, case_input  # noqa: E402
+from tests.targets.muq_cases import ADAM_STEPS, CASES, REPLACEMENT_SEED, STALE_TOLERANCE, case_input  # noqa: E402
 
 REFERENCE_PYTHON = ROOT / os.environ.get("MUQ_VENV", ".venv-muq") / "bin" / "python"
 FIXTURE = ROOT / "tests" / "targets" / "fixtures" / "muq_rvq.safetensors"
@@ -119,7 +119,33 @@ def compare_case(case, reference: dict, table: list, fixture: dict) -> None:
         for index, stage in enumerate(replaced_model.quantizers))
     table.append((name, "stale-code replacement: codebooks and counters equal", "yes" if same_books and same_codes
                   else "NO", same_books and same_codes))
+    compare_fitting(case, reference, table)
     _keep(name, state, reference, fixture, init_seed)
+
+
+def compare_fitting(case, reference: dict, table: list) -> None:
+    """rvq_fit's step (features aside) against MuQ's fitting loop: Adam at 1e-4, every code due at
+    the second step; the permutations from a generator that also makes MuQ's quantizer-dropout draw."""
+    name, num_codebooks, codebook_size, code_dim, init_seed, batch, tokens, input_seed = case
+    model = our_model(num_codebooks, codebook_size, code_dim, init_seed).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    generator = torch.Generator().manual_seed(REPLACEMENT_SEED + 1)
+    x = torch.from_numpy(case_input(batch, tokens, input_seed))
+    same_losses = True
+    for step in range(ADAM_STEPS):
+        if step == 1:
+            for stage in model.quantizers:
+                stage.stale_counter.fill_(STALE_TOLERANCE - 1)
+        torch.randint(1, num_codebooks + 1, (batch,), generator=generator)
+        losses = model.loss(x, model(x, generator))
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()
+        same_losses &= float(losses["loss"].detach()) == float(reference[f"{name}/adam/loss/{step}"])
+    same_state = all(np.array_equal(value.numpy(), reference[f"{name}/adam/state/{key}"])
+                     for key, value in quantizer_state(model).items())
+    table.append((name, f"{ADAM_STEPS} Adam steps with a replacement: losses and weights equal bit for bit",
+                  "yes" if same_losses and same_state else "NO", same_losses and same_state))
 
 
 def _keep(name: str, state: dict, reference: dict, fixture: dict, seed: int) -> None:

@@ -8,8 +8,8 @@ Only `muq/muq/modules/rvq.py` is loaded, from its file: the package's __init__ i
 model (transformers, torchaudio, which does not install beside torch 2.13), and rvq.py needs none
 of it. For each case: the weights of `torch.manual_seed(init_seed)` + MuQ's constructor, the
 eval-mode codes, a training-mode forward (codes, losses by MuQ's `get_loss`, gradients) in float32
-and float64, and a forward after which every code is due for replacement. Answers go to
-JOB_DIR/muq.npz.
+and float64, a forward after which every code is due for replacement, and a few steps of the
+fitting script's Adam loop. Answers go to JOB_DIR/muq.npz.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.targets.muq_cases import CASES, REPLACEMENT_SEED, STALE_TOLERANCE, case_input  # noqa: E402
+from tests.targets.muq_cases import ADAM_STEPS, CASES, REPLACEMENT_SEED, STALE_TOLERANCE, case_input  # noqa: E402
 
 
 def import_rvq():
@@ -77,6 +77,23 @@ def run_case(rvq_module, name, num_codebooks, codebook_size, code_dim, init_seed
     for index, quantizer in enumerate(model.quantizers):
         out[f"{name}/replaced/{index}/codebook"] = quantizer.codebook.weight.detach().numpy().copy()
         out[f"{name}/replaced/{index}/stale_counter"] = quantizer.stale_counter.numpy().copy()
+    # The fitting script's loop (rvq_trainer.py L274-282): Adam at 1e-4, every code due at step 2.
+    model.load_state_dict(state)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    torch.manual_seed(REPLACEMENT_SEED + 1)
+    for step in range(ADAM_STEPS):
+        if step == 1:
+            for quantizer in model.quantizers:
+                quantizer.stale_counter.fill_(STALE_TOLERANCE - 1)
+        optimizer.zero_grad()
+        quantized, codes, _, commitment, codebook, _ = model(x)
+        loss = model.get_loss(x, quantized, commitment, codebook)
+        loss.backward()
+        optimizer.step()
+        out[f"{name}/adam/loss/{step}"] = np.asarray(loss.item(), dtype=np.float64)
+    for key, value in model.state_dict().items():
+        out[f"{name}/adam/state/{key}"] = value.numpy().copy()
 
 
 def main() -> int:

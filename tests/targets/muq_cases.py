@@ -18,6 +18,7 @@ CASES = [
     ("tiny", 4, 256, 16, 7, 3, 50, 2),  # our tiny preset's
 ]
 REPLACEMENT_SEED = 5  # the generator drawn before the forward that replaces every stale code
+ADAM_STEPS = 3  # steps of the fitting loop compared (every code is due at the second)
 STALE_TOLERANCE = 100  # ResidualVectorQuantize's default
 
 
