@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: test test-portability demo venv clean-venv bench fairseq-venv parity-convert parity-fairseq parity-bestrq \
-	musicfm-src-set
+	musicfm-src-set parity-muq
 
 venv: $(STAMP)
 
@@ -85,6 +85,24 @@ musicfm-src-set:
 parity-bestrq: musicfm-src-set $(STAMP) $(MUSICFM_STAMP)
 	OMP_NUM_THREADS=2 MUSICFM_VENV=$(MUSICFM_VENV) $(PY) benchmarks/bestrq_parity.py --musicfm-src $(MUSICFM_SRC) \
 		$(PARITY_ARGS)
+
+# The Mel-RVQ tokenizer against MuQ's own ResidualVectorQuantize (the `muq` package on PyPI, MIT),
+# run in its own venv: torch, einops, numpy and muq without its dependencies (its __init__ pulls in
+# transformers and torchaudio; only muq/modules/rvq.py is loaded). Weights of a seed, codes,
+# losses, gradients, stale-code replacement. Seconds on 2 cores.
+# PARITY_ARGS=--write-fixtures rewrites tests/targets/fixtures/muq_rvq.safetensors.
+MUQ_VENV := .venv-muq
+MUQ_STAMP := $(MUQ_VENV)/.installed
+
+$(MUQ_STAMP):
+	test -x $(MUQ_VENV)/bin/python || $(PYTHON) -m venv $(MUQ_VENV)
+	$(MUQ_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MUQ_VENV)/bin/python -m pip install --quiet torch==2.13.0 einops numpy
+	$(MUQ_VENV)/bin/python -m pip install --quiet --no-deps muq==0.1.0
+	touch $(MUQ_STAMP)
+
+parity-muq: $(STAMP) $(MUQ_STAMP)
+	OMP_NUM_THREADS=2 MUQ_VENV=$(MUQ_VENV) $(PY) benchmarks/muq_rvq_parity.py $(PARITY_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

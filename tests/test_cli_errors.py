@@ -157,6 +157,10 @@ COMMANDS = {
     "convert fairseq": lambda w: ["convert", "fairseq", str(w / "checkpoint.pt"), str(w / "out" / "converted")],
     "manifest": lambda w: ["manifest", str(w / "audio"), "-o", str(w / "out" / "manifest")],
     "synth": lambda w: ["synth", str(w / "out" / "synth")],
+    # (the fixture's manifest counts 16 kHz samples: a valid run needs one at 24 kHz, see
+    # tests/targets/test_mel_rvq.py; every damage here is still refused by name, before any output)
+    "rvq fit": lambda w: ["rvq", "fit", "--data", str(w / "manifest"), "-o", str(w / "out" / "rvq"),
+                          "--preset", "tiny", "--steps", "1"],
 }
 # The files each command reads, which a damaged copy must be refused by name.
 DAMAGEABLE = {
@@ -170,6 +174,7 @@ DAMAGEABLE = {
     "probe": ["model/config.json", "model/model.safetensors", "data/NSynth/nsynth-train/examples.json"],
     "benchmark": ["model/config.json", "model/model.safetensors"],
     "convert fairseq": ["checkpoint.pt"],
+    "rvq fit": ["manifest/train.tsv"],
 }
 # Options each command takes, with what kind of value: a bad one must be refused by name.
 NUMERIC_OPTIONS = {
@@ -179,14 +184,15 @@ NUMERIC_OPTIONS = {
     "probe": ["--seeds", "--batch-size", "--max-epochs", "--lrs", "--num-shards"],
     "benchmark": ["--seeds", "--batch-size"],
     "manifest": ["--valid-percent", "--sample-rate", "--min-seconds", "--workers"],
+    "rvq fit": ["--steps", "--seed"],
 }
-ZERO_IS_VALID = {"--context-seconds", "--layer", "--valid-percent", "--min-seconds"}  # layer 0: the Transformer input
+ZERO_IS_VALID = {"--context-seconds", "--layer", "--valid-percent", "--min-seconds", "--seed"}  # layer 0: the Transformer input
 NAME_OPTIONS = {
     "pretrain musichubert": ["--preset"], "pretrain music2vec": ["--preset", "--variant"],
     "pretrain bestrq": ["--preset"],
-    "probe": ["--task"], "benchmark": ["--tasks"], "synth": ["--preset"],
+    "probe": ["--task"], "benchmark": ["--tasks"], "synth": ["--preset"], "rvq fit": ["--preset"],
 }
-DEVICE_COMMANDS = ["extract", "labels mfcc", "labels layer", "probe", "benchmark"]
+DEVICE_COMMANDS = ["extract", "labels mfcc", "labels layer", "probe", "benchmark", "rvq fit"]
 
 
 def with_option(argv: list[str], flag: str, value: str) -> list[str]:

@@ -8,6 +8,7 @@ import sys
 
 from musicssl.cli.data_commands import add_convert, add_extract, add_labels, add_manifest, add_prepare, add_synth
 from musicssl.cli.eval_commands import add_benchmark, add_demo, add_probe
+from musicssl.cli.rvq_commands import add_rvq
 from musicssl.cli.train_commands import add_pretrain
 from musicssl.errors import INTERRUPTED_EXIT, USER_ERRORS, OneLineParser, one_line
 
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_synth(commands)
     add_demo(commands)
     add_convert(commands)
+    add_rvq(commands)
     return parser
 
 
