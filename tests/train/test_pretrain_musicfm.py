@@ -92,3 +92,47 @@ def test_a_manifest_made_at_another_rate_is_refused_in_one_line(corpus, tmp_path
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "16000 Hz" in lines[0] and "--sample-rate 24000" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def fitted_rvqs(corpus):
+    """Two tiny Mel-RVQs of the corpus, fitted with different seeds (a few steps: the codes only
+    need to be a fixed function of the mel here)."""
+    from musicssl.targets.rvq_fit import fit_mel_rvq, resolve_fit_run
+
+    return [fit_mel_rvq(corpus / "manifest24k", corpus / f"rvq{seed}", resolve_fit_run("tiny", steps=3, seed=seed),
+                        say=lambda line: None) for seed in (1, 2)]
+
+
+def test_muq_predicts_the_fitted_rvqs_codes_and_keeps_its_tokenizer(corpus, fitted_rvqs, tmp_path):
+    from musicssl.targets.rvq_fit import load_mel_rvq
+    from musicssl.train.launch import pretrain as pretrain_here
+
+    data, out = str(corpus / "manifest24k"), tmp_path / "muq"
+    # the RVQ's 128 mels and 4 x 256 codes: an override of either is refused (the test below)
+    common = [o for o in MICRO if not o.startswith(("model.backbone.n_mels", "model.codebook_size"))] + [
+              "data.batch_seconds=8", "data.micro_batch_seconds=8", "trainer.checkpoint_every=2"]
+    pretrain_here("muq", "tiny", data, None, str(out), [*common, "trainer.max_steps=2"], progress=False,
+                  rvq=str(fitted_rvqs[0]))
+    rvq = load_mel_rvq(fitted_rvqs[0])
+    heads = final_state(out)
+    for name, value in rvq.state_dict().items():
+        assert torch.equal(heads[f"quantizer.{name}"], value), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["codebook_loss"] == "mean" and config["model"]["num_codebooks"] == 4
+    assert config["model"]["backbone"]["mel_mean"] == rvq.config.mel_mean  # the RVQ's statistics, not measured
+    last = log(out)[-1]
+    per_codebook = [last[f"loss/masked_ce{suffix}"] for suffix in ("", "_1", "_2", "_3")]
+    assert last["loss"] == pytest.approx(sum(per_codebook) / 4, rel=1e-6)  # MuQ's mean over (frame, codebook)
+    with pytest.raises(ValueError, match="does not fit the model"):
+        pretrain_here("muq", "tiny", data, None, str(tmp_path / "other"), [*common, "model.backbone.n_mels=32"],
+                      progress=False, rvq=str(fitted_rvqs[0]))
+    with pytest.raises(ValueError, match="another Mel-RVQ"):
+        pretrain_here("muq", "tiny", data, None, str(out), ["trainer.max_steps=4"], progress=False,
+                      rvq=str(fitted_rvqs[1]))
+
+
+def test_muq_without_a_tokenizer_says_what_to_run_first(corpus, tmp_path):
+    result = subprocess.run([MUSICSSL, "pretrain", "muq", "--preset", "tiny", "--data", str(corpus / "manifest24k"),
+                             "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert result.returncode == 2 and "musicssl rvq fit" in result.stderr and len(result.stderr.splitlines()) == 1

@@ -22,9 +22,13 @@ def add_pretrain(commands) -> None:
                                                "of the log-mel (no labels step)")
     musicfm = methods.add_parser("musicfm", help="MusicFM: BEST-RQ tokens of the log-mel predicted by a conformer over "
                                                  "the mel (24 kHz, 25 Hz; no labels step)")
-    for sub in (hubert, music2vec, bestrq, musicfm):
+    muq = methods.add_parser("muq", help="MuQ: MusicFM's model predicting the codes of a Mel-RVQ fitted with "
+                                         "`musicssl rvq fit`")
+    muq.add_argument("--rvq", default=None, help="Mel-RVQ directory from `musicssl rvq fit` (its mel statistics "
+                                                 "normalise the model's input too)")
+    for sub in (hubert, music2vec, bestrq, musicfm, muq):
         sub.add_argument("--preset", default="base", help="base (the paper's) or tiny (CPU tests, the demo)"
-                         + ("; large: MusicFM's 330M" if sub is musicfm else ""))
+                         + ("; large: MusicFM's 330M" if sub in (musicfm, muq) else ""))
         sub.add_argument("--data", required=True, help="manifest directory (train.tsv)")
         sub.add_argument("--out", required=True, help="run directory (resumes if it holds checkpoints)")
         sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -41,7 +45,7 @@ def run_pretrain(args) -> int:
     try:
         checkpoint = pretrain(args.method, args.preset, args.data, getattr(args, "labels", None), args.out,
                               args.overrides, args.resume, getattr(args, "variant", "vanilla"),
-                              progress=not args.quiet)
+                              progress=not args.quiet, rvq=getattr(args, "rvq", None))
     except Interrupted as stopped:  # its one line is printed (by rank 0); a checkpoint is saved
         return stopped.exit_code
     except KeyboardInterrupt:  # the second Ctrl-C: no checkpoint of the current update

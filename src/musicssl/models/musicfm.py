@@ -17,6 +17,7 @@ n // 960 tokens and chunked extraction lines up with a single pass on whole toke
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +26,7 @@ from musicssl.models.bestrq import (LogMel, RandomProjectionQuantizer, masked_pr
                                     waveform_block_mask)
 from musicssl.models.conformer import ConformerConfig, ConformerEncoder
 from musicssl.models.masking import numpy_generator
+from musicssl.models.mel_rvq import MelRVQ, MelRVQConfig
 
 
 
@@ -218,6 +220,11 @@ class MusicFMPretrainConfig:
     waveform_noise_std: float = 0.1
     stats_crops: int = 64  # crops measured for the mel statistics of a new run
     degenerate_share: float = 0.9  # warn when one code holds more of a codebook's targets
+    # MuQ: the codes of a fitted Mel-RVQ (`musicssl rvq fit`, models/mel_rvq.py) instead of the random
+    # projection, and the cross-entropy averaged over (frame, codebook) pairs, not summed over codebooks
+    # [code: MUQ `muq_model.py` get_loss]. None / "sum": MusicFM.
+    rvq: MelRVQConfig | None = None
+    codebook_loss: Literal["sum", "mean"] = "sum"
 
     def __post_init__(self) -> None:
         if self.backbone.mel_hop * self.frames_per_token != self.backbone.hop:
@@ -226,6 +233,19 @@ class MusicFMPretrainConfig:
         block = self.waveform_block_seconds * self.backbone.sample_rate
         if abs(block - round(block)) > 1e-6 or round(block) % self.backbone.hop:
             raise ValueError(f"waveform_block_seconds {self.waveform_block_seconds} must be whole tokens")
+        if self.rvq is not None:
+            self._check_rvq(self.rvq)
+
+    def _check_rvq(self, rvq: MelRVQConfig) -> None:
+        """The tokenizer must see the mel the encoder sees and give the codes the head predicts."""
+        b = self.backbone
+        mine = (b.sample_rate, b.n_fft, b.mel_hop, b.n_mels, self.frames_per_token, b.mel_mean, b.mel_std,
+                self.num_codebooks, self.codebook_size)
+        theirs = (rvq.sample_rate, rvq.n_fft, rvq.mel_hop, rvq.n_mels, rvq.frames_per_token, rvq.mel_mean,
+                  rvq.mel_std, rvq.num_codebooks, rvq.codebook_size)
+        if mine != theirs:
+            raise ValueError(f"the Mel-RVQ (rate, n_fft, hop, mels, frames per token, mel mean, std, codebooks, "
+                             f"codes) {theirs} does not fit the model's {mine}")
 
     # what the mel statistics step reads (train/tasks.py measure_mel_statistics)
     n_fft = property(lambda self: self.backbone.n_fft)
@@ -242,6 +262,13 @@ def musicfm_pretrain_config(preset: str) -> MusicFMPretrainConfig:
     return MusicFMPretrainConfig(backbone=musicfm_config(preset))
 
 
+def muq_pretrain_config(preset: str, rvq: MelRVQConfig) -> MusicFMPretrainConfig:
+    """MuQ: MusicFM's model predicting a fitted Mel-RVQ's codes, with the RVQ's mel statistics."""
+    backbone = musicfm_config(preset, mel_mean=rvq.mel_mean, mel_std=rvq.mel_std)
+    return MusicFMPretrainConfig(backbone=backbone, rvq=rvq, num_codebooks=rvq.num_codebooks,
+                                 codebook_size=rvq.codebook_size, codebook_loss="mean")
+
+
 class MusicFMPretrain(nn.Module):
     """Targets from the clean waveform (float32, each item on its own length), the encoder on the
     block-masked waveform, cross-entropy on the masked tokens: BestRQ.forward's contract."""
@@ -250,8 +277,12 @@ class MusicFMPretrain(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = MelConformer(config.backbone)
-        self.quantizer = RandomProjectionQuantizer(config.backbone.n_mels * config.frames_per_token, config.code_dim,
-                                                   config.codebook_size, config.num_codebooks, config.quantizer_seed)
+        if config.rvq is None:
+            self.quantizer = RandomProjectionQuantizer(config.backbone.n_mels * config.frames_per_token,
+                                                       config.code_dim, config.codebook_size, config.num_codebooks,
+                                                       config.quantizer_seed)
+        else:  # its weights come from the fitted directory (the task loads them); frozen
+            self.quantizer = MelRVQ(config.rvq).requires_grad_(False)
         self.register_buffer("mel_statistics", torch.tensor([config.mel_mean, config.mel_std]))
         self.head = nn.Linear(config.backbone.dim, config.codebook_size * config.num_codebooks)
 
@@ -261,6 +292,8 @@ class MusicFMPretrain(nn.Module):
     @torch.no_grad()
     def targets(self, wav: Tensor, lengths: Tensor) -> Tensor:
         """(B, n), (B,) -> (B, n // hop, S) token ids, -1 past each item's whole tokens."""
+        if isinstance(self.quantizer, MelRVQ):
+            return self.quantizer.tokens(wav, lengths)
         hop = self.config.backbone.hop
         tokens = torch.full((wav.shape[0], wav.shape[1] // hop, self.config.num_codebooks), -1, dtype=torch.long,
                             device=wav.device)
@@ -286,4 +319,7 @@ class MusicFMPretrain(nn.Module):
         masked = mask & (targets >= 0).all(-1)  # (B, T): padding has no target
         chosen = targets[masked]  # (M, S)
         logits = self.head(out.last_hidden_state[masked]).float().view(-1, config.num_codebooks, config.codebook_size)
-        return masked_prediction_losses(logits, chosen, out.last_hidden_state)
+        result = masked_prediction_losses(logits, chosen, out.last_hidden_state)
+        if config.codebook_loss == "mean":  # the trainer divides the summed loss by this
+            result["sample_size"] = result["sample_size"] * config.num_codebooks
+        return result

@@ -15,25 +15,40 @@ from musicssl.config import ConfigError, from_dict, to_dict
 from musicssl.data.pretrain import UpdateLoader, build_pretrain_data
 from musicssl.data.label_files import read_label_set
 from musicssl.data.manifest import check_sample_rate, read_manifest
+from musicssl.models.mel_rvq import MelRVQConfig
+from musicssl.targets.rvq_fit import load_mel_rvq
 from musicssl.train.checkpoint import check_resumable, checkpoint_dirs, find_resumable, read_run_config
 from musicssl.train.interrupt import stop_on_signals
 from musicssl.train.label_identity import RECORD_KEY, check_resumed_labels, label_identities
 from musicssl.train.lock import run_lock
 from musicssl.train.tasks import (MUSICFM_PRESETS, MUSICHUBERT_PRESETS, BestRQRun, BestRQTask, Music2VecRun,
                                   Music2VecTask, MusicFMRun, MusicFMTask, MusicHubertRun, MusicHubertTask, bestrq_run, check_corpus_holds_a_crop,
-                                  measure_mel_statistics, music2vec_run, resolve_run)
+                                  measure_mel_statistics, muq_run, music2vec_run, resolve_run)
 from musicssl.train.trainer import setup_distributed, train
 
-RUN_TYPES = {"musichubert": MusicHubertRun, "music2vec": Music2VecRun, "bestrq": BestRQRun, "musicfm": MusicFMRun}
-TASKS = {"musichubert": MusicHubertTask, "music2vec": Music2VecTask, "bestrq": BestRQTask, "musicfm": MusicFMTask}
-MEL_TARGETS = ("bestrq", "musicfm")  # methods whose targets need the corpus's mel statistics
+RUN_TYPES = {"musichubert": MusicHubertRun, "music2vec": Music2VecRun, "bestrq": BestRQRun, "musicfm": MusicFMRun,
+             "muq": MusicFMRun}
+TASKS = {"musichubert": MusicHubertTask, "music2vec": Music2VecTask, "bestrq": BestRQTask, "musicfm": MusicFMTask,
+         "muq": MusicFMTask}
+MEL_TARGETS = ("bestrq", "musicfm", "muq")  # methods whose targets need mel statistics (MuQ: its RVQ's)
 RESUMABLE_OVERRIDES = ("trainer.max_steps", "trainer.checkpoint_every", "trainer.log_every",
                        "trainer.keep_checkpoints", "data.num_workers", "data.crop_only", "trainer.compile",
                        "trainer.fused_adamw")
 
 
+def _fitted_rvq(method: str, rvq_dir: str | None):
+    if method != "muq":
+        if rvq_dir:
+            raise ValueError(f"--rvq is MuQ's (pretrain muq); {method} does not use a Mel-RVQ")
+        return None
+    if not rvq_dir:
+        raise ValueError("pretrain muq predicts the codes of a fitted Mel-RVQ: run `musicssl rvq fit --data DATA "
+                         "-o RVQ_DIR` first, then pass --rvq RVQ_DIR")
+    return load_mel_rvq(rvq_dir, sample_rate=24_000)
+
+
 def resolve(method: str, preset: str, labels: str | Sequence[str] | None, overrides: list[str], resume_from: Path | None,
-            variant: str = "vanilla"):
+            variant: str = "vanilla", rvq: MelRVQConfig | None = None):
     """A new run: preset + overrides. A resumed run: the checkpoint's config (the architecture
     never comes from the command line), with only bookkeeping overrides allowed."""
     if resume_from is not None:
@@ -52,6 +67,9 @@ def resolve(method: str, preset: str, labels: str | Sequence[str] | None, overri
                 raise ValueError(f"{resume_from}: the run predicts codebooks of k = {run.model.codebooks}, "
                                  f"--labels gives k = {ks}; resume with the label directories it started with")
             check_resumed_labels(resume_from, _label_dirs(labels))
+        if rvq is not None and run.model.rvq != rvq:
+            raise ValueError(f"{resume_from}: the run was trained with another Mel-RVQ than --rvq gives; resume with "
+                             "the directory it started with")
         return apply_overrides(run, overrides)
     if method == "music2vec":
         run, variant_overrides = music2vec_run(preset, variant)
@@ -60,6 +78,8 @@ def resolve(method: str, preset: str, labels: str | Sequence[str] | None, overri
         return resolve_run(bestrq_run(preset), overrides)
     if method == "musicfm":
         return resolve_run(MUSICFM_PRESETS[preset](), overrides)
+    if method == "muq":
+        return resolve_run(muq_run(preset, rvq), overrides)
     recipe = MUSICHUBERT_PRESETS[preset]  # an unknown preset fails before any label is read
     if not labels:
         raise ValueError("musichubert needs --labels: a label directory from `musicssl labels`")
@@ -85,21 +105,24 @@ def _label_dirs(labels: str | Sequence[str]) -> list[str]:
 
 
 def pretrain(method: str, preset: str, data: str, labels: str | Sequence[str] | None, out: str, overrides: list[str],
-             resume: str | None = None, variant: str = "vanilla", progress: bool = True) -> Path | None:
+             resume: str | None = None, variant: str = "vanilla", progress: bool = True,
+             rvq: str | None = None) -> Path | None:
     """Train into `out` (resuming its newest intact checkpoint), holding `out/.lock` throughout;
-    a SIGINT/SIGTERM stops at the next update boundary with a checkpoint (`Interrupted`)."""
+    a SIGINT/SIGTERM stops at the next update boundary with a checkpoint (`Interrupted`). `rvq`:
+    MuQ's fitted Mel-RVQ directory (`musicssl rvq fit`)."""
     env, device = setup_distributed()
     run_dir = Path(out)
     with run_lock(run_dir, env.is_main, env.world_size), stop_on_signals() as stop:
         return _pretrain_locked(method, preset, data, labels, run_dir, overrides, resume, variant, progress,
-                                env, device, stop)
+                                env, device, stop, rvq)
 
 
 def _pretrain_locked(method, preset, data, labels, run_dir: Path, overrides, resume, variant, progress, env, device,
-                     stop) -> Path | None:
+                     stop, rvq_dir=None) -> Path | None:
     check_manifest_has_rows(data)  # before the run folder gets a config.json
+    rvq = _fitted_rvq(method, rvq_dir)
     resume_from = resume_point(run_dir, resume, method, env)
-    run = resolve(method, preset, labels, overrides, resume_from, variant)
+    run = resolve(method, preset, labels, overrides, resume_from, variant, rvq.config if rvq else None)
     backbone = run.model.backbone
     if method in MEL_TARGETS and run.model.mel_mean is None:  # before the data summary lines: one error line
         check_sample_rate(Path(data) / "train.tsv", backbone.sample_rate)
@@ -111,10 +134,13 @@ def _pretrain_locked(method, preset, data, labels, run_dir: Path, overrides, res
     if env.is_main:  # after the data and labels are read: a refused run leaves no output behind
         run_dir.mkdir(parents=True, exist_ok=True)
         record = {RECORD_KEY: label_identities(_label_dirs(labels))} if labels else {}
+        record |= {"rvq": str(Path(rvq_dir).resolve())} if rvq else {}
         write_text(run_dir / "config.json", json.dumps({"method": method, **to_dict(run), **record}, indent=2) + "\n")
     loader = UpdateLoader(dataset, plan, run.data.num_workers, pin_memory=device.type == "cuda")
     torch.manual_seed(run.trainer.seed + env.rank)  # dropout differs across ranks, repeats across runs
     task = TASKS[method](run.model, backbone.sample_rate, run.trainer.seed)
+    if rvq is not None:  # the fitted codebooks; a resumed run's checkpoint must hold the same
+        task.model.quantizer.load_state_dict(rvq.state_dict())
     if env.is_main:
         print(f"{method}: {sum(p.numel() for p in task.model.parameters()):,} parameters, world size "
               f"{env.world_size}, {plan.accumulation_steps} micro-batch(es) per update, device {device}",

@@ -20,7 +20,8 @@ from musicssl.models.backbone import Backbone
 from musicssl.models.backbone_config import replace_backbone_config
 from musicssl.models.bestrq import BestRQ, BestRQConfig, LogMel, bestrq_config, code_statistics
 from musicssl.models.music2vec import MUSIC2VEC_VARIANTS, Music2Vec, Music2VecConfig, music2vec_config
-from musicssl.models.musicfm import MusicFMPretrain, MusicFMPretrainConfig, musicfm_pretrain_config
+from musicssl.models.mel_rvq import MelRVQConfig
+from musicssl.models.musicfm import MusicFMPretrain, MusicFMPretrainConfig, muq_pretrain_config, musicfm_pretrain_config
 from musicssl.models.musichubert import MusicHubert, MusicHubertConfig, codebook_suffixes, musichubert_config
 from musicssl.train.schedules import ScheduleConfig
 from musicssl.train.trainer import TrainerConfig
@@ -176,6 +177,13 @@ MUSICFM_PRESETS.register("base")(lambda: _musicfm_paper_scale("base"))
 def _musicfm_tiny() -> MusicFMRun:
     """A ~0.2M-parameter conformer on the `tiny` data and trainer of MusicHuBERT (5-s crops)."""
     return MusicFMRun(musicfm_pretrain_config("tiny"), *_tiny_polynomial())
+
+
+def muq_run(preset: str, rvq: MelRVQConfig) -> MusicFMRun:
+    """MuQ: a MusicFM preset's model, data and trainer, predicting the codes of a fitted Mel-RVQ
+    (MuQ's batch of 192 x 30 s is the one MusicFM's presets already take, MuQ#9)."""
+    run = MUSICFM_PRESETS[preset]()
+    return dataclasses.replace(run, model=muq_pretrain_config(preset, rvq))
 
 
 def measure_mel_statistics(dataset: PretrainDataset, config: BestRQConfig, seed: int) -> tuple[float, float]:
@@ -344,13 +352,15 @@ class BestRQTask(_Task):
         return result
 
     def load_head_state(self, state: dict[str, Tensor]) -> None:
-        """The checkpoint's quantiser and mel statistics must be the ones this run's config makes."""
-        for name in ("quantizer.projection", "quantizer.codebook", "mel_statistics"):
+        """The checkpoint's quantiser and mel statistics must be the ones this run's config makes
+        (or, for MuQ, the fitted Mel-RVQ this run was given)."""
+        frozen = [name for name in self.model.state_dict() if name.startswith("quantizer.") or name == "mel_statistics"]
+        for name in frozen:
             mine = self.model.state_dict()[name]
             if name not in state or state[name].shape != mine.shape or not torch.equal(state[name], mine):
-                raise ValueError(f"checkpoint {name} differs from what its run config makes (seed "
+                raise ValueError(f"checkpoint {name} differs from this run's targets (quantiser seed "
                                  f"{self.model.config.quantizer_seed}, mel statistics {self.model.config.mel_mean}, "
-                                 f"{self.model.config.mel_std}); it was not written by this run")
+                                 f"{self.model.config.mel_std}, or the Mel-RVQ given); it was not written by this run")
         super().load_head_state(state)
 
     def metrics(self, totals: dict[str, float]) -> dict[str, float]:
