@@ -24,28 +24,65 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-MODELS = {"musichubert": "MusicHuBERT", "music2vec": "Music2Vec", "bestrq": "BEST-RQ"}
+MODELS = {"musichubert": "MusicHuBERT", "music2vec": "Music2Vec", "bestrq": "BEST-RQ", "musicfm": "MusicFM",
+          "muq": "MuQ"}
 # the pretext number a run must improve: masked accuracy (up, by 2x), or Music2Vec's loss (down)
-RISING_ACCURACY = ("musichubert", "bestrq")
+RISING_ACCURACY = ("musichubert", "bestrq", "musicfm", "muq")
+MEL_24K = ("musicfm", "muq")  # models that read 24 kHz audio (the corpus listed again at that rate)
+
+
+@dataclass(frozen=True)
+class MethodInputs:
+    """What `musicssl pretrain KIND` reads besides its recipe: the manifest, and labels or a Mel-RVQ."""
+
+    manifest: Path
+    labels: tuple[Path, ...] = ()
+    rvq: Path | None = None
+
+    def cli_args(self) -> list[str]:
+        return (["--labels", *map(str, self.labels)] if self.labels else []) + \
+            (["--rvq", str(self.rvq)] if self.rvq else [])
+
+
+def method_inputs(kind: str, out: Path, manifest: Path, labels: list[Path], progress: bool = False) -> MethodInputs:
+    """MusicHuBERT: the k-means labels; MusicFM / MuQ: the corpus listed at 24 kHz (`out/manifest24k`),
+    and for MuQ a tiny Mel-RVQ fitted on it (`out/rvq_tiny`, ~10 s); the others: the manifest."""
+    if kind == "musichubert":
+        return MethodInputs(manifest, tuple(labels))
+    if kind not in MEL_24K:
+        return MethodInputs(manifest)
+    from musicssl.data.manifest import build_manifest, read_manifest
+
+    listed = out / "manifest24k"
+    if not (listed / "train.tsv").exists():
+        build_manifest(read_manifest(manifest / "train.tsv").root, listed, valid_percent=0.0, sample_rate=24_000,
+                       progress=progress)
+    if kind == "musicfm":
+        return MethodInputs(listed)
+    rvq = out / "rvq_tiny"
+    if not (rvq / "model.safetensors").exists():
+        from musicssl.targets.rvq_fit import fit_mel_rvq, resolve_fit_run
+
+        fit_mel_rvq(listed, rvq, resolve_fit_run("tiny"), say=lambda line: None)
+    return MethodInputs(listed, rvq=rvq)
 
 
 def run_name(kind: str, seed: int, kernel: str) -> str:
     return f"{kind}-seed{seed}-{kernel}"
 
 
-def pretrain_in_subprocess(kind: str, run_dir: Path, manifest: Path, labels: list[Path], overrides: list[str],
+def pretrain_in_subprocess(kind: str, run_dir: Path, inputs: MethodInputs, overrides: list[str],
                            kernel: str, threads: int) -> float:
     """`musicssl pretrain KIND --preset tiny` under ATEN_CPU_CAPABILITY=kernel; returns seconds
     (0 when the run had already finished: the same command resumes or returns at once)."""
     done = run_dir / "done.json"
     if done.exists():
         return json.loads(done.read_text())["seconds"]
-    command = [sys.executable, "-m", "musicssl.cli", "pretrain", kind, "--preset", "tiny", "--data", str(manifest),
-               "--out", str(run_dir), "--quiet"]
-    if kind == "musichubert":
-        command += ["--labels", *map(str, labels)]
+    command = [sys.executable, "-m", "musicssl.cli", "pretrain", kind, "--preset", "tiny", "--data",
+               str(inputs.manifest), "--out", str(run_dir), "--quiet", *inputs.cli_args()]
     for override in overrides:
         command += ["--set", override]
     env = {**os.environ, "ATEN_CPU_CAPABILITY": kernel, "OMP_NUM_THREADS": str(threads)}
@@ -122,6 +159,7 @@ def run_all(out: Path, kinds: list[str], seeds: list[int], kernels: list[str], s
     from musicssl.train.checkpoint import INITIAL, checkpoint_dirs
 
     every = gcd_of(steps)
+    inputs = {kind: method_inputs(kind, out, manifest, labels) for kind in kinds}  # once, before the runs start
     plan = []
     for kind in kinds:
         for seed in seeds:
@@ -134,7 +172,7 @@ def run_all(out: Path, kinds: list[str], seeds: list[int], kernels: list[str], s
     def pretrain_one(entry) -> float:
         kind, seed, kernel, run_dir, overrides = entry
         print(f"pretrain {run_dir.name} ({max(steps)} updates) ...", flush=True)
-        return pretrain_in_subprocess(kind, run_dir, manifest, labels, overrides, kernel, threads)
+        return pretrain_in_subprocess(kind, run_dir, inputs[kind], overrides, kernel, threads)
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         seconds = list(pool.map(pretrain_one, plan))

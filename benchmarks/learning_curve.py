@@ -41,21 +41,21 @@ import torch
 from musicssl.demo import DEMO_PRESETS, DEMO_TASKS, DemoConfig, make_manifest_and_labels
 from musicssl.evaluate.report import column_title, display_metrics, ordered_tasks
 
-MODELS = {"musichubert": "MusicHuBERT", "music2vec": "Music2Vec", "bestrq": "BEST-RQ"}
+from curve_stability import MODELS, method_inputs  # noqa: E402  (benchmarks/ is on sys.path when run)
+
 # what each recipe logs about its pretext task (train/trainer.py's log.jsonl)
+TOKEN_KEYS = ("accuracy/masked", "loss/masked_ce", "targets/usage", "targets/perplexity", "targets/top_share")
 PRETEXT_KEYS = {"musichubert": ("accuracy/masked", "accuracy/masked_1", "loss/masked_ce", "loss/masked_ce_1"),
                 "music2vec": ("loss", "target_std", "prediction_std"),
-                "bestrq": ("accuracy/masked", "loss/masked_ce", "targets/usage", "targets/perplexity",
-                           "targets/top_share")}
-# BEST-RQ (`--models bestrq`): its `tiny` preset with MusicHuBERT's demo batch (20 s of audio per
-# update), so the curves compare objectives at the same audio per update; not in the demo.
-BESTRQ_OVERRIDES = ("data.batch_seconds=20",)
+                "bestrq": TOKEN_KEYS, "musicfm": TOKEN_KEYS, "muq": TOKEN_KEYS}
+# The BEST-RQ family (`--models bestrq,musicfm,muq`): their `tiny` presets with MusicHuBERT's demo
+# batch (20 s of audio per update), so the curves compare objectives at the same audio per update.
+TOKEN_OVERRIDES = ("data.batch_seconds=20",)
 
 
 def recipe_overrides(kind: str, config: DemoConfig) -> tuple[str, ...]:
-    """The demo's overrides of each model's `tiny` preset (BEST-RQ's are this benchmark's own)."""
-    return {"musichubert": config.hubert_overrides, "music2vec": config.music2vec_overrides,
-            "bestrq": BESTRQ_OVERRIDES}[kind]
+    """The demo's overrides of each model's `tiny` preset (the BEST-RQ family's are this benchmark's own)."""
+    return {"musichubert": config.hubert_overrides, "music2vec": config.music2vec_overrides}.get(kind, TOKEN_OVERRIDES)
 
 
 def cpu_name() -> str:
@@ -89,9 +89,11 @@ def pretrain_run(kind: str, out: Path, manifest: Path, labels: list[Path], steps
     run_dir = out / kind
     overrides = recipe_overrides(kind, config)
     every = checkpoint_every(steps)
-    pretrain(kind, "tiny", str(manifest), [str(d) for d in labels] if kind == "musichubert" else None, str(run_dir),
+    inputs = method_inputs(kind, out, manifest, labels, progress)
+    pretrain(kind, "tiny", str(inputs.manifest), [str(d) for d in inputs.labels] or None, str(run_dir),
              [f"trainer.max_steps={max(steps)}", f"trainer.checkpoint_every={every}", "trainer.keep_checkpoints=0",
-              f"trainer.seed={seed}", *overrides], progress=progress)
+              f"trainer.seed={seed}", *overrides], progress=progress,
+             rvq=str(inputs.rvq) if inputs.rvq else None)
     found = {int(path.name.split("_")[-1]): path for path in checkpoint_dirs(run_dir)}
     found[0] = run_dir / INITIAL
     missing = [s for s in steps if s not in found]
@@ -168,7 +170,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/curve")
     parser.add_argument("--steps", default="0,500,1000,2000,4000", help="updates at which to probe (0 = init)")
-    parser.add_argument("--models", default="musichubert,music2vec", help="of musichubert, music2vec, bestrq")
+    parser.add_argument("--models", default="musichubert,music2vec",
+                        help="of musichubert, music2vec, bestrq, musicfm, muq")
     parser.add_argument("--max-steps", default="", help="a model's own last step, e.g. music2vec=4000: its "
                         "run (and learning-rate schedule) ends there and it is probed at the steps up to it")
     parser.add_argument("--synth-preset", default="demo")
