@@ -124,7 +124,7 @@ def _pretrain_locked(method, preset, data, labels, run_dir: Path, overrides, res
     resume_from = resume_point(run_dir, resume, method, env)
     run = resolve(method, preset, labels, overrides, resume_from, variant, rvq.config if rvq else None)
     backbone = run.model.backbone
-    if method in MEL_TARGETS and run.model.mel_mean is None:  # before the data summary lines: one error line
+    if method in MEL_TARGETS and resume_from is None:  # before the data summary lines: one error line
         check_sample_rate(Path(data) / "train.tsv", backbone.sample_rate)
         check_corpus_holds_a_crop(read_manifest(Path(data) / "train.tsv"), run.data.crop_seconds, backbone.sample_rate)
     dataset, plan = build_pretrain_data(data, "train", labels, backbone.sample_rate, run.data,
