@@ -116,6 +116,21 @@ def test_fingerprint_follows_the_rows_and_the_sidecar_records_it(tmp_path):
     moved = type(a)(Path("/elsewhere"), a.items)  # the root is not part of the rows' identity
     assert moved.fingerprint == a.fingerprint
     sidecar = json.loads((tmp_path / "a" / "manifest.json").read_text())["splits"]
-    assert sidecar["train"] == {"rows": len(a), "fingerprint": a.fingerprint}
+    assert sidecar["train"] == {"rows": len(a), "fingerprint": a.fingerprint, "sample_rate": 16_000}
     assert sidecar["valid"]["fingerprint"] == read_manifest(tmp_path / "a" / "valid.tsv").fingerprint
     assert (tmp_path / "a" / "train.tsv").read_text().splitlines()[0] == str(root.resolve())  # fairseq's tsv
+
+
+def test_a_manifest_read_at_another_rate_is_refused_recorded_or_not(tmp_path):
+    from musicssl.data.manifest import ManifestError, check_sample_rate
+
+    root = tmp_path / "audio"
+    root.mkdir()
+    write_tone(root / "a.wav", 1.0)
+    build_manifest(root, tmp_path / "m", workers=1, progress=False, sample_rate=16_000)
+    check_sample_rate(tmp_path / "m" / "train.tsv", 16_000)
+    with pytest.raises(ManifestError, match="at 16000 Hz, this model reads 24000 Hz.*--sample-rate 24000"):
+        check_sample_rate(tmp_path / "m" / "train.tsv", 24_000)
+    (tmp_path / "m" / "manifest.json").unlink()  # an older manifest: the headers tell
+    with pytest.raises(ManifestError, match="about 16000 Hz"):
+        check_sample_rate(tmp_path / "m" / "train.tsv", 24_000)

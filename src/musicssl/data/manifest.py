@@ -132,12 +132,29 @@ def recorded_sample_rate(path: str | Path) -> int | None:
         return None
 
 
-def check_sample_rate(path: str | Path, sample_rate: int) -> None:
-    """A manifest's sample counts are at one rate: read at another, every file looks changed."""
+def check_sample_rate(path: str | Path, sample_rate: int, rows: int = 3) -> None:
+    """A manifest's sample counts are at one rate: read at another, every file looks changed. The
+    rate `musicssl manifest` recorded, or for a manifest without the record (older, hand-made) the
+    rate the first readable rows' headers imply."""
+    again = f"list the audio again with `musicssl manifest AUDIO_DIR -o DIR --sample-rate {sample_rate}`"
     recorded = recorded_sample_rate(path)
-    if recorded is not None and recorded != sample_rate:
-        raise ManifestError(f"{path}: its sample counts are at {recorded} Hz, this model reads {sample_rate} Hz; "
-                            f"list the audio again with `musicssl manifest AUDIO_DIR -o DIR --sample-rate {sample_rate}`")
+    if recorded is not None:
+        if recorded != sample_rate:
+            raise ManifestError(f"{path}: its sample counts are at {recorded} Hz, this model reads {sample_rate} Hz; "
+                                f"{again}")
+        return
+    manifest = read_manifest(path)
+    for index in range(min(rows, len(manifest))):
+        try:
+            info = audio.audio_info(manifest.path(index))
+        except (audio.AudioError, OSError):
+            continue
+        implied = manifest.num_samples(index) * info.sample_rate / max(info.num_frames, 1)
+        if abs(implied - sample_rate) > 0.01 * sample_rate:
+            raise ManifestError(f"{path}: its rows count samples at about {implied:.0f} Hz ({manifest.path(index)}: "
+                                f"{info.num_frames} frames at {info.sample_rate} Hz listed as "
+                                f"{manifest.num_samples(index)}), this model reads {sample_rate} Hz; {again}")
+        return
 
 
 def untsvable(relative: str) -> bool:

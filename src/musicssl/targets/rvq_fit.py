@@ -27,10 +27,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from musicssl import audio
 from musicssl.atomic import atomic_path
 from musicssl.config import ConfigError, Registry, apply_overrides, from_dict, read_json, to_dict
-from musicssl.data.manifest import Manifest, read_manifest
+from musicssl.data.manifest import check_sample_rate, read_manifest
 from musicssl.data.pretrain import PretrainDataset, collate
 from musicssl.models.bestrq import code_statistics
 from musicssl.models.mel_rvq import FORMAT, MEL_RVQ_PRESETS, MelRVQ, MelRVQConfig
@@ -93,23 +92,6 @@ def resolve_fit_run(preset: str, steps: int | None = None, seed: int | None = No
 # the corpus
 
 
-def check_manifest_rate(manifest: Manifest, source: Path, sample_rate: int, rows: int = 3) -> None:
-    """The rows count samples at `sample_rate`: a manifest made at another rate (16 kHz, the
-    default) would make every crop fail with 'the file changed'. Judged from a few files' headers."""
-    for index in range(min(rows, len(manifest))):
-        try:
-            info = audio.audio_info(manifest.path(index))
-        except (audio.AudioError, OSError):
-            continue
-        implied = manifest.num_samples(index) * info.sample_rate / max(info.num_frames, 1)
-        if abs(implied - sample_rate) > 0.01 * sample_rate:
-            raise ValueError(f"{source}: its rows count samples at about {implied:.0f} Hz ({manifest.path(index)}: "
-                             f"{info.num_frames} frames at {info.sample_rate} Hz listed as "
-                             f"{manifest.num_samples(index)}), the Mel-RVQ reads {sample_rate} Hz; make a manifest "
-                             f"with `musicssl manifest AUDIO_DIR -o DIR --sample-rate {sample_rate}`")
-        return
-
-
 def crop_batches(dataset: PretrainDataset, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
     """(B, n) crops forever: rows in the order of `default_rng([seed, epoch])` permutations, one
     crop per (epoch, row) as pre-training draws it, each batch cut to its shortest crop. A corpus of
@@ -165,7 +147,7 @@ def fit_mel_rvq(data: str | Path, out: str | Path, run: RVQFitRun, device: str =
     if len(manifest) == 0:
         raise ValueError(f"{source}: the manifest has no rows")
     config, fit = run.model, run.fit
-    check_manifest_rate(manifest, source, config.sample_rate)
+    check_sample_rate(source, config.sample_rate)
     crop = round(fit.crop_seconds * config.sample_rate)
     # one token at least, and more samples than the STFT's reflect padding needs
     shortest = max(round(fit.min_seconds * config.sample_rate), config.token_hop, config.n_fft // 2 + 1)

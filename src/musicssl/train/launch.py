@@ -15,6 +15,7 @@ from musicssl.config import ConfigError, from_dict, to_dict
 from musicssl.data.pretrain import UpdateLoader, build_pretrain_data
 from musicssl.data.label_files import read_label_set
 from musicssl.data.manifest import check_sample_rate, read_manifest
+from musicssl.data.prepare import is_prepared
 from musicssl.models.mel_rvq import MelRVQConfig
 from musicssl.targets.rvq_fit import load_mel_rvq
 from musicssl.train.checkpoint import check_resumable, checkpoint_dirs, find_resumable, read_run_config
@@ -125,7 +126,8 @@ def _pretrain_locked(method, preset, data, labels, run_dir: Path, overrides, res
     run = resolve(method, preset, labels, overrides, resume_from, variant, rvq.config if rvq else None)
     backbone = run.model.backbone
     if method in MEL_TARGETS and resume_from is None:  # before the data summary lines: one error line
-        check_sample_rate(Path(data) / "train.tsv", backbone.sample_rate)
+        if not is_prepared(data):  # a prepared corpus checks its own rate when it opens
+            check_sample_rate(Path(data) / "train.tsv", backbone.sample_rate)
         check_corpus_holds_a_crop(read_manifest(Path(data) / "train.tsv"), run.data.crop_seconds, backbone.sample_rate)
     dataset, plan = build_pretrain_data(data, "train", labels, backbone.sample_rate, run.data,
                                         backbone.normalize_waveform, env.world_size, env.rank)
