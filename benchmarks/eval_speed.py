@@ -1,7 +1,7 @@
 """Evaluation speed: extraction throughput against transformers, and probe time per task.
 
     .venv/bin/python benchmarks/eval_speed.py [--preset hubert_base] [--files 6] [--seconds 30]
-        [--window 30] [--device cpu] [--rows 2000] [--epochs 10] [--skip-probe]
+        [--window 30] [--device cpu] [--dtypes fp32,bf16] [--rows 2000] [--epochs 10] [--skip-probe]
 
 1. Extraction: the same generated files (`--window`-s windows, every hidden state,
    mean-pooled, as the clip tasks store them) through our `FeatureCache` + `EncoderSource`
@@ -9,7 +9,9 @@
    transformers' HubertModel / Data2VecAudioModel holding the same weights (one forward per
    window, `output_hidden_states=True`, the same pooling, decoding in the same thread), on
    `--device`, in the same run, alternating. Printed as audio seconds per second and as a
-   ratio (ours / transformers; > 1 = faster); the last line of the script repeats it. Then
+   ratio (ours / transformers; > 1 = faster); the last line of the script repeats it. With
+   bf16 (`--dtypes`; by default where the CPU has avx512_bf16 / AMX, or on CUDA) ours also runs
+   under bf16 autocast, against the same transformers fp32 run: `extraction bf16: ...`. Then
    the compute ceiling: the forward's FLOPs per window at the fp32 GEMM peak measured in the
    same run, as audio-s/s and as a ratio to transformers (no fp32 extraction can beat it;
    AMD EPYC, 2 threads: 500 GFLOP a 30-s window, 11.1 audio-s/s = 1.43x transformers).
@@ -44,14 +46,14 @@ def make_files(directory: Path, count: int, seconds: float) -> list[Path]:
     return paths
 
 
-def ours(model_dir: Path, paths: list[Path], cache: Path, window: float, device: str) -> float:
+def ours(model_dir: Path, paths: list[Path], cache: Path, window: float, device: str, dtype: str = "fp32") -> float:
     from musicssl.evaluate.features import FeatureCache
     from musicssl.evaluate.sources import open_source
     from musicssl.evaluate.tasks.base import Item, Protocol
 
     protocol = Protocol(name="bench", title="B", kind="multiclass", outputs=("a",), metrics=("accuracy",),
                         window_seconds=window)
-    source = open_source(str(model_dir), device=device)
+    source = open_source(str(model_dir), device=device, dtype=dtype)
     items = [Item(key=p.name, path=p, target=0) for p in paths]
     started = time.perf_counter()
     FeatureCache(cache, source, "bench", protocol).extract(items, progress=False)
@@ -86,8 +88,10 @@ def transformers_reference(model_dir: Path, paths: list[Path], window: float, de
     return time.perf_counter() - started
 
 
-def extraction(preset: str, count: int, seconds: float, window: float, device: str, rounds: int) -> dict:
-    """Audio-s/s of ours and of transformers (best of `rounds`), their ratio and the compute ceiling."""
+def extraction(preset: str, count: int, seconds: float, window: float, device: str, rounds: int,
+               dtypes: tuple[str, ...] = ("fp32",)) -> dict:
+    """Audio-s/s of ours (per dtype) and of transformers fp32 (best of `rounds`), the ratios and the
+    compute ceiling."""
     from musicssl.interop.huggingface import export_pretrained
     from musicssl.models.backbone import Backbone
     from musicssl.models.backbone_config import backbone_preset
@@ -98,25 +102,47 @@ def extraction(preset: str, count: int, seconds: float, window: float, device: s
         model_dir = export_pretrained(Backbone(backbone_preset(preset)).eval(), tmp / "model")
         paths = make_files(tmp, count, seconds)
         audio_seconds = count * seconds
-        times = {"ours": [], "transformers": []}
+        names = {dtype: "ours" if dtype == "fp32" else f"ours {dtype}" for dtype in dtypes}
+        times = {**{name: [] for name in names.values()}, "transformers": []}
         for round_ in range(rounds):
-            times["ours"].append(ours(model_dir, paths, tmp / f"cache{round_}", window, device))
+            for dtype, name in names.items():
+                times[name].append(ours(model_dir, paths, tmp / f"cache{round_}{dtype}", window, device, dtype))
             times["transformers"].append(transformers_reference(model_dir, paths, window, device))
         best = {name: min(values) for name, values in times.items()}
         print(f"extraction, {preset}, {count} x {seconds:g} s, all layers, {window:g}-s windows, {device}, "
               f"{torch.get_num_threads()} threads, {rounds} rounds (best):")
         for name, value in best.items():
             print(f"  {name:13s} {value:7.2f} s  {audio_seconds / value:7.1f} audio s/s")
-        ratio = best["transformers"] / best["ours"]
-        print(f"  ratio ours/transformers (throughput): {ratio:.2f}x")
-        rate = ceiling(preset, window, device, audio_seconds / best["transformers"])
-        return {"ours": audio_seconds / best["ours"], "transformers": audio_seconds / best["transformers"],
-                "ratio": ratio, "ceiling": rate}
+        result = {"transformers": audio_seconds / best["transformers"]}
+        for name in names.values():
+            result[name] = audio_seconds / best[name]
+            print(f"  ratio {name}/transformers fp32 (throughput): {best['transformers'] / best[name]:.2f}x")
+        if "ours" in result:
+            result["ratio"] = result["ours"] / result["transformers"]
+        result["ceiling"] = ceiling(preset, window, device, result["transformers"])
+        return result
 
 
 def summary(result: dict) -> str:
-    return (f"extraction: ours {result['ours']:.1f} audio-s/s, "
-            f"transformers {result['transformers']:.1f} audio-s/s, {result['ratio']:.2f} x")
+    """The last lines: fp32 against transformers (the form every earlier run printed), then bf16."""
+    lines = []
+    if "ours" in result:
+        lines.append(f"extraction: ours {result['ours']:.1f} audio-s/s, "
+                     f"transformers {result['transformers']:.1f} audio-s/s, {result['ratio']:.2f} x")
+    if "ours bf16" in result:
+        lines.append(f"extraction bf16: ours {result['ours bf16']:.1f} audio-s/s, transformers fp32 "
+                     f"{result['transformers']:.1f} audio-s/s, {result['ours bf16'] / result['transformers']:.2f} x")
+    return "\n".join(lines)
+
+
+def host() -> str:
+    """The CPU's model name and the ISA this run uses: ATen's kernel choice and native bf16."""
+    from musicssl.extract import NATIVE_BF16_FLAGS, cpu_flags
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
+    bf16 = sorted(cpu_flags() & set(NATIVE_BF16_FLAGS)) or ["no native bf16"]
+    return f"{model}; torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, {', '.join(bf16)}"
 
 
 def ceiling(preset: str, window: float, device: str, reference_rate: float) -> float:
@@ -206,11 +232,18 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--skip-extraction", action="store_true")
     parser.add_argument("--skip-probe", action="store_true")
+    parser.add_argument("--dtypes", default=None, help="our precisions, e.g. fp32,bf16 (default: fp32, and bf16 "
+                        "where the CPU computes it natively or on CUDA)")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    from musicssl.extract import NATIVE_BF16_FLAGS, cpu_flags
+
+    native = args.device.startswith("cuda") or bool(cpu_flags() & set(NATIVE_BF16_FLAGS))
+    dtypes = tuple(args.dtypes.split(",")) if args.dtypes else (("fp32", "bf16") if native else ("fp32",))
+    print(f"host: {host()}")
     result = None
     if not args.skip_extraction:
-        result = extraction(args.preset, args.files, args.seconds, args.window, args.device, args.rounds)
+        result = extraction(args.preset, args.files, args.seconds, args.window, args.device, args.rounds, dtypes)
     if not args.skip_probe:
         probe_times(args.rows, args.epochs)
     if result:

@@ -32,6 +32,33 @@ from musicssl.models.backbone import Backbone, normalize_waveform
 from musicssl.models.musicfm import MelConformer
 
 
+DTYPES = ("auto", "fp32", "bf16")  # auto: bf16 autocast on CUDA, fp32 on a CPU
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 flags of CPUs that compute bf16 natively
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    """"fp32" or "bf16": what the encoder computes in. bf16 on a CPU only where the CPU computes it
+    natively: emulated bf16 is slower than fp32 and rounds more (the option is refused, saying why)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if dtype == "bf16" and device.type == "cpu" and not cpu_flags() & set(NATIVE_BF16_FLAGS):
+        raise ValueError("--dtype bf16: this CPU has no native bf16 (none of the flags "
+                         f"{', '.join(NATIVE_BF16_FLAGS)} in /proc/cpuinfo); emulated bf16 would be slower than fp32")
+    return dtype
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -41,8 +68,9 @@ class Encoder:
     Transformer input, index i the output of block i)."""
 
     def __init__(self, backbone: Backbone | MelConformer, device: torch.device | str | None = None, name: str = "",
-                 normalize_eps: float = FAIRSEQ_NORMALIZE_EPS):
+                 normalize_eps: float = FAIRSEQ_NORMALIZE_EPS, dtype: str = "auto"):
         self.device = torch.device(device) if device is not None else default_device()
+        self.dtype = resolve_dtype(dtype, self.device)  # bf16: autocast around the forward, features float32
         self.normalize_eps = normalize_eps  # transformers' feature extractor: 1e-7 (see Preprocessing)
         self.backbone = backbone.to(self.device).eval()
         self.config = backbone.config
@@ -169,8 +197,8 @@ class Encoder:
         return torch.stack([states[i][0].float().cpu() for i in indices])  # (K, T, D)
 
     def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.dtype == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def extract_file(self, path: str | Path, layers: Sequence[int] | None = None,
@@ -268,7 +296,8 @@ def _all_finite(array: np.ndarray, block: int = 1 << 20) -> bool:
     return all(np.isfinite(flat[start:start + block]).all() for start in range(0, flat.size, block))
 
 
-def load_model(path: str | Path, device: torch.device | str | None = None, **overrides) -> Encoder:
+def load_model(path: str | Path, device: torch.device | str | None = None, dtype: str = "auto",
+               **overrides) -> Encoder:
     """Open a model directory (config.json + model.safetensors or pytorch_model.bin): ours, a
     pre-training checkpoint, or transformers'; or MusicFM's or MuQ's published layout. `overrides` change non-weight config fields
     (e.g. isolate_padding=False to reproduce transformers on padded batches)."""
@@ -281,9 +310,9 @@ def load_model(path: str | Path, device: torch.device | str | None = None, **ove
         if is_layout(path):
             if overrides:
                 raise ValueError(f"{path}: a MusicFM / MuQ directory takes no config overrides, got {sorted(overrides)}")
-            return Encoder(load(path), device=device, name=path.name)
+            return Encoder(load(path), device=device, name=path.name, dtype=dtype)
     backbone, preprocessing = load_pretrained(path, **overrides)
-    return Encoder(backbone, device=device, name=path.name, normalize_eps=preprocessing.normalize_eps)
+    return Encoder(backbone, device=device, name=path.name, normalize_eps=preprocessing.normalize_eps, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,9 +42,12 @@ def hear_sample_rate(model_rate: int) -> int:
 class HearModel(nn.Module):
     """A frozen backbone with the attributes HEAR requires."""
 
-    def __init__(self, encoder: Encoder, layer: int | str = "mean", chunk_seconds: float | None = 30.0):
+    def __init__(self, encoder: Encoder, layer: int | str = "mean", chunk_seconds: float | None = 30.0,
+                 dtype: str = "auto"):
         super().__init__()
         self.backbone = encoder.backbone  # a submodule, so that HEAR's model.to(device) moves it
+        # HEAR moves the model itself: "auto" decides per call (bf16 autocast on CUDA), bf16 / fp32 always
+        self.dtype = dtype if dtype == "auto" else encoder.dtype
         self.config = encoder.config
         self.normalize_eps = encoder.normalize_eps
         if layer != "mean":
@@ -78,7 +81,8 @@ class HearModel(nn.Module):
     def frames(self, wav: Tensor) -> Tensor:
         """(B, n) at the model rate -> (B, T, D): the chosen hidden state (or their mean)."""
         deepest = self.config.num_layers if self.layer == "mean" else self.layer
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if wav.is_cuda else contextlib.nullcontext()
+        bf16 = self.dtype == "bf16" or (self.dtype == "auto" and wav.is_cuda)
+        autocast = torch.autocast(wav.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         with autocast:
             out = self.backbone(wav, num_layers=max(deepest, 1))
         states = list(out.layers)
@@ -89,12 +93,13 @@ class HearModel(nn.Module):
         return states[self.layer].float()
 
 
-def load_model(model_file_path: str = "", layer: int | str = "mean", device: str | None = None) -> HearModel:
+def load_model(model_file_path: str = "", layer: int | str = "mean", device: str | None = None,
+               dtype: str = "auto") -> HearModel:
     """HEAR's load_model: `model_file_path` is a model directory (anything `musicssl.load_model`
     opens: ours, transformers HuBERT / data2vec-audio, MERT-v1, a converted fairseq checkpoint)."""
     if not model_file_path:
         raise ValueError("musicssl.hear.load_model needs a model directory (there is no default model)")
-    return HearModel(load_encoder(model_file_path, device=device or "cpu"), layer=layer)
+    return HearModel(load_encoder(model_file_path, device=device or "cpu", dtype=dtype), layer=layer, dtype=dtype)
 
 
 def get_timestamp_embeddings(audio: Tensor, model: HearModel) -> tuple[Tensor, Tensor]:

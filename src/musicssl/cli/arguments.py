@@ -111,11 +111,18 @@ def _probe_arguments(parser) -> None:
                         help="weighted-sum logits: N(0,1) as MARBLE (default), or zeros: the plain layer mean")
     parser.add_argument("--cache", default=None, help="feature cache folder (default: OUT/cache)")
     parser.add_argument("--device", type=device_argument, default=None, help="cpu, cuda (default: cuda if present)")
+    dtype_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--shard", type=_non_negative_int, default=0,
                         help="extract only share SHARD of --num-shards (array jobs), then stop; under torchrun "
                              "the ranks shard by themselves and rank 0 probes")
     parser.add_argument("--num-shards", type=_positive_int, default=1)
+
+
+def dtype_argument(parser) -> None:
+    parser.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="encoder precision: auto = bf16 autocast on CUDA, fp32 on a CPU; bf16 on a CPU only "
+                             "with native bf16 (avx512_bf16 / AMX). Cached features record it")
 
 
 def _probe_config(args):

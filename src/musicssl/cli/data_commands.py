@@ -8,6 +8,7 @@ import time
 
 from musicssl.cli.arguments import (
     _chunk_seconds, _clusters, _fraction, _layers, _non_negative_float, _non_negative_int, _percent, _positive_int,
+    dtype_argument,
 )
 from musicssl.errors import device_argument
 
@@ -28,6 +29,7 @@ def add_extract(commands) -> None:
                         help="extra audio each side of a chunk, computed and discarded")
     parser.add_argument("--pool", choices=("none", "mean"), default="none", help="mean over time")
     parser.add_argument("--device", type=device_argument, default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
+    dtype_argument(parser)
     parser.set_defaults(run=run_extract)
 
 
@@ -38,7 +40,7 @@ def run_extract(args) -> int:
     paths = expand_audio_paths(args.audio)
     if not paths:
         raise ValueError(f"{' '.join(args.audio)}: no audio files found")
-    encoder = load_model(args.model, device=args.device)
+    encoder = load_model(args.model, device=args.device, dtype=args.dtype)
     started = time.perf_counter()
     written, failures = extract_to_npz(encoder, paths, args.out, args.layers,
                                        args.chunk_seconds, args.context_seconds, args.pool)

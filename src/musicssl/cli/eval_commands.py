@@ -38,7 +38,7 @@ def _run_probes(args, models: list[str], data_dirs: dict, options: dict, out: st
         results = run_benchmark(models, data_dirs, out, _probe_config(args), cache_dir=args.cache, options=options,
                                 device=args.device, progress=not args.quiet,
                                 command="musicssl " + " ".join(sys.argv[1:]), shard=shard,
-                                skip_missing=getattr(args, "skip_missing", False))
+                                skip_missing=getattr(args, "skip_missing", False), dtype=args.dtype)
     except BenchmarkError as error:  # the other tasks ran and are written: exit 1, one line per failure
         for line in error.failures:
             print(f"musicssl {args.command}: failed: {line}", file=sys.stderr)

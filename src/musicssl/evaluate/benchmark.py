@@ -95,10 +95,10 @@ def _safe_name(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", model).strip("_") or "model"
 
 
-def _open_sources(models: Sequence[str], device: str | None):
+def _open_sources(models: Sequence[str], device: str | None, dtype: str = "auto"):
     """Each MODEL argument opened, under its row name (`row_names`), lazily: one model in memory."""
     for spec, name in zip(models, row_names(models)):
-        source = open_source(spec, device=device)
+        source = open_source(spec, device=device, dtype=dtype)
         source.name = name
         yield source
 
@@ -161,8 +161,8 @@ def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | 
                   cache_dir: str | Path | None = None, options: dict[str, dict[str, str]] | None = None,
                   device: str | None = None, progress: bool = True, command: str = "",
                   shard: tuple[int, int] | None = None, skip_missing: bool = False,
-                  task_configs: dict[str, ProbeConfig] | None = None) -> list[TaskResult]:
-    """`data_dirs`: task name -> dataset folder. Writes results.json, results.md, plots/.
+                  task_configs: dict[str, ProbeConfig] | None = None, dtype: str = "auto") -> list[TaskResult]:
+    """`data_dirs`: task name -> dataset folder. `dtype`: the encoders' (extract.DTYPES). Writes results.json, results.md, plots/.
     `task_configs`: task name -> the probe configuration for that task instead of `config`.
     Every dataset is opened before any work: the problems of all are reported in one error,
     or with `skip_missing` the readable ones run and the others are listed in the report.
@@ -179,7 +179,7 @@ def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | 
     loaded, skipped = load_tasks(data_dirs, options, skip_missing)
     shard, wait = _shard_of(shard)
     if shard[1] > 1:
-        _extract_shard(models, loaded, cache_dir, shard, device, progress)
+        _extract_shard(models, loaded, cache_dir, shard, device, progress, dtype)
         if not wait:
             print(f"shard {shard[0]} of {shard[1]}: features extracted to {cache_dir}; once every shard is done, "
                   "the same command without --shard probes them", file=sys.stderr)
@@ -189,7 +189,7 @@ def run_benchmark(models: Sequence[str], data_dirs: dict[str, Path], out: str | 
     names: list[str] = []
     failures: list[str] = []
     notes = [f"{name}: skipped (--skip-missing), {problem}" for name, problem in skipped.items()]
-    for source in _open_sources(models, device):
+    for source in _open_sources(models, device, dtype):
         sources[source.name] = source.describe()
         names.append(source.name)
         for name, (task, splits) in loaded.items():
@@ -246,8 +246,8 @@ def _shard_of(shard: tuple[int, int] | None) -> tuple[tuple[int, int], bool]:
 
 
 def _extract_shard(models: Sequence[str], loaded: dict, cache_dir: Path, shard: tuple[int, int],
-                   device: str | None, progress: bool) -> None:
-    for source in _open_sources(models, device):  # the names the probing run looks the cache up by
+                   device: str | None, progress: bool, dtype: str = "auto") -> None:
+    for source in _open_sources(models, device, dtype):  # the names the probing run looks the cache up by
         for name, (task, splits) in loaded.items():
             cache = FeatureCache(cache_dir, source, name, task.protocol, shard=shard)
             cache.extract(splits.train + splits.valid + splits.test, progress=progress)

@@ -93,7 +93,7 @@ class EncoderSource(Source):
         return self.encoder.extract_batch(windows, pool=True, source=self.name).numpy()  # (B, L+1, D)
 
     def describe(self) -> dict:
-        return {**super().describe(), "backbone": dataclasses.asdict(self.encoder.config)}
+        return {**super().describe(), "backbone": dataclasses.asdict(self.encoder.config), "dtype": self.encoder.dtype}
 
 
 class MfccSource(Source):
@@ -170,12 +170,14 @@ def model_name(path: Path) -> str:
     return path.name or str(path)
 
 
-def open_source(spec: str, device: str | None = None, seed: int = 0) -> Source:
+def open_source(spec: str, device: str | None = None, seed: int = 0, dtype: str = "auto") -> Source:
     """A MODEL argument of `musicssl probe` / `musicssl benchmark` -> a feature source.
-    `NAME=SPEC` names the table row (e.g. `MusicHuBERT=runs/mh/checkpoints/step_00250000`)."""
+    `NAME=SPEC` names the table row (e.g. `MusicHuBERT=runs/mh/checkpoints/step_00250000`).
+    `dtype` (extract.DTYPES): a bf16 source's fingerprint says so, so its cached features never
+    stand in for float32 ones (fp32 fingerprints are what they were before the option)."""
     name, sep, rest = spec.partition("=")
     if sep and name and not Path(spec).exists():
-        source = open_source(rest, device, seed)
+        source = open_source(rest, device, seed, dtype)
         source.name = name
         return source
     if spec == "mfcc":
@@ -184,11 +186,17 @@ def open_source(spec: str, device: str | None = None, seed: int = 0) -> Source:
         config = random_backbone_config(spec.split(":", 1)[1])
         torch.manual_seed(seed)
         backbone = Backbone(config)
-        fingerprint = _digest(json.dumps(dataclasses.asdict(config), sort_keys=True) + f"seed{seed}")
-        return EncoderSource(Encoder(backbone, device=device, name=spec), name=spec, fingerprint=fingerprint)
+        encoder = Encoder(backbone, device=device, name=spec, dtype=dtype)
+        fingerprint = _digest(json.dumps(dataclasses.asdict(config), sort_keys=True) + f"seed{seed}"
+                              + _dtype_tag(encoder))
+        return EncoderSource(encoder, name=spec, fingerprint=fingerprint)
     path = Path(spec)
-    encoder = load_model(path, device=device)
+    encoder = load_model(path, device=device, dtype=dtype)
     # The resolved input preprocessing too: a default (no preprocessor config) may change with the code.
     preprocessing = f"{encoder.sample_rate}/{encoder.config.normalize_waveform}/{encoder.normalize_eps}"
-    fingerprint = _digest(weights_fingerprint(path) + preprocessing)
+    fingerprint = _digest(weights_fingerprint(path) + preprocessing + _dtype_tag(encoder))
     return EncoderSource(encoder, name=model_name(path.resolve()), fingerprint=fingerprint)
+
+
+def _dtype_tag(encoder: Encoder) -> str:
+    return "" if encoder.dtype == "fp32" else f"/{encoder.dtype}"
