@@ -1,6 +1,8 @@
-"""Training-step speed of the full MusicHuBERT / Music2Vec objective against transformers.
+"""Training-step speed of the full MusicHuBERT / Music2Vec / BEST-RQ / MusicFM / MuQ objective
+against transformers.
 
-    .venv/bin/python benchmarks/pretrain_speed.py [--method musichubert|music2vec] [--steps 3] [--dtypes fp32 bf16]
+    .venv/bin/python benchmarks/pretrain_speed.py [--method musichubert|music2vec|bestrq|musicfm|muq]
+        [--steps 3] [--dtypes fp32 bf16] [--preset base] [--device cpu]
 
 Same run, same weights, batch 2 x 5 s, 2 threads, AdamW step included in both:
 - ours: `MusicHubert` (span masking 0.8/10, masked prediction over k = 500 classes with the
@@ -11,6 +13,14 @@ For `--method music2vec`: ours = `Music2Vec` (student forward/backward with mask
 teacher forward on the unmasked input, top-8 instance-normed targets, regression head, EMA
 step); baseline = `Data2VecAudioModel` forward + backward with the plain loss plus one more
 no-grad forward of the same model (the teacher's pass).
+For `--method bestrq`: ours = `BestRQ` (log-mel targets, span masking, the head), baseline =
+`HubertModel` as for MusicHuBERT. For `--method musicfm | muq`: ours = `MusicFMPretrain` (targets:
+the random projection, or MuQ's Mel-RVQ with 8 x 1,024 codes; waveform masking; conv front end;
+our conformer; the head); baseline = the model as MusicFM's code composes it: the same mel, conv
+front end (bit-equal to MusicFM's module, make parity-bestrq) and head around transformers'
+`Wav2Vec2ConformerEncoder` (which MusicFM and MuQ import), trained on the same targets and mask.
+There the conformer alone is also timed forward (ours against transformers'), and MFU is not
+printed (no FLOP count of the conformer here).
 Printed: seconds per step (median of interleaved rounds), steps/s, the ratio baseline/ours
 (> 1 = ours faster; targets >= 1.0 in fp32, >= 1.5 for ours in bf16 against transformers in
 fp32) and MFU = model FLOPs per second / measured matmul peak of the same dtype.
@@ -42,7 +52,16 @@ from musicssl.models.musichubert import MusicHubert, musichubert_config  # noqa:
 
 def build(method: str, k: int, preset: str = "base"):
     torch.manual_seed(0)
-    if method == "musichubert":
+    if method in ("musicfm", "muq"):
+        import musicfm_reference
+
+        return musicfm_reference.build(method, preset)
+    if method == "bestrq":
+        from musicssl.models.bestrq import BestRQ, bestrq_config
+
+        config = bestrq_config(preset, mel_mean=-20.0, mel_std=20.0)
+        ours = BestRQ(dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, layerdrop=0.0)))
+    elif method == "musichubert":
         config = musichubert_config(preset, num_classes=k, label_rate_hz=100.0)
         config = dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, layerdrop=0.0))
         ours = MusicHubert(config)
@@ -50,6 +69,7 @@ def build(method: str, k: int, preset: str = "base"):
         config = music2vec_config(preset)
         ours = Music2Vec(dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, layerdrop=0.0)))
     from transformers import AutoModel
+
 
     with tempfile.TemporaryDirectory() as directory:
         export_pretrained(ours.backbone, directory)
@@ -78,7 +98,14 @@ def ours_step(model, optimizer, wav, labels, dtype, update, forward=None):
         model.ema_step(update)
 
 
-def reference_step(model, optimizer, wav, dtype, teacher_pass: bool):
+def reference_step(model, optimizer, wav, dtype, teacher_pass: bool, update: int = 0):
+    if hasattr(model, "training_loss"):  # the MusicFM reference (musicfm_reference.py): its own objective
+        with autocast(dtype):
+            loss = model.training_loss(wav, update)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return
     with autocast(dtype):
         hidden = model(wav).last_hidden_state
         if teacher_pass:
@@ -100,15 +127,22 @@ def measure(method: str, dtypes: list[str], steps: int, device: torch.device, k:
     trained = [p for p in ours.parameters() if p.requires_grad]
     optimizers = {"ours": torch.optim.AdamW(trained, lr=1e-5),
                   "hf": torch.optim.AdamW(reference.parameters(), lr=1e-5)}
+    mel_model = method in ("musicfm", "muq")
+    samples = 120_000 if mel_model and samples == 80_000 else samples  # 5 s at their 24 kHz
     wav = torch.randn(batch, samples, device=device)
-    frames = conv_frames(samples, ours.config.backbone.conv_layers)[-1]
+    frames = samples // ours.config.backbone.hop if mel_model else conv_frames(samples, ours.config.backbone.conv_layers)[-1]
     # labels at 100 Hz: two per 50 Hz frame (498 for 5 s)
     labels = torch.randint(0, k, (batch, 2 * frames), device=device) if method == "musichubert" else None
     updates = itertools.count()  # a fresh mask every step, as in training
     step_fns = {("ours", d): (lambda d=d: ours_step(ours, optimizers["ours"], wav, labels, d, next(updates), forward))
                 for d in dtypes}
     teacher = method == "music2vec"
-    step_fns |= {("hf", d): (lambda d=d: reference_step(reference, optimizers["hf"], wav, d, teacher)) for d in dtypes}
+    step_fns |= {("hf", d): (lambda d=d: reference_step(reference, optimizers["hf"], wav, d, teacher, next(updates)))
+                 for d in dtypes}
+    if mel_model:
+        import musicfm_reference
+
+        step_fns |= musicfm_reference.conformer_forwards(ours, reference, batch, frames, dtypes)
     times = {key: [] for key in step_fns}
     # dynamo specialises on the first update number and recompiles for the second (then treats it
     # as dynamic): two warm-up rounds when compiled, so no timed round pays a compile
@@ -122,7 +156,7 @@ def measure(method: str, dtypes: list[str], steps: int, device: torch.device, k:
             if round_index >= warm_up:
                 times[key].append(time.perf_counter() - start)
     peaks = {d: matmul_gflops(torch.float32 if d == "fp32" else torch.bfloat16) for d in dtypes}
-    flops = model_flops(ours.config.backbone, batch, samples, train=True)
+    flops = None if mel_model else model_flops(ours.config.backbone, batch, samples, train=True)
     if teacher:  # the teacher's forward: the Transformer only (the CNN and projection are the student's)
         flops += teacher_flops(ours.config.backbone, batch, frames)
     median = {key: statistics.median(values) for key, values in times.items()}
@@ -131,12 +165,18 @@ def measure(method: str, dtypes: list[str], steps: int, device: torch.device, k:
 
 def print_result(result: dict, method: str, threads: int, k: int, device: torch.device) -> None:
     median, peaks, flops = result["median"], result["peaks"], result["flops"]
+    rate = 24_000 if method in ("musicfm", "muq") else 16_000
     print(f"{method}: torch {torch.__version__}, device {device}, {threads} threads, "
-          f"batch {result['batch']} x {result['samples'] / 16_000:g} s, k = {k}, "
+          f"batch {result['batch']} x {result['samples'] / rate:g} s, k = {k}, "
           f"matmul peak {', '.join(f'{d} {p:.0f} GFLOP/s' for d, p in peaks.items())}")
     print(f"{'model':6s} {'dtype':5s} {'s/step':>8s} {'steps/s':>8s} {'MFU':>6s}")
     for (name, dtype), seconds in median.items():
-        print(f"{name:6s} {dtype:5s} {seconds:8.3f} {1 / seconds:8.3f} {flops / seconds / 1e9 / peaks[dtype]:6.1%}")
+        mfu = f"{flops / seconds / 1e9 / peaks[dtype]:6.1%}" if flops else f"{'-':>6s}"
+        print(f"{name:6s} {dtype:5s} {seconds:8.3f} {1 / seconds:8.3f} {mfu}")
+    for dtype in peaks:
+        if ("conformer ours", dtype) in median:
+            ratio = median[("conformer hf", dtype)] / median[("conformer ours", dtype)]
+            print(f"conformer forward, ours vs transformers {dtype}: {ratio:.2f}x (target >= 1.0)")
     if ("hf", "fp32") in median:
         for dtype, target in (("fp32", 1.0), ("bf16", 1.5)):
             if ("ours", dtype) in median:
@@ -151,14 +191,17 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--k", type=int, default=500)
-    parser.add_argument("--method", choices=("musichubert", "music2vec"), default="musichubert")
+    parser.add_argument("--method", choices=("musichubert", "music2vec", "bestrq", "musicfm", "muq"),
+                        default="musichubert")
+    parser.add_argument("--preset", default="base", help="the models' preset (musicfm / muq: also large)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]: both models, batches and optimizers there")
     parser.add_argument("--compile", default="", metavar="BACKEND",
                         help="torch.compile our model with this backend (inductor on a GPU, eager to trace only)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    result = measure(args.method, args.dtypes, args.steps, device, k=args.k, compile_backend=args.compile)
+    result = measure(args.method, args.dtypes, args.steps, device, k=args.k, preset=args.preset,
+                     compile_backend=args.compile)
     print_result(result, args.method, args.threads, args.k, device)
 
 
