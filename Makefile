@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: test test-portability demo venv clean-venv bench fairseq-venv parity-convert parity-fairseq parity-bestrq \
-	musicfm-src-set parity-muq
+	musicfm-src-set parity-muq parity-muq-model
 
 venv: $(STAMP)
 
@@ -106,3 +106,21 @@ parity-muq: $(STAMP) $(MUQ_STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# MuQ's own code (`MuQ.from_pretrained`) on a directory our exporter writes (every MusicFM / MuQ
+# run's checkpoints): every hidden state against ours (benchmarks/muq_model_parity.py). MuQ pins no
+# transformers version; its code fails on transformers 5 (the conformer returns no hidden_states),
+# so its venv takes the last 4.x.
+MUQ_MODEL_VENV := .venv-muqmodel
+MUQ_MODEL_STAMP := $(MUQ_MODEL_VENV)/.installed
+
+$(MUQ_MODEL_STAMP):
+	test -x $(MUQ_MODEL_VENV)/bin/python || $(PYTHON) -m venv $(MUQ_MODEL_VENV)
+	$(MUQ_MODEL_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MUQ_MODEL_VENV)/bin/python -m pip install --quiet torch==2.13.0 einops numpy easydict safetensors \
+		"transformers<5" "huggingface_hub<1"
+	$(MUQ_MODEL_VENV)/bin/python -m pip install --quiet --no-deps muq==0.1.0
+	touch $(MUQ_MODEL_STAMP)
+
+parity-muq-model: $(STAMP) $(MUQ_MODEL_STAMP)
+	OMP_NUM_THREADS=2 MUQ_MODEL_VENV=$(MUQ_MODEL_VENV) $(PY) benchmarks/muq_model_parity.py

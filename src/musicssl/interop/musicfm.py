@@ -187,11 +187,11 @@ def load_muq(directory: str | Path) -> MelConformer:
 
 
 def export_muq(encoder: MelConformer, directory: str | Path) -> Path:
-    """Write the encoder in MuQ's layout (what `load_muq` and `extract` read): config.json with
-    MuQConfig's fields (the conformer's in `w2v2_config`, named as transformers names them; our
-    exact config under "musicssl") + model.safetensors under `model.`."""
-    from dataclasses import asdict
-
+    """Write the encoder in MuQ's layout, so that `load_muq` / `extract` read it and so does MuQ's
+    own `MuQ.from_pretrained(DIR)`: config.json holds every MuQConfig field and nothing else (MuQ
+    builds `MuQConfig(**config)`, which refuses unknown keys), `w2v2_config` every field
+    transformers' Wav2Vec2ConformerEncoder reads; model.safetensors the encoder under `model.`
+    (MuQ's head and quantiser are not written: its loader is not strict)."""
     from safetensors.torch import save_file
 
     config, c = encoder.config, encoder.config.conformer
@@ -200,11 +200,20 @@ def export_muq(encoder: MelConformer, directory: str | Path) -> Path:
             "position_embeddings_type": "rotary", "rotary_embedding_base": c.rotary_base,
             "layer_norm_eps": c.layer_norm_eps, "hidden_dropout": c.dropout, "attention_dropout": c.attention_dropout,
             "activation_dropout": c.activation_dropout, "conformer_conv_dropout": c.conv_dropout,
-            "layerdrop": c.layerdrop}
-    values = {"label_rate": round(config.frame_rate_hz), "features": [STATS_KEY], "hop_length": config.mel_hop,
-              "n_mels": config.n_mels, "conv_dim": config.conv_dim, "encoder_dim": c.dim, "encoder_depth": c.num_layers,
+            "layerdrop": c.layerdrop, "max_source_positions": 5000,
+            # the positional conv transformers builds (and a rotary encoder never applies)
+            "num_conv_pos_embeddings": 128, "num_conv_pos_embedding_groups": 16, "feat_extract_activation": "gelu",
+            # transformers >= 4.4x reads config._attn_implementation, which MuQ's EasyDict config only
+            # has if the file says it (without it MuQ's own code fails on a recent transformers)
+            "_attn_implementation": "eager"}
+    values = {"label_rate": round(config.frame_rate_hz), "num_codebooks": 1, "codebook_dim": 16,
+              "codebook_size": 4096, "features": [STATS_KEY], "hop_length": config.mel_hop, "n_mels": config.n_mels,
+              "conv_dim": config.conv_dim, "encoder_dim": c.dim, "encoder_depth": c.num_layers, "mask_hop": 0.4,
+              "mask_prob": 0.6, "is_flash": False,
               "stat": {f"{STATS_KEY}_mean": config.mel_mean, f"{STATS_KEY}_std": config.mel_std},
-              "w2v2_config": w2v2, "musicssl": asdict(config)}
+              "w2v2_config": w2v2, "use_rvq_target": False, "use_vq_target": False, "use_encodec_target": False,
+              "rvq_ckpt_path": None, "recon_loss_ratio": None, "resume_checkpoint": None, "rvq_n_codebooks": 8,
+              "rvq_multi_layer_num": 1}
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(values, indent=2) + "\n")
