@@ -1,0 +1,80 @@
+"""CQT parity with nnAudio's `CQT1992v2` as MERT builds it (the `nnAudio` package on PyPI): the
+kernels (a digest of the float32 tensors) and the magnitudes of every case of
+tests/models/cqt_cases.py. Exits 1 when a comparison fails.
+
+    make parity-cqt
+    .venv/bin/python benchmarks/cqt_parity.py [--write-fixtures]
+
+nnAudio runs in its own venv (`.venv-nnaudio`: torch 2.13, nnAudio with its scipy), through
+benchmarks/cqt_side.py, the answers exchanged as an .npz file. Our kernels are the same float64
+numpy operations rounded once to float32, so they must be equal bit for bit; the transform is then
+the same float32 convolution on the same shapes, so on one machine the magnitudes are equal bit for
+bit too (what this script asks). `--write-fixtures` stores the "pinned" case's magnitudes and the
+kernel digest in tests/models/fixtures/cqt_reference.safetensors, which tests/models/test_cqt.py
+checks our code against without nnAudio (there within a derived bound, since another CPU's
+convolution kernel may sum in another order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import save_file
+
+from musicssl.models.cqt import ConstantQTransform
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.*
+from tests.models.cqt_cases import CASES, case_input  # noqa: E402
+
+REFERENCE_PYTHON = ROOT / os.environ.get("NNAUDIO_VENV", ".venv-nnaudio") / "bin" / "python"
+FIXTURE = ROOT / "tests" / "models" / "fixtures" / "cqt_reference.safetensors"
+
+
+def kernel_digest(cqt: ConstantQTransform) -> bytes:
+    real, imag, _ = cqt._on(torch.device("cpu"))
+    return hashlib.sha256(real.numpy().tobytes() + imag.numpy().tobytes()).digest()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--write-fixtures", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as job_dir:
+        subprocess.run([str(REFERENCE_PYTHON), str(ROOT / "benchmarks" / "cqt_side.py"), job_dir], check=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+        reference = dict(np.load(Path(job_dir) / "nnaudio.npz"))
+    cqt = ConstantQTransform()
+    failed = []
+    same_kernels = kernel_digest(cqt) == reference["kernel_digest"].tobytes() and cqt.width == int(reference["kernel_width"])
+    print(f"kernels (336 x {cqt.width}, float32 real and imaginary): {'equal bit for bit' if same_kernels else 'DIFFER'}")
+    failed += [] if same_kernels else ["kernels"]
+    for name, batch, samples, seed in CASES:
+        with torch.no_grad():
+            ours = cqt(torch.from_numpy(case_input(batch, samples, seed))).numpy()
+        theirs = reference[f"{name}/cqt"]
+        equal = ours.shape == theirs.shape and np.array_equal(ours, theirs)
+        difference = float(np.abs(ours - theirs).max()) if ours.shape == theirs.shape else float("inf")
+        print(f"{name}: {batch} x {samples} samples -> {tuple(ours.shape)}, max |ours - nnAudio| {difference:.3g} "
+              f"(max magnitude {float(np.abs(theirs).max()):.3g}): {'equal bit for bit' if equal else 'DIFFER'}")
+        failed += [] if equal else [name]
+    if args.write_fixtures and not failed:
+        save_file({"pinned/cqt": reference["pinned/cqt"], "kernel_digest": reference["kernel_digest"],
+                   "kernel_lengths": reference["lengths"]}, str(FIXTURE), metadata={"nnaudio": "0.3.4"})
+        print(f"wrote {FIXTURE.relative_to(ROOT)} ({FIXTURE.stat().st_size / 1024:.0f} KB)")
+    if failed:
+        print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
