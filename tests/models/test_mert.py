@@ -48,9 +48,9 @@ def test_codebook_losses_are_summed_and_the_cqt_mse_enters_times_sample_size(mod
     mse = F.mse_loss(model.cqt_head(hidden[mask]), targets[mask])
     assert float(result["cqt_se_sum"] / result["cqt_frames"]) == pytest.approx(float(mse.detach()), rel=gamma(336 * 64))
     terms = [*ce, 10 * result["feature_penalty"] * size, mse.detach() * size]
-    expected = sum(float(t) for t in terms)
+    expected = sum(float(t.detach()) for t in terms)
     # four float32 roundings of the same terms, summed in another order
-    bound = gamma(len(terms) + 4) * sum(abs(float(t)) for t in terms)
+    bound = gamma(len(terms) + 4) * sum(abs(float(t.detach())) for t in terms)
     assert abs(float(result["loss"]) - expected) <= bound  # the eight sums themselves, no 1/8
 
 

@@ -122,8 +122,11 @@ class MERTConfig(MusicHubertConfig):
 def mert_config(preset: str, num_classes: tuple[int, ...], **changes) -> MERTConfig:
     """`95m`, `330m` or `tiny` with one codebook of k = num_classes[i] per label set, at 75 Hz."""
     first, *extra = num_classes
+    # extra_classes 4: MERT reads each codebook through a fairseq Dictionary (dict.{label}.txt,
+    # mert_pretraining.py:301-304), whose 4 specials are softmax rows that are never a target.
     return MERTConfig(backbone=backbone_preset(f"mert_{preset}"), num_classes=first, extra_codebooks=tuple(extra),
-                      label_rate_hz=75.0, mask=MaskConfig(mask_prob=0.8, mask_length=5, min_masks=2), **changes)
+                      label_rate_hz=75.0, mask=MaskConfig(mask_prob=0.8, mask_length=5, min_masks=2), extra_classes=4,
+                      **changes)
 
 
 class MERT(MusicHubert):

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from musicssl.config import Registry
-from musicssl.data.label_files import LabelError, LabelSet
+from musicssl.data.label_files import CODEBOOKS_JSON, LabelError, LabelSet
 from musicssl.data.pretrain import Batch, DataConfig
 from musicssl.models.mert import MERT, MERT_CODEBOOKS, MERTConfig, MixtureConfig, mert_config
 from musicssl.train.schedules import ScheduleConfig
@@ -81,7 +81,9 @@ def mert_run(preset: str, label_sets: Sequence[LabelSet]) -> MERTRun:
                              f"{SAMPLE_RATE} Hz audio (`musicssl labels rvq` with a Mel-RVQ fitted with "
                              "`rvq fit --preset mert75`)")
     if len(label_sets) != MERT_CODEBOOKS:
-        where = label_sets[0].directory.parent if label_sets else "--labels"
+        listing = label_sets[0].directory.parent / CODEBOOKS_JSON if label_sets else None
+        where = listing if listing is not None and listing.exists() else \
+            "--labels " + " ".join(str(label_set.directory) for label_set in label_sets)
         raise LabelError(f"{where}: {len(label_sets)} label set(s); MERT predicts {MERT_CODEBOOKS} codebooks "
                          f"(one label directory each, or one directory from `musicssl labels rvq`)")
     return recipe(tuple(label_set.k for label_set in label_sets))
