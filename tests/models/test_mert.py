@@ -135,3 +135,19 @@ def test_no_mixture_without_another_clip_or_room_for_a_segment():
     assert draw_mixture(1, 120_000, MixtureConfig(probability=1.0), rng) == [[]]  # MERT: its except, clean
     assert draw_mixture(4, 20_000, MixtureConfig(probability=1.0), rng) == [[]] * 4  # shorter than a segment
     assert all(draw_mixture(4, 30_000, MixtureConfig(probability=1.0), rng))
+
+
+def test_mixtures_are_keyed_by_seed_update_and_first_item(model):
+    from musicssl.data.pretrain import Batch
+    from musicssl.train.mert import MERTTask
+
+    task = MERTTask(model.config, 24_000, seed=3)
+
+    def plan(seed: int, update: int, first: int):
+        task.seed = seed
+        item = Batch(wav=torch.zeros(8, 120_000), lengths=torch.full((8,), 120_000), labels=None,
+                     indices=torch.arange(first, first + 8), skipped=0)
+        return task.model.mixture_plan(8, 120_000, task.mixture_generator(item, update))
+
+    assert plan(3, 10, 0) == plan(3, 10, 0) and any(plan(3, 10, 0))
+    assert plan(3, 11, 0) != plan(3, 10, 0) and plan(3, 10, 8) != plan(3, 10, 0) and plan(4, 10, 0) != plan(3, 10, 0)

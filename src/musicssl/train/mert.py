@@ -115,10 +115,3 @@ class MERTTask(MusicHubertTask):
         values["mixture/mixed_share"] = totals.get("mixed_clips", 0.0) / max(totals.get("clips", 0.0), 1.0)
         return values
 
-
-def check_resumed_codebooks(run: MERTRun, label_sets: Sequence[LabelSet], resume_from) -> None:
-    ks = tuple(label_set.k for label_set in label_sets)
-    if ks != run.model.codebooks:
-        raise ValueError(f"{resume_from}: the run predicts codebooks of k = {run.model.codebooks}, --labels gives "
-                         f"k = {ks}; resume with the label directories it started with")
-
