@@ -1,5 +1,6 @@
 """Our CQT against nnAudio's `CQT1992v2` as MERT builds it: the answers of `make parity-cqt` (where
-kernels and magnitudes are equal bit for bit, nnAudio 0.3.4) pinned in fixtures/cqt_reference.safetensors."""
+the kernels and the full-width transform's magnitudes are equal bit for bit, nnAudio 0.3.4) pinned in
+fixtures/cqt_reference.safetensors."""
 
 from __future__ import annotations
 
@@ -31,9 +32,10 @@ def test_magnitudes_match_nnaudio_within_the_convolution_bound(cqt):
     assert ours.shape == (1, 336, samples // 320 + 1) == reference["pinned/cqt"].shape
     # Each real / imaginary part is a 65,536-term sum, in another order on another CPU: off by at most
     # gamma(W) times the sum of |terms| (times the length scale), and the magnitude by the norm of both.
-    real, imag, scale = cqt._on(wav.device)
+    kernels = cqt._on(wav.device)
     x = F.pad(wav.double().abs()[:, None], (cqt.width // 2, cqt.width // 2))
-    terms = [F.conv1d(x, part.double().abs(), stride=320) * scale.double() for part in (real, imag)]
+    terms = [F.conv1d(x, kernels[part].double().abs(), stride=320) * kernels["scale"].double()
+             for part in ("real", "imag")]
     bound = gamma(cqt.width) * torch.sqrt(terms[0] ** 2 + terms[1] ** 2) + 4 * U32 * ours.double().abs()
     error = (ours.double() - torch.from_numpy(reference["pinned/cqt"]).double()).abs()
     assert bool((error <= bound).all()), f"max error {float(error.max()):.3g}, bound there {float(bound.flatten()[error.argmax()]):.3g}"
@@ -58,8 +60,20 @@ def test_a_tone_peaks_in_its_bin_and_frames_are_centred(cqt):
     assert bool((middle.argmax(0) == bin_).all())
     # librosa normalisation (L1-normed kernel x sqrt(length)): a unit sine in mid-signal reads
     # sum(window) / (2 * sum(window)) * sqrt(length) = sqrt(length) / 2.
-    length = float(cqt._on(torch.device("cpu"))[2][bin_, 0]) ** 2
+    length = float(cqt._on(torch.device("cpu"))["scale"][bin_, 0]) ** 2
     assert float(middle[bin_].mean()) == pytest.approx(np.sqrt(length) / 2, rel=0.02)
+
+
+def test_octave_spans_are_the_full_convolution_within_rounding(cqt):
+    wav = torch.from_numpy(case_input(1, 3_200, 5))
+    full = ConstantQTransform(full_width=True)(wav).double()
+    kernels = cqt._on(wav.device)
+    assert sum(re.shape[0] * re.shape[-1] for _, re, _ in kernels["octaves"]) < 336 * 65_536 / 4.5
+    x = F.pad(wav.double().abs()[:, None], (cqt.width // 2, cqt.width // 2))
+    terms = [F.conv1d(x, kernels[part].double().abs(), stride=320) * kernels["scale"].double()
+             for part in ("real", "imag")]
+    bound = 2 * gamma(cqt.width) * torch.sqrt(terms[0] ** 2 + terms[1] ** 2) + 8 * U32 * full.abs()
+    assert bool(((cqt(wav).double() - full).abs() <= bound).all())
 
 
 def test_autocast_does_not_change_the_transform(cqt):
