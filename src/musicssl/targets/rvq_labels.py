@@ -25,8 +25,8 @@ from musicssl import atomic, audio
 from musicssl.config import fingerprint, to_dict
 from musicssl.data.label_files import (CODEBOOKS_FORMAT, CODEBOOKS_JSON, LABELS_JSON, LabelGrid, check_labels,
                                        label_file)
-from musicssl.data.manifest import read_manifest
-from musicssl.targets.rvq_fit import check_manifest_rate, load_mel_rvq
+from musicssl.data.manifest import check_sample_rate, read_manifest
+from musicssl.targets.rvq_fit import load_mel_rvq
 
 
 def codebook_name(index: int) -> str:
@@ -46,8 +46,8 @@ def write_rvq_labels(manifest_dir: str | Path, out: str | Path, rvq_dir: str | P
         path = manifest_dir / f"{split}.tsv"
         if not path.exists() and split != "train":
             continue
-        manifests[split] = read_manifest(path)  # a missing train.tsv: one line naming it
-        check_manifest_rate(manifests[split], path, config.sample_rate)
+        check_sample_rate(path, config.sample_rate)  # a missing train.tsv: one line naming it
+        manifests[split] = read_manifest(path)
     source = {"kind": "mel_rvq", "rvq": str(rvq_dir.resolve()), "rvq_config": fingerprint(to_dict(config))}
     with atomic.atomic_path(out) as partial:
         partial.mkdir(parents=True)
