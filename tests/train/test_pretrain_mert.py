@@ -122,6 +122,11 @@ def test_labels_at_another_rate_or_count_are_refused_in_one_line(codes, tmp_path
     (slow / "codebook_0" / "labels.json").write_text(json.dumps(info))
     line = refused(capsys, "pretrain", "mert", "--labels", str(slow), *common)
     assert str(slow / "codebook_0" / "labels.json") in line and "25 Hz" in line and "75 Hz" in line
+    assert main(["manifest", str(codes / "corpus"), "-o", str(tmp_path / "data16k"), "--workers", "1"]) == 0
+    capsys.readouterr()
+    line = refused(capsys, "pretrain", "mert", "--labels", str(codes / "codes"), *common[2:], "--data",
+                   str(tmp_path / "data16k"))
+    assert "16000 Hz" in line and "24000" in line  # a 16 kHz corpus: refused, not resampled (yet)
     assert not (tmp_path / "run").exists()
 
 
