@@ -68,8 +68,10 @@ def main() -> int:
         reference = dict(np.load(Path(job_dir) / "nnaudio.npz"))
     cqt, octaves = ConstantQTransform(full_width=True), ConstantQTransform()
     failed = []
-    same_kernels = kernel_digest(cqt) == reference["kernel_digest"].tobytes() and cqt.width == int(reference["kernel_width"])
-    print(f"kernels (336 x {cqt.width}, float32 real and imaginary): {'equal bit for bit' if same_kernels else 'DIFFER'}")
+    same_kernels = (kernel_digest(cqt) == reference["kernel_digest"].tobytes()
+                    and cqt.width == int(reference["kernel_width"]))
+    verdict = "equal bit for bit" if same_kernels else "DIFFER"
+    print(f"kernels (336 x {cqt.width}, float32 real and imaginary): {verdict}")
     failed += [] if same_kernels else ["kernels"]
     for name, batch, samples, seed in CASES:
         wav = torch.from_numpy(case_input(batch, samples, seed))

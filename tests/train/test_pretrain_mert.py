@@ -143,7 +143,8 @@ def test_the_presets_are_merts_recipes():
     assert (model.mixture.probability, model.mixture.min_samples, model.mixture.max_samples) == (0.5, 12_000, 24_000)
     assert (model.mixture.min_segments, model.mixture.max_segments, model.mixture.gain) == (1, 3, 1.0)
     backbone = model.backbone
-    assert (backbone.sample_rate, backbone.frame_rate_hz, backbone.dim, backbone.layer_norm_first) == (24_000, 75.0, 768, False)
+    assert (backbone.sample_rate, backbone.frame_rate_hz, backbone.dim, backbone.layer_norm_first) == \
+        (24_000, 75.0, 768, False)
     assert (backbone.feature_grad_mult, backbone.dropout, backbone.layerdrop) == (0.1, 0.1, 0.05)
     assert (trainer.schedule.peak_lr, trainer.schedule.warmup_steps, trainer.max_steps, trainer.clip_norm) == \
         (5e-4, 32_000, 400_000, 10.0)

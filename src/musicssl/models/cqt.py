@@ -65,7 +65,8 @@ def cqt_kernels(config: CQTConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # centred; an odd kernel gets its extra zero on the right
         start = int(np.ceil(width / 2.0 - length / 2.0)) - (1 if length % 2 == 1 else 0)
         window = _periodic_hann(int(length))
-        signal = window * np.exp(np.r_[-length // 2:length // 2] * 1j * 2 * np.pi * freqs[k] / config.sample_rate) / length
+        phase = np.r_[-length // 2:length // 2] * 1j * 2 * np.pi * freqs[k] / config.sample_rate  # nnAudio's order
+        signal = window * np.exp(phase) / length
         if config.norm:
             signal = signal / np.linalg.norm(signal, config.norm)
         kernels[k, start:start + int(length)] = signal
