@@ -122,7 +122,8 @@ def expand_label_dirs(directories: str | Path | list) -> list[Path]:
             expanded.append(directory)
             continue
         info = read_json(listing)
-        names = info.get("codebooks") if isinstance(info, dict) else None
+        info = info if isinstance(info, dict) else {}
+        names = info.get("codebooks")
         if info.get("format") != CODEBOOKS_FORMAT or not isinstance(names, list) or not names:
             raise LabelError(f"{listing}: not a codebook listing (format {CODEBOOKS_FORMAT!r} with a list of "
                              "'codebooks')")
