@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: test test-portability demo venv clean-venv bench fairseq-venv parity-convert parity-fairseq parity-bestrq \
-	musicfm-src-set parity-muq parity-muq-model
+	musicfm-src-set parity-muq parity-muq-model parity-cqt
 
 venv: $(STAMP)
 
@@ -124,3 +124,20 @@ $(MUQ_MODEL_STAMP):
 
 parity-muq-model: $(STAMP) $(MUQ_MODEL_STAMP)
 	OMP_NUM_THREADS=2 MUQ_MODEL_VENV=$(MUQ_MODEL_VENV) $(PY) benchmarks/muq_model_parity.py
+
+# MERT's CQT teacher against nnAudio's CQT1992v2 as MERT builds it (the `nnAudio` package on PyPI),
+# run in its own venv (torch, nnAudio and its scipy; nnAudio imports no torchaudio): kernels and
+# magnitudes equal bit for bit. Seconds on 2 cores. Our CQT needs no nnAudio (src/musicssl/models/cqt.py).
+# PARITY_ARGS=--write-fixtures rewrites tests/models/fixtures/cqt_reference.safetensors.
+NNAUDIO_VENV := .venv-nnaudio
+NNAUDIO_STAMP := $(NNAUDIO_VENV)/.installed
+
+$(NNAUDIO_STAMP):
+	test -x $(NNAUDIO_VENV)/bin/python || $(PYTHON) -m venv $(NNAUDIO_VENV)
+	$(NNAUDIO_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(NNAUDIO_VENV)/bin/python -m pip install --quiet torch==2.13.0 numpy
+	$(NNAUDIO_VENV)/bin/python -m pip install --quiet nnAudio==0.3.4
+	touch $(NNAUDIO_STAMP)
+
+parity-cqt: $(STAMP) $(NNAUDIO_STAMP)
+	OMP_NUM_THREADS=2 NNAUDIO_VENV=$(NNAUDIO_VENV) $(PY) benchmarks/cqt_parity.py $(PARITY_ARGS)

@@ -105,7 +105,7 @@ def run_prepare(args) -> int:
 
 
 def add_labels(commands) -> None:
-    parser = commands.add_parser("labels", help="k-means pre-training labels (MFCC, pitch or a model layer)",
+    parser = commands.add_parser("labels", help="pre-training labels: k-means (MFCC, pitch or a model layer) or a Mel-RVQ's codes",
                                  description="Fit k-means on frame features and write one line of "
                                              "cluster ids per manifest row.")
     kinds = parser.add_subparsers(dest="kind", required=True)
@@ -135,6 +135,17 @@ def add_labels(commands) -> None:
                          help="replace the label set in --out made with other arguments (all its split files)")
         sub.add_argument("--device", type=device_argument, default=None)
         sub.set_defaults(run=run_labels)
+    rvq = kinds.add_parser("rvq", help="codes of a fitted Mel-RVQ, one label directory per codebook (MERT's 8 at "
+                                       "75 Hz: fit it with `rvq fit --preset mert75`)",
+                           description="Tokenise every manifest row with a Mel-RVQ from `musicssl rvq fit` and write "
+                                       "CODES: codebooks.json and codebook_i/ (labels.json, {split}.km). "
+                                       "`--labels CODES` trains on all codebooks.")
+    rvq.add_argument("--data", required=True, help="manifest directory (train.tsv[, valid.tsv]) at the RVQ's rate")
+    rvq.add_argument("-o", "--out", required=True, help="output directory CODES (replaced whole when done)")
+    rvq.add_argument("--rvq", required=True, help="Mel-RVQ directory from `musicssl rvq fit`")
+    rvq.add_argument("--splits", nargs="+", default=["train", "valid"], help="splits to label (train required)")
+    rvq.add_argument("--device", type=device_argument, default="cpu", help="cpu (default), cuda, cuda:1")
+    rvq.set_defaults(run=run_rvq_labels)
     merge = kinds.add_parser("merge", help="join shard files into {split}.km and check them")
     merge.add_argument("label_dir")
     merge.add_argument("--data", required=True, help="manifest directory")
@@ -156,6 +167,13 @@ def run_labels(args) -> int:
     config = KMeansConfig(k=args.k, seed=args.seed, max_frames=args.max_frames, sample_fraction=None)
     make_labels(args.data, args.out, features, config, args.fit_fraction, tuple(args.splits),
                 args.shard, args.num_shards, args.fit_only, overwrite=args.overwrite)
+    return 0
+
+
+def run_rvq_labels(args) -> int:
+    from musicssl.targets.rvq_labels import write_rvq_labels
+
+    print(f"wrote {write_rvq_labels(args.data, args.out, args.rvq, tuple(args.splits), args.device)}")
     return 0
 
 

@@ -16,7 +16,8 @@ def add_rvq(commands) -> None:
                     "RVQ_DIR: config.json (config, mel statistics, provenance), model.safetensors, log.jsonl.")
     fit.add_argument("--data", required=True, help="manifest directory (train.tsv at 24 kHz)")
     fit.add_argument("-o", "--out", required=True, help="output directory RVQ_DIR (replaced whole when done)")
-    fit.add_argument("--preset", default="base", help="base (MuQ's recipe) or tiny (CPU tests)")
+    fit.add_argument("--preset", default="base", help="base (MuQ's recipe), mert75 (75 Hz tokens for "
+                                                            "pretrain mert) or tiny (CPU tests)")
     fit.add_argument("--steps", type=_positive_int, default=None, help="Adam steps (default: the preset's)")
     fit.add_argument("--seed", type=_non_negative_int, default=None,
                      help="crops, their order and the initial weights (default: the preset's, 0)")

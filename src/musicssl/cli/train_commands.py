@@ -6,8 +6,8 @@ import sys
 
 
 def add_pretrain(commands) -> None:
-    parser = commands.add_parser("pretrain", help="pre-train MusicHuBERT, Music2Vec, BEST-RQ or MusicFM (torchrun "
-                                                  "for several processes)",
+    parser = commands.add_parser("pretrain", help="pre-train MusicHuBERT, Music2Vec, BEST-RQ, MusicFM, MuQ or MERT "
+                                                  "(torchrun for several processes)",
                                  description="Pre-train a model; the same command runs under torchrun.")
     methods = parser.add_subparsers(dest="method", required=True)
     hubert = methods.add_parser("musichubert", help="HuBERT masked prediction of k-means labels")
@@ -26,9 +26,16 @@ def add_pretrain(commands) -> None:
                                          "`musicssl rvq fit`")
     muq.add_argument("--rvq", default=None, help="Mel-RVQ directory from `musicssl rvq fit` (its mel statistics "
                                                  "normalise the model's input too)")
-    for sub in (hubert, music2vec, bestrq, musicfm, muq):
-        sub.add_argument("--preset", default="base", help="base (the paper's) or tiny (CPU tests, the demo)"
-                         + ("; large: MusicFM's 330M" if sub in (musicfm, muq) else ""))
+    mert = methods.add_parser("mert", help="MERT: 8 acoustic codebooks at 75 Hz, the CQT at masked frames and "
+                                           "in-batch mixtures (24 kHz)")
+    mert.add_argument("--labels", required=True, nargs="+", metavar="DIR",
+                      help="8 codebooks at 75 Hz of 24 kHz audio: a directory from `musicssl labels rvq`, or 8 "
+                           "label directories")
+    for sub in (hubert, music2vec, bestrq, musicfm, muq, mert):
+        presets = ("95m (MERT-95M), 330m (MERT-330M) or tiny (CPU tests)" if sub is mert else
+                   "base (the paper's) or tiny (CPU tests, the demo)"
+                   + ("; large: MusicFM's 330M" if sub in (musicfm, muq) else ""))
+        sub.add_argument("--preset", default="95m" if sub is mert else "base", help=presets)
         sub.add_argument("--data", required=True, help="manifest directory (train.tsv)")
         sub.add_argument("--out", required=True, help="run directory (resumes if it holds checkpoints)")
         sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -3,7 +3,8 @@
 A label directory holds `labels.json` (grid, k, how the labels were made: read by
 `read_label_set`) and one `{split}.km` per split: one line of space-separated cluster ids per
 manifest row, at the grid's frame rate. `targets/` writes these files; `data/` reads them
-row by row on demand (`LabelRows`, several on one grid stacked by `StackedLabelRows`).
+row by row on demand (`LabelRows`, several on one grid stacked by `StackedLabelRows`). A codebook
+directory (`codebooks.json` + one label directory per codebook) stands for its label directories.
 
 Identity: `labels.json` records every argument that determines the labels (`IDENTITY_FIELDS`)
 and the fingerprint of each manifest split it labelled (`manifest_fingerprints`); consumers
@@ -25,6 +26,10 @@ from musicssl.config import fingerprint, read_json
 from musicssl.data.manifest import Manifest
 
 LABELS_JSON = "labels.json"
+# Several codebooks on one grid (`musicssl labels rvq`): CODES/codebooks.json lists CODES/codebook_i,
+# each an ordinary label directory; `--labels CODES` reads them all, in order.
+CODEBOOKS_JSON = "codebooks.json"
+CODEBOOKS_FORMAT = "musicssl-codebooks"
 # the arguments that determine the clusters (labels.json keys); the manifest's rows are the rest
 IDENTITY_FIELDS = ("feature", "k", "seed", "fit_fraction", "max_frames")
 
@@ -104,6 +109,26 @@ def read_label_set(label_dir: str | Path) -> LabelSet:
         raise LabelError(f"{path}: missing field {missing}") from None
     except (TypeError, ValueError) as error:  # a list where the object belongs, "k": "x", ...
         raise LabelError(f"{path}: malformed ({error})") from None
+
+
+def expand_label_dirs(directories: str | Path | list) -> list[Path]:
+    """Label directories, a codebook directory (`musicssl labels rvq`: CODEBOOKS_JSON listing one label
+    directory per codebook, in order) replaced by its label directories."""
+    directories = [directories] if isinstance(directories, (str, Path)) else list(directories)
+    expanded = []
+    for directory in map(Path, directories):
+        listing = directory / CODEBOOKS_JSON
+        if not listing.exists():
+            expanded.append(directory)
+            continue
+        info = read_json(listing)
+        info = info if isinstance(info, dict) else {}
+        names = info.get("codebooks")
+        if info.get("format") != CODEBOOKS_FORMAT or not isinstance(names, list) or not names:
+            raise LabelError(f"{listing}: not a codebook listing (format {CODEBOOKS_FORMAT!r} with a list of "
+                             "'codebooks')")
+        expanded += [directory / str(name) for name in names]
+    return expanded
 
 
 def write_label_json(label_dir: Path, info: dict) -> None:

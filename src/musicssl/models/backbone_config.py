@@ -93,7 +93,18 @@ DATA2VEC_BASE = BackboneConfig(
     variant="data2vec", extractor_norm="layer", pos_conv_kernel=19, pos_conv_depth=5,
     input_dropout=0.0, feature_grad_mult=1.0, normalize_waveform=True,
 )
+# MERT's pre-training backbones (docs/method.md §10.4): HuBERT's CNN on 24 kHz audio, so 75 frames/s
+# (MERT_RVQ-VAE_CQT_95M.yaml:29, :85). 95M: HuBERT base as is (post-LN, dropouts 0.1, LayerDrop 0.05,
+# feature_grad_mult 0.1, yaml:92-99). 330M: 24 x 1024, 16 heads, FFN 4096, pre-LN, every dropout and
+# LayerDrop 0, the full gradient into the CNN (MERT_RVQ-VAE_CQT_330M.yaml:95-114); MERT-v1-330M's
+# config.json has the same shapes (our MERT-v1 loader reads it, interop/huggingface.py).
+MERT_95M = replace(HUBERT_BASE, sample_rate=24_000)
+MERT_330M = replace(MERT_95M, dim=1024, ffn_dim=4096, num_layers=24, num_heads=16, layer_norm_first=True,
+                    dropout=0.0, attention_dropout=0.0, input_dropout=0.0, layerdrop=0.0, feature_grad_mult=1.0)
 BACKBONE_PRESETS: Registry[BackboneConfig] = Registry("backbone preset", {
+    "mert_95m": MERT_95M,
+    "mert_330m": MERT_330M,
+    "mert_tiny": _tiny(MERT_95M, pos_conv_kernel=32, feature_grad_mult=1.0),
     "hubert_base": HUBERT_BASE,
     "data2vec_base": DATA2VEC_BASE,
     "hubert_tiny": _tiny(HUBERT_BASE, pos_conv_kernel=32),

@@ -82,6 +82,9 @@ MEL_RVQ_PRESETS: Registry[MelRVQConfig] = Registry("Mel-RVQ preset", {
     # CPU tests and tiny MuQ runs: the same mel and tokens, 4 stages of 256 codes (a smaller head to
     # predict), stale codes replaced after 20 unused calls because a tiny fit has few steps [ours].
     "tiny": MelRVQConfig(num_codebooks=4, codebook_size=256, stale_tolerance=20),
+    # MERT's grid (docs/method.md §10.3): a token per 320-sample mel frame, 75 Hz at 24 kHz, 8 codebooks of
+    # 1,024 as EnCodec's, in place of the EnCodec codes MERT trains on [ours].
+    "mert75": MelRVQConfig(mel_hop=320, frames_per_token=1),
 })
 
 

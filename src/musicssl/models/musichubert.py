@@ -121,6 +121,12 @@ class MusicHubert(nn.Module):
         the unmasked ones when unmasked_weight > 0, as fairseq)
         and metric counts, so the trainer can normalise by the global count across ranks
         and micro-batches exactly as fairseq does."""
+        return self.masked_prediction(wav, lengths, labels, mask, generator)[0]
+
+    def masked_prediction(self, wav: Tensor, lengths: Tensor | None, labels: Tensor, mask: Tensor | None = None,
+                          generator=None) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """`forward`'s result, and what a further head on the same pass needs (MERT's CQT): the last
+        hidden state (B, T, D) and the frames fairseq calls masked_indices, mask & ~padding (B, T)."""
         lengths = lengths if lengths is not None else torch.full((wav.shape[0],), wav.shape[1], device=wav.device)
         frames = int(self.backbone.frame_lengths(torch.tensor([wav.shape[1]]))[0])
         frame_lengths = self.backbone.frame_lengths(lengths)
@@ -156,7 +162,7 @@ class MusicHubert(nn.Module):
                 + self.config.unmasked_weight * result["unmasked_loss_sum"]
                 + self.config.feature_penalty_weight * penalty * sample_size)
         result.update(loss=loss, sample_size=sample_size, feature_penalty=penalty.detach())
-        return result
+        return result, out.last_hidden_state, mask & ~padding
 
 
 def _prediction_terms(logits: Tensor, chosen: Tensor) -> dict[str, Tensor]:

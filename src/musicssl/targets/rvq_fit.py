@@ -73,6 +73,8 @@ RVQ_FIT_PRESETS: Registry[RVQFitRun] = Registry("rvq fit preset", {
     # the codes in 150 steps) [ours].
     "tiny": RVQFitRun(MEL_RVQ_PRESETS["tiny"], RVQFitConfig(crop_seconds=2.0, batch_size=8, steps=150,
                                                             learning_rate=1e-3, stats_crops=16)),
+    # MuQ's fitting recipe on MERT's 75 Hz grid (the codes `labels rvq` writes for `pretrain mert`).
+    "mert75": RVQFitRun(MEL_RVQ_PRESETS["mert75"], RVQFitConfig()),
 })
 
 

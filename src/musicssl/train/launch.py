@@ -13,7 +13,7 @@ import torch
 from musicssl.atomic import write_text
 from musicssl.config import ConfigError, from_dict, to_dict
 from musicssl.data.pretrain import UpdateLoader, build_pretrain_data
-from musicssl.data.label_files import read_label_set
+from musicssl.data.label_files import expand_label_dirs, read_label_set
 from musicssl.data.manifest import check_sample_rate, read_manifest
 from musicssl.data.prepare import is_prepared
 from musicssl.models.mel_rvq import MelRVQConfig
@@ -22,15 +22,17 @@ from musicssl.train.checkpoint import check_resumable, checkpoint_dirs, find_res
 from musicssl.train.interrupt import stop_on_signals
 from musicssl.train.label_identity import RECORD_KEY, check_resumed_labels, label_identities
 from musicssl.train.lock import run_lock
+from musicssl.train.mert import MERTRun, MERTTask, mert_run
 from musicssl.train.tasks import (MUSICFM_PRESETS, MUSICHUBERT_PRESETS, BestRQRun, BestRQTask, Music2VecRun,
                                   Music2VecTask, MusicFMRun, MusicFMTask, MusicHubertRun, MusicHubertTask, bestrq_run, check_corpus_holds_a_crop,
                                   measure_mel_statistics, muq_run, music2vec_run, resolve_run)
 from musicssl.train.trainer import setup_distributed, train
 
 RUN_TYPES = {"musichubert": MusicHubertRun, "music2vec": Music2VecRun, "bestrq": BestRQRun, "musicfm": MusicFMRun,
-             "muq": MusicFMRun}
+             "muq": MusicFMRun, "mert": MERTRun}
 TASKS = {"musichubert": MusicHubertTask, "music2vec": Music2VecTask, "bestrq": BestRQTask, "musicfm": MusicFMTask,
-         "muq": MusicFMTask}
+         "muq": MusicFMTask, "mert": MERTTask}
+LABELLED = ("musichubert", "mert")  # methods trained on label directories
 MEL_TARGETS = ("bestrq", "musicfm", "muq")  # methods whose targets need mel statistics (MuQ: its RVQ's)
 RESUMABLE_OVERRIDES = ("trainer.max_steps", "trainer.checkpoint_every", "trainer.log_every",
                        "trainer.keep_checkpoints", "data.num_workers", "data.crop_only", "trainer.compile",
@@ -62,7 +64,7 @@ def resolve(method: str, preset: str, labels: str | Sequence[str] | None, overri
         if bad:
             raise ValueError(f"cannot change {bad} when resuming; allowed: {', '.join(RESUMABLE_OVERRIDES)} "
                              "(other settings only with the values the run was started with)")
-        if method == "musichubert" and labels:
+        if method in LABELLED and labels:
             ks = tuple(read_label_set(directory).k for directory in _label_dirs(labels))
             if ks != run.model.codebooks:
                 raise ValueError(f"{resume_from}: the run predicts codebooks of k = {run.model.codebooks}, "
@@ -81,6 +83,11 @@ def resolve(method: str, preset: str, labels: str | Sequence[str] | None, overri
         return resolve_run(MUSICFM_PRESETS[preset](), overrides)
     if method == "muq":
         return resolve_run(muq_run(preset, rvq), overrides)
+    if method == "mert":
+        if not labels:
+            raise ValueError("mert needs --labels: 8 codebooks at 75 Hz, e.g. one directory from `musicssl labels rvq`")
+        return resolve_run(mert_run(preset, [read_label_set(directory) for directory in _label_dirs(labels)]),
+                           overrides)
     recipe = MUSICHUBERT_PRESETS[preset]  # an unknown preset fails before any label is read
     if not labels:
         raise ValueError("musichubert needs --labels: a label directory from `musicssl labels`")
@@ -102,7 +109,8 @@ def with_mel_statistics(run: BestRQRun | MusicFMRun, dataset, say: bool) -> Best
 
 
 def _label_dirs(labels: str | Sequence[str]) -> list[str]:
-    return [labels] if isinstance(labels, str) else list(labels)
+    """The label directories, a `labels rvq` codebook directory standing for its codebooks."""
+    return [str(directory) for directory in expand_label_dirs(labels)]
 
 
 def pretrain(method: str, preset: str, data: str, labels: str | Sequence[str] | None, out: str, overrides: list[str],
@@ -129,8 +137,8 @@ def _pretrain_locked(method, preset, data, labels, run_dir: Path, overrides, res
         if not is_prepared(data):  # a prepared corpus checks its own rate when it opens
             check_sample_rate(Path(data) / "train.tsv", backbone.sample_rate)
         check_corpus_holds_a_crop(read_manifest(Path(data) / "train.tsv"), run.data.crop_seconds, backbone.sample_rate)
-    dataset, plan = build_pretrain_data(data, "train", labels, backbone.sample_rate, run.data,
-                                        backbone.normalize_waveform, env.world_size, env.rank)
+    dataset, plan = build_pretrain_data(data, "train", _label_dirs(labels) if labels else None, backbone.sample_rate,
+                                        run.data, backbone.normalize_waveform, env.world_size, env.rank)
     if method in MEL_TARGETS and run.model.mel_mean is None:  # a new run: its targets' statistics, kept in its config
         run = with_mel_statistics(run, dataset, env.is_main)
     if env.is_main:  # after the data and labels are read: a refused run leaves no output behind
