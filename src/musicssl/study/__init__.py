@@ -3,7 +3,7 @@
 plan.py      every run of the three tables as a DAG of ordinary musicssl steps (manifest, labels,
              pre-training, probing), each an ordinary run directory with the command it equals;
              scales (tiny: CPU, base: the paper's budgets), completion markers, shards.
-paper.py     the paper's published numbers (its poster, /work/shared/paper-poster.txt) and its
+paper.py     the paper's published numbers (its ISMIR 2023 poster, docs/study.md) and its
              stated findings as comparisons between runs.
 findings.py  the findings' arithmetic (agrees / disagrees / not measurable against the probe-seed
              spread) and the STUDY/study.md + study.json writer.

@@ -159,7 +159,7 @@ def markdown(report: dict, header: str = "") -> str:
     if header:
         lines += [header, ""]
     lines += ["Each cell: ours, test x100, mean ± std over probe seeds (the paper's published number in "
-              "brackets, /work/shared/paper-poster.txt). Avg: the paper's average (mean over tasks of each task's "
+              "brackets, from its ISMIR 2023 poster; docs/study.md). Avg: the paper's average (mean over tasks of each task's "
               "mean column) over the tasks we measured; in brackets the paper's over the same columns.", ""]
     for table, entries in report["tables"].items():
         lines += [f"## {table.replace('table', 'Table ')}", "",

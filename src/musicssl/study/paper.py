@@ -1,7 +1,7 @@
 """The paper's published numbers and its stated findings, as data.
 
-Source: the paper's poster (/work/shared/paper-poster.txt; the arXiv body was not readable here,
-/work/shared/eval-spec.md §4.1). Its Tables 2 and 3 print 11 scores and an Average per row in the
+Source: the paper's ISMIR 2023 poster (the arXiv body was not readable when this was written;
+docs/study.md). Its Tables 2 and 3 print 11 scores and an Average per row in the
 column order of COLUMNS; every printed Average is the mean over the 9 tasks of each task's mean
 column (MTT and EMO averaged first), which `paper_average` reproduces from the printed scores to
 within 0.1 (their rounding) for all 14 rows, 13 of them to the printed decimal
@@ -28,7 +28,7 @@ def _row(text: str) -> tuple[tuple[float, ...], float]:
     return values[:11], values[11]
 
 
-# paper row -> (11 scores x100, printed Average); /work/shared/paper-poster.txt Tables 2 and 3
+# paper row -> (11 scores x100, printed Average); the poster's Tables 2 and 3
 PUBLISHED: dict[str, tuple[tuple[float, ...], float]] = {
     "HuBERT": _row("89.8 36.4 15.0 64.8 31.0 57.5 68.2 79.4 61.0 58.8 83.5 59.8"),
     "k=2000 MFCC dim=39": _row("90.2 37.7 14.7 70.0 42.1 66.5 69.3 77.4 65.9 75.3 88.6 64.4"),

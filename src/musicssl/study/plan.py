@@ -79,7 +79,7 @@ SCALES = {
         cost={"manifest": 60.0, "labels_mfcc": 150.0, "labels_layer": 300.0, "probe": 150.0, "probe_beats": 40.0,
               "musichubert": 0.58, "music2vec": 0.47},
         cost_source="docs/learning_curve.md (stability table), docs/demo.md (stage timings); AMD EPYC"),
-    # GPU clusters: the paper's budgets (method-spec §6 row 40; the poster: 250k updates on 8 A100s
+    # GPU clusters: the paper's budgets (docs/method.md §3.5, §4.6; the poster: 250k updates on 8 A100s
     # in 2-3 days, 1k h of 5-s crops). The second iteration trains as long as the first (the
     # paper gives no figure; speech HuBERT's is 400k).
     "base": StudyScale(
