@@ -156,3 +156,37 @@ def test_tiny_costs_fit_two_cores_in_two_and_a_half_hours():
     loads = [sum(s.cost for s in shard_of(steps, index, 2)) for index in range(2)]
     assert SCALES["tiny"].cost_unit == "CPU thread-seconds"
     assert max(loads) < 2.5 * 3600
+
+
+def test_the_real_steps_run_at_smoke_size_and_resume(tmp_path):
+    """manifest -> MFCC labels -> MusicHuBERT -> labels of its layer -> 2nd iteration, and a
+    Music2Vec variant, through the library at 2 updates each; a bench root without the datasets
+    skips the probes; a second pass runs nothing."""
+    import dataclasses
+
+    import numpy as np
+    import soundfile as sf
+
+    (tmp_path / "music").mkdir()
+    (tmp_path / "bench").mkdir()
+    t = np.arange(3 * 16_000) / 16_000
+    for index in range(6):  # a gliding tone over noise bursts: MFCC frames of more than one kind
+        noise = np.random.default_rng(index).normal(0, 0.1, t.size) * (np.sin(2 * np.pi * 2 * t) > 0)
+        glide = 0.3 * np.sin(2 * np.pi * (220 + 40 * index) * t * (1 + 0.3 * t))
+        sf.write(tmp_path / "music" / f"{index}.wav", (glide + noise).astype(np.float32), 16_000)
+    smoke = ("data.batch_seconds=6", "data.micro_batch_seconds=6", "trainer.checkpoint_every=2", "data.num_workers=0")
+    scale = dataclasses.replace(SCALES["tiny"], hubert_steps=2, music2vec_steps=2, k_small=4, k_large=8,
+                                valid_percent=20.0, hubert_overrides=smoke,
+                                music2vec_overrides=smoke + ("model.collapse_check_after=100",))
+    steps = build_plan(scale, tmp_path / "music", tmp_path / "bench", tmp_path / "study", None, ("table2", "table3"))
+    keep = {"data/music", "labels/music-mfcc39-k8", "runs/musichubert-k8-mfcc39", "labels/music-iter2-k8",
+            "runs/musichubert-k8-iter2", "runs/music2vec-target12", "probe/music2vec-target12"}
+    chosen = [step for step in steps if step.name in keep]
+    outcome = run_steps(steps, chosen, tmp_path / "study", progress=False)
+    assert outcome.ran == [step.name for step in chosen if step.kind != "probe"] and not outcome.failed
+    assert outcome.skipped == [f"probe/music2vec-target12: no dataset folder of {','.join(scale.tasks)} under "
+                               f"{tmp_path / 'bench'}".replace(",", ", ")]
+    config = (tmp_path / "study/runs/music2vec-target12/config.json").read_text()
+    assert '"average_top_k_layers": 4' in config
+    again = run_steps(steps, chosen, tmp_path / "study", progress=False)
+    assert again.ran == [] and len(again.done) == len(chosen) - 1

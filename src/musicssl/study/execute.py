@@ -17,6 +17,10 @@ from musicssl.study.plan import Step, is_done
 POLL_SECONDS = 30.0
 
 
+class NothingToProbe(ValueError):
+    """The bench root has none of a probe step's datasets: the step is skipped, not failed."""
+
+
 @dataclass
 class Outcome:
     ran: list[str] = field(default_factory=list)
@@ -70,6 +74,8 @@ def run_step(step: Step, device: str | None = None, progress: bool = True) -> No
             task, _, name = key.partition(".")
             options.setdefault(task, {})[name] = value
         data_dirs = {task: Path(a["data_root"]) / get_task(task).default_dir for task in a["tasks"]}
+        if not any(folder.is_dir() for folder in data_dirs.values()):
+            raise NothingToProbe(f"no dataset folder of {', '.join(a['tasks'])} under {a['data_root']}")
         try:
             run_benchmark([a["model"]], data_dirs, a["out"], probe_config(a["flags"]), options=options,
                           device=device, progress=progress, command=step.command, skip_missing=True)
@@ -103,6 +109,10 @@ def run_steps(plan: list[Step], steps: list[Step], study: str | Path, wait_secon
         print(f"\n== {step.name}\n{step.command}", file=sys.stderr, flush=True)
         try:
             runner(step, device=device, progress=progress)
+        except NothingToProbe as nothing:
+            outcome.skipped.append(f"{step.name}: {nothing}")
+            print(f"skipped {outcome.skipped[-1]}", file=sys.stderr, flush=True)
+            continue
         except (ValueError, FileNotFoundError, RuntimeError, OSError) as error:
             outcome.failed.append(f"{step.name}: {' '.join(str(error).split())}")
             print(f"failed {outcome.failed[-1]}", file=sys.stderr, flush=True)
