@@ -58,3 +58,17 @@ def test_bad_input_is_one_line_and_exit_2(folders, change, words):
 def test_synth_speech_needs_its_output_and_hours(tmp_path):
     code, _, err = run_cli(["synth", "speech", "--hours", "0.01"])
     assert code == 2 and "-o OUT" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_finished_study_runs_nothing_and_writes_its_report(folders):
+    from musicssl.study.plan import build_plan
+    from tests.study.test_plan import make_marker
+
+    args = study_args(folders, "--only", "table2")
+    for step in build_plan("tiny", folders / "music", folders / "bench", folders / "study", folders / "speech",
+                           ("table2",)):
+        make_marker(step, folders / "study")
+    code, out, _ = run_cli(args)
+    assert code == 0 and "0 run, 22 already done, 0 skipped, 0 failed" in out
+    report = (folders / "study" / "study.md").read_text()
+    assert "## Table 2" in report and "**not measurable** (table2) MusicHuBERT with k=2000" in report

@@ -32,7 +32,11 @@ def read_scores(study: str | Path) -> dict[str, dict[tuple[str, str], Score]]:
     """run name -> column -> score, from every STUDY/probe*/RUN/results.json."""
     scores: dict[str, dict[tuple[str, str], Score]] = {}
     for path in sorted(Path(study).glob("probe*/*/results.json")):
-        scores_from_results(json.loads(path.read_text()), scores)
+        try:
+            payload = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not a benchmark results.json ({error}); delete it to probe again") from None
+        scores_from_results(payload, scores)
     return scores
 
 
