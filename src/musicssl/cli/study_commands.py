@@ -39,7 +39,7 @@ def run_study(args) -> int:
 
     from musicssl.study.execute import check_inputs, run_steps
     from musicssl.study.findings import write_study_report
-    from musicssl.study.plan import SCALES, assign_shards, build_plan, shard_of, step_status, total_cost
+    from musicssl.study.plan import SCALES, assign_shards, build_plan, shard_of, step_status
 
     check_inputs(args.data, args.bench_root, args.speech)
     scale = SCALES[args.scale]
@@ -77,9 +77,11 @@ def dry_run_text(plan, steps, shards: dict, study, scale, no_speech: bool) -> st
     loads = [total_cost([s for s in plan if shards[s.name] == index]) for index in range(max(shards.values()) + 1)]
     lines.append(f"this shard: {len(steps)} steps ({len(remaining)} to run), {total_cost(steps):.0f} "
                  f"{scale.cost_unit}, {total_cost(remaining):.0f} left")
-    lines.append(f"whole plan: {len(plan)} steps, {total_cost(plan):.0f} {scale.cost_unit} ({total_cost(plan) / 3600:.2f} "
-                 f"h of it); per shard {', '.join(f'{load:.0f}' for load in loads)}: side by side the study takes "
-                 f"about the largest (costs from {scale.cost_source})")
+    whole = total_cost(plan)
+    hours = f" = {whole / 3600:.2f} thread-hours" if scale.cost_unit.endswith("seconds") else ""
+    lines.append(f"whole plan: {len(plan)} steps, {whole:.0f} {scale.cost_unit}{hours}; per shard "
+                 f"{', '.join(f'{load:.0f}' for load in loads)}: side by side the study takes about the largest "
+                 f"(costs from {scale.cost_source})")
     if no_speech:
         lines.append("no --speech: the speech-domain rows (HuBERT, data2vec) are not planned; their findings "
                      "will read 'not measurable'")

@@ -164,11 +164,9 @@ def _highpass(noise: np.ndarray, cutoff: float) -> np.ndarray:
 
 
 def espeak_available() -> bool:
-    try:
-        import espeakng_loader  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("espeakng_loader") is not None
 
 
 _ESPEAK: dict = {}
