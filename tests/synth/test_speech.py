@@ -51,3 +51,17 @@ def test_the_corpus_is_16_khz_files_per_voice_and_refuses_a_used_folder(tmp_path
     assert {sf.info(str(f)).samplerate for f in files} == {SAMPLE_RATE}
     with pytest.raises(FileExistsError, match="not empty"):
         synthesize_speech(tmp_path / "speech", 0.004, engine="formant")
+
+
+@pytest.mark.skipif(not espeak_available(), reason="optional espeakng-loader not installed")
+def test_espeak_speech_is_deterministic_per_seed_across_processes():
+    # eSpeak keeps state between utterances inside a process: the corpus is fixed per seed as a
+    # whole (clips in order), which is what two fresh processes must agree on
+    import subprocess
+    import sys
+
+    script = ("import hashlib; from musicssl.synth.speech import generate_clips; "
+              "print([hashlib.sha1(a.tobytes()).hexdigest() for _, _, a in generate_clips(0.003, 5, 'espeak')])")
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)]
+    assert runs[0] == runs[1] and runs[0].count("'") >= 2

@@ -9,7 +9,10 @@ Two engines, one layout (OUT/<voice>/<voice>_<n>.wav, 16 kHz mono PCM, and OUT/s
 - "formant": a numpy source-filter synthesiser, the fallback: glottal pulses on a jittered,
   declining F0 contour with accents, three formants gliding between vowel targets, fricative
   noise bursts, syllables at ~4-5 a second, pauses between phrases, several voices.
-Both are deterministic per seed.
+Both are deterministic per seed: the same seed and hours give the same files. With the formant
+engine clip n depends only on (seed, n); eSpeak carries state from one utterance to the next
+inside a process (the same clip synthesised again differs), so its clip n also depends on the
+clips before it, which the seed fixes (checked across processes).
 
 `speech_statistics` is the test's contrast with music (docs/study.md#the-speech-corpus).
 """
@@ -69,8 +72,8 @@ def synthesize_speech(out_dir: str | Path, hours: float, seed: int = 0, engine: 
 
 
 def generate_clips(hours: float, seed: int, engine: str):
-    """(voice name, index, float32 audio at 16 kHz) until `hours` of audio; clip n depends only
-    on (seed, n)."""
+    """(voice name, index, float32 audio at 16 kHz) until `hours` of audio, in order (see the
+    module's docstring on determinism)."""
     total, index = 0.0, 0
     while total < hours * 3600:
         rng = np.random.default_rng([seed, index])
