@@ -6,9 +6,11 @@ import argparse
 import os
 import sys
 
-from musicssl.cli.data_commands import add_convert, add_extract, add_labels, add_manifest, add_prepare, add_synth
+from musicssl.cli.data_commands import add_convert, add_extract, add_labels, add_manifest, add_prepare
 from musicssl.cli.eval_commands import add_benchmark, add_demo, add_probe
 from musicssl.cli.rvq_commands import add_rvq
+from musicssl.cli.study_commands import add_study
+from musicssl.cli.synth_commands import add_synth
 from musicssl.cli.train_commands import add_pretrain
 from musicssl.errors import INTERRUPTED_EXIT, USER_ERRORS, OneLineParser, one_line
 
@@ -27,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo(commands)
     add_convert(commands)
     add_rvq(commands)
+    add_study(commands)
     return parser
 
 

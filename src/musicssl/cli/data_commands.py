@@ -1,4 +1,4 @@
-"""`musicssl extract | manifest | prepare | labels | synth | convert`: audio in; features,
+"""`musicssl extract | manifest | prepare | labels | convert`: audio in; features,
 manifests, labels and model directories out."""
 
 from __future__ import annotations
@@ -181,27 +181,6 @@ def run_merge(args) -> int:
     from musicssl.targets.labels import merge_labels
 
     merge_labels(args.data, args.label_dir, args.num_shards, tuple(args.splits))
-    return 0
-
-
-def add_synth(commands) -> None:
-    parser = commands.add_parser(
-        "synth", help="generate music with ground truth: a pre-training corpus and probe datasets",
-        description="Deterministic numpy synthesis. Writes OUT/corpus/*.wav and probe datasets in the real "
-                    "datasets' layouts (NSynth, GS, GTZAN + GTZAN-Rhythm, MTT, EMO).")
-    parser.add_argument("out", help="output folder")
-    parser.add_argument("--preset", default="demo", help="demo or tests")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.set_defaults(run=run_synth)
-
-
-def run_synth(args) -> int:
-    import json
-
-    from musicssl.synth.datasets import synthesize
-
-    summary = synthesize(args.out, args.preset, seed=args.seed)
-    print(json.dumps(summary, indent=1, default=str))
     return 0
 
 
