@@ -80,9 +80,11 @@ class CachedFeatures:
 
 
 class FeatureCache:
-    # Audio per forward pass (windows of equal length are batched up to it; 60 s = two 30-s
-    # windows, ~1 GB of activations for a base model on the CPU), and per write of the cache.
-    batch_seconds: float = 60.0
+    # Audio per forward pass (windows of equal length are batched up to it), and per write of the
+    # cache. 30 s: a 30-s window goes alone, shorter ones together. Two 30-s windows in one pass
+    # cost 4 % (AVX2) to 8 % (Zen 5: 3.53 against 3.27 s a window, hubert_base, 2 threads) more
+    # than one at a time; the GEMMs of a larger batch fall out of cache (docs/performance.md).
+    batch_seconds: float = 30.0
     flush_seconds: float = 600.0
 
     def __init__(self, cache_root: str | Path, source: Source, task_name: str, protocol: Protocol,
