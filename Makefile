@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+# Two pytest workers of one thread each: much of the suite is process start-up, subprocesses and
+# Python, which one worker leaves a core idle through (the suite is parallel-safe: tmp_path only).
 test: $(STAMP)
-	OMP_NUM_THREADS=2 $(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --durations=15
 
 # The numerics-sensitive tests again on torch's plain, unvectorised kernels: every CPU runs them
 # and they sum in another order than the AVX2 / AVX-512 ones, so a tolerance that only held for
@@ -26,8 +28,9 @@ PORTABLE_TESTS := tests/interop tests/test_audio.py tests/test_extract.py tests/
 	tests/evaluate/test_metrics.py tests/evaluate/test_beats.py
 # (The base-size shapes are left to the first pass: the unvectorised kernels make them minutes long.)
 test-portability: $(STAMP)
-	ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=2 $(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PORTABLE_TESTS)
-	ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=2 $(PY) -m pytest -q -p no:cacheprovider tests/train \
+	ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 -p no:cacheprovider -m "not slow" \
+		$(PORTABLE_TESTS)
+	ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 -p no:cacheprovider tests/train \
 		-k "resume or ddp or equals or exactly"
 
 # The whole pipeline on generated music (about 15 min on 2 CPU cores); results in runs/demo/.
