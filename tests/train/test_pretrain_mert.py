@@ -284,6 +284,8 @@ def test_init_continues_a_published_mert_directory(codes, published, tmp_path):
                           "heads.safetensors"))
     heads = load_file(str(final / "training_state" / "heads.safetensors"))
     assert heads.keys() == fresh.keys() and heads["cqt_head.weight"].shape == (336, 32)
+    pretrain(codes, out, "trainer.max_steps=6")  # resumed without --init: the record stays
+    assert json.loads((out / "config.json").read_text())["init"] == str(published.resolve())
 
 
 def test_init_of_a_non_mert_damaged_or_conflicting_directory_is_refused(codes, published, tmp_path, capsys):

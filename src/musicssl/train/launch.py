@@ -156,7 +156,7 @@ def _pretrain_locked(method, preset, data, labels, run_dir: Path, overrides, res
         run_dir.mkdir(parents=True, exist_ok=True)
         record = {RECORD_KEY: label_identities(_label_dirs(labels))} if labels else {}
         record |= {"rvq": str(Path(rvq_dir).resolve())} if rvq else {}
-        record |= {"init": str(init[0].resolve())} if init else {}
+        record |= {"init": str(init[0].resolve())} if init else _recorded_init(run_dir) if resume_from else {}
         write_text(run_dir / "config.json", json.dumps({"method": method, **to_dict(run), **record}, indent=2) + "\n")
     loader = UpdateLoader(dataset, plan, run.data.num_workers, pin_memory=device.type == "cuda")
     torch.manual_seed(run.trainer.seed + env.rank)  # dropout differs across ranks, repeats across runs
@@ -172,6 +172,15 @@ def _pretrain_locked(method, preset, data, labels, run_dir: Path, overrides, res
     train(task, loader, run.trainer, run_dir, run, env, device, resume_from, progress, stop_requested=stop)
     final = checkpoint_dirs(run_dir)
     return final[-1] if final and env.is_main else None
+
+
+def _recorded_init(run_dir: Path) -> dict:
+    """A resumed run keeps the `--init` directory its first start recorded (config.json is rewritten)."""
+    try:
+        init = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("init")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {"init": init} if init else {}
 
 
 def resume_point(run_dir: Path, resume: str | None, method: str, env) -> Path | None:
