@@ -222,6 +222,7 @@ def test_transformers_hubert_model_reads_a_checkpoint_as_mert_does(straight):
     pytest.importorskip("transformers")
     from transformers import HubertModel
 
+    from tests.interop.mert_reference import MertReference
     from tests.interop.test_huggingface import assert_state_matches
 
     checkpoint = sorted((straight / "checkpoints").glob("step_*"))[-1]
@@ -236,6 +237,11 @@ def test_transformers_hubert_model_reads_a_checkpoint_as_mert_does(straight):
     assert len(out.hidden_states) == len(ours) == 3
     for layer, (want, truth) in enumerate(zip(out.hidden_states, exact.hidden_states)):
         assert_state_matches(ours[layer], want[0], truth[0], f"hidden state {layer}")
+    reference = MertReference(model.config).eval()  # MERTModel's composition, the same weights: the same numbers
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in
+                   zip(reference(wav, output_hidden_states=True).hidden_states, out.hidden_states))
 
 
 @pytest.fixture(scope="module")
