@@ -264,12 +264,15 @@ def cnn_features(backbone: Backbone, wav: torch.Tensor) -> torch.Tensor:
         return backbone.feature_extractor(wav[None], None)
 
 
-def test_init_continues_a_published_mert_directory(codes, published, tmp_path):
+def test_init_continues_a_published_mert_directory(codes, published, straight, tmp_path, capsys):
     # 5 updates with the CNN frozen (feature_grad_mult 0): the exported run's CNN must give the
     # published model's features exactly, its Transformer must have moved, and RUN/initial must be
     # the published model, every hidden state bit for bit; the heads are the run's own fresh draw
     out = tmp_path / "continued"
     assert pretrain_from(codes, published, out, "trainer.max_steps=5", "model.backbone.feature_grad_mult=0") == 0
+    said = capsys.readouterr().err  # the tiny preset's own backbone is 4 x 128: the directory's is used, said once
+    assert said.count(f"--init {published}: the directory's architecture with the tiny recipe: ") == 1
+    assert "dim 32 (the preset's: 128)" in said
     config = json.loads((out / "config.json").read_text())
     assert config["init"] == str(published.resolve()) and config["model"]["backbone"]["dim"] == 32
     recipe = mert_run("tiny", label_sets(16)).model.backbone
@@ -286,7 +289,7 @@ def test_init_continues_a_published_mert_directory(codes, published, tmp_path):
                        hidden_states(trained_backbone(final), wav))
     assert torch.equal(cnn_features(continued, wav), cnn_features(start, wav))  # untouched: equal
     assert (hidden_states(continued, wav)[-1] - hidden_states(start, wav)[-1]).abs().max() > 1e-3  # trained: moved
-    fresh = load_file(str(sorted((codes / "straight" / "checkpoints").glob("step_*"))[0] / "training_state" /
+    fresh = load_file(str(sorted((straight / "checkpoints").glob("step_*"))[0] / "training_state" /
                           "heads.safetensors"))
     heads = load_file(str(final / "training_state" / "heads.safetensors"))
     assert heads.keys() == fresh.keys() and heads["cqt_head.weight"].shape == (336, 32)
@@ -312,4 +315,10 @@ def test_init_of_a_non_mert_damaged_or_conflicting_directory_is_refused(codes, p
     assert pretrain_from(codes, published, tmp_path / "run", "model.backbone.num_layers=3") == 2
     line, = capsys.readouterr().err.strip().splitlines()
     assert str(published / "config.json") in line and "num_layers=3" in line and "num_hidden_layers gives 2" in line
+    faster = tmp_path / "faster"  # a CNN hop of 256: 93.75 frames/s, off the 75 Hz labels
+    shutil.copytree(published, faster)
+    (faster / "config.json").write_text(json.dumps({**config, "conv_stride": [4, 2, 2, 2, 2, 2, 2]}))
+    assert pretrain_from(codes, faster, tmp_path / "run") == 2
+    line, = capsys.readouterr().err.strip().splitlines()
+    assert str(faster / "config.json") in line and "93.75 frames/s" in line and "75 Hz" in line
     assert not (tmp_path / "run").exists()

@@ -24,7 +24,7 @@ from musicssl.train.label_identity import RECORD_KEY, check_resumed_labels, labe
 from musicssl.train.lock import run_lock
 from musicssl.interop.mert import load_mert
 from musicssl.models.backbone import Backbone
-from musicssl.train.mert import MERTRun, MERTTask, continue_from, mert_run
+from musicssl.train.mert import MERTRun, MERTTask, continue_from, mert_run, preset_differences
 from musicssl.train.tasks import (MUSICFM_PRESETS, MUSICHUBERT_PRESETS, BestRQRun, BestRQTask, Music2VecRun,
                                   Music2VecTask, MusicFMRun, MusicFMTask, MusicHubertRun, MusicHubertTask, bestrq_run, check_corpus_holds_a_crop,
                                   measure_mel_statistics, muq_run, music2vec_run, resolve_run)
@@ -143,6 +143,10 @@ def _pretrain_locked(method, preset, data, labels, run_dir: Path, overrides, res
     # a resumed run's checkpoint already holds the continued weights
     init = (Path(init_dir), load_mert(init_dir)) if init_dir and resume_from is None else None
     run = resolve(method, preset, labels, overrides, resume_from, variant, rvq.config if rvq else None, init)
+    differences = preset_differences(preset, init[1].config) if init else []
+    if differences and env.is_main:
+        print(f"--init {init[0]}: the directory's architecture with the {preset} recipe: "
+              f"{', '.join(differences[:4])}{' ...' if len(differences) > 4 else ''}", file=sys.stderr)
     backbone = run.model.backbone
     if method in MEL_TARGETS and resume_from is None:  # before the data summary lines: one error line
         if not is_prepared(data):  # a prepared corpus checks its own rate when it opens

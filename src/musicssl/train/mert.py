@@ -19,7 +19,7 @@ from musicssl.data.label_files import CODEBOOKS_JSON, LabelError, LabelSet
 from musicssl.data.pretrain import Batch, DataConfig
 from musicssl.interop.mert import ARCHITECTURE_FIELDS, architecture_conflicts, export_mert
 from musicssl.models.backbone import Backbone
-from musicssl.models.backbone_config import BackboneConfig
+from musicssl.models.backbone_config import BackboneConfig, backbone_preset
 from musicssl.models.mert import MERT, MERT_CODEBOOKS, MERTConfig, MixtureConfig, mert_config
 from musicssl.train.schedules import ScheduleConfig
 from musicssl.train.tasks import MusicHubertTask, _Task, _tiny_polynomial
@@ -94,18 +94,26 @@ def mert_run(preset: str, label_sets: Sequence[LabelSet]) -> MERTRun:
     return recipe(tuple(label_set.k for label_set in label_sets))
 
 
+def preset_differences(preset: str, found: BackboneConfig) -> list[str]:
+    """The architecture fields in which the `--preset`'s own backbone differs from an `--init`
+    directory's (which wins): said once, so a 95m recipe on a 330M model is not a surprise."""
+    own = backbone_preset(f"mert_{preset}")
+    return [f"{name} {getattr(found, name)!r} (the preset's: {getattr(own, name)!r})" if name != "conv_layers"
+            else "another CNN" for name in ARCHITECTURE_FIELDS if getattr(own, name) != getattr(found, name)]
+
+
 def continue_from(found: BackboneConfig, source: Path, preset: MERTRun, run: MERTRun) -> MERTRun:
     """`--init DIR`: `run` (the preset with the command line's overrides) on the architecture `found`
     in the MERT-v1 directory DIR (`source`: its config.json); the recipe (schedule, masks, heads,
     dropouts, LayerDrop) stays the run's. An architecture value the command line set differently from
     DIR's, or a model off MERT's 24 kHz grid, is refused in one line naming `source`."""
+    if found.sample_rate != SAMPLE_RATE or abs(found.frame_rate_hz - LABEL_RATE_HZ) > 1e-9:
+        raise ValueError(f"{source}: sample_rate {found.sample_rate}, CNN hop {found.hop}: {found.frame_rate_hz:g} "
+                         f"frames/s; MERT's recipe predicts {LABEL_RATE_HZ:g} Hz codes of {SAMPLE_RATE} Hz audio")
     conflicts = architecture_conflicts(preset.model.backbone, run.model.backbone, found)
     if conflicts:
         raise ValueError(f"{source}: the architecture comes from --init, but the command line sets "
                          f"{'; '.join(conflicts)}")
-    if found.sample_rate != SAMPLE_RATE:
-        raise ValueError(f"{source}: sample_rate {found.sample_rate}; MERT's recipe predicts {LABEL_RATE_HZ:g} Hz "
-                         f"codes of {SAMPLE_RATE} Hz audio")
     backbone = dataclasses.replace(run.model.backbone, **{name: getattr(found, name) for name in ARCHITECTURE_FIELDS})
     return dataclasses.replace(run, model=dataclasses.replace(run.model, backbone=backbone))
 
