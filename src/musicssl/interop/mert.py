@@ -11,7 +11,7 @@ them onto its parametrization when it loads). We write `model.safetensors` (no p
 Who reads it: our `load_model` / `extract` / `benchmark` (interop/huggingface.py), natively; and
 transformers' `HubertModel.from_pretrained(DIR)` with the same weights and the same hidden states
 (MERTModel with `feature_extractor_cqt` and `deepnorm` off is HubertModel's modules and forward;
-tests/train/test_mert_checkpoints.py). MERT's own `AutoModel.from_pretrained(DIR,
+tests/train/test_pretrain_mert.py). MERT's own `AutoModel.from_pretrained(DIR,
 trust_remote_code=True)` needs its two code files (configuration_MERT.py, modeling_MERT.py, from a
 published MERT-v1 repository) copied into DIR; `auto_map` points at them, as the published one does.
 """
