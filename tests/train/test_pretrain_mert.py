@@ -4,6 +4,7 @@ another number of codebooks refused in one line naming the file."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
@@ -15,10 +16,16 @@ from safetensors.torch import load_file
 
 from musicssl import audio
 from musicssl.cli import main
+from musicssl.config import from_dict
+from musicssl.extract import load_model
+from musicssl.interop.huggingface import from_hf_state_dict, import_pretrained, read_hf_weights
+from musicssl.models.backbone import Backbone
 from musicssl.data.label_files import LabelGrid, LabelSet, read_labels
 from musicssl.data.manifest import read_manifest
 from musicssl.targets.rvq_fit import load_mel_rvq
-from musicssl.train.mert import mert_run
+from musicssl.train.checkpoint import read_run_config
+from musicssl.train.mert import MERTRun, mert_run
+from tests.conftest import tone
 from tests.train.test_pretrain_musichubert import final_state, pitched_corpus
 
 MICRO = ["model.backbone.conv_layers=[[16,10,5],[16,3,2],[16,3,2],[16,3,2],[16,3,2],[16,2,2],[16,2,2]]",
@@ -158,3 +165,160 @@ def test_the_presets_are_merts_recipes():
     assert (trainer.schedule.peak_lr, trainer.clip_norm, trainer.schedule.warmup_steps) == (1.5e-3, 1.0, 32_000)
     assert round(large.data.crop_seconds * 24_000) == 122_880
     assert large.data.crops_per_update == 8 * large.data.crops_per_micro_batch * 64  # update_freq 8 on 64 GPUs
+
+
+# ---------------------------------------------------------------------------------------------
+# the run's checkpoints are MERT-v1 directories; `--init DIR` continues one (interop/mert.py)
+
+
+def trained_backbone(checkpoint: Path) -> Backbone:
+    """The backbone as the trainer holds it: the run's own config (trainer.json), the weights as
+    resume reads them."""
+    run = from_dict(MERTRun, read_run_config(checkpoint))
+    backbone = Backbone(run.model.backbone).eval()
+    backbone.load_state_dict(from_hf_state_dict(read_hf_weights(checkpoint), "hubert", str(checkpoint))[0])
+    return backbone
+
+
+def hidden_states(backbone: Backbone, wav: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.stack(backbone(wav[None]).layers)[:, 0]  # (L+1, T, D)
+
+
+def test_checkpoints_are_mert_v1_directories_our_loader_reads_bit_for_bit(straight):
+    transformers = pytest.importorskip("transformers")
+    from tests.interop.mert_reference import MERT_MICRO, build_reference
+
+    reference, published = build_reference(MERT_MICRO)
+    mert_keys = set(published) - set(transformers.PretrainedConfig().to_dict())  # HubertConfig's + MERTConfig's
+    wav = torch.from_numpy(tone(1.0, 24_000, frequency=330.0))
+    for directory in (straight / "initial", sorted((straight / "checkpoints").glob("step_*"))[-1]):
+        config = json.loads((directory / "config.json").read_text())
+        assert mert_keys <= set(config) and "musicssl" not in config, mert_keys - set(config)
+        assert (config["model_type"], config["architectures"], config["sample_rate"]) == \
+            ("mert_model", ["MERTModel"], 24_000)
+        assert (config["feature_extractor_cqt"], config["deepnorm"], config["hidden_size"]) == (False, False, 32)
+        preprocessor = json.loads((directory / "preprocessor_config.json").read_text())
+        assert (preprocessor["sampling_rate"], preprocessor["do_normalize"]) == (24_000, False)
+        # MERT-v1's weight names (transformers 4.x weight norm), exactly the reference's set
+        names = set(load_file(str(directory / "model.safetensors")))
+        legacy = {k.replace("parametrizations.weight.original0", "weight_g")
+                  .replace("parametrizations.weight.original1", "weight_v") for k in reference.state_dict()}
+        assert names == legacy
+        encoder = load_model(directory, device="cpu")
+        assert (encoder.sample_rate, encoder.frame_rate_hz) == (24_000, 75.0)
+        ours = encoder.extract(wav.numpy(), 24_000, chunk_seconds=None)
+        assert torch.equal(ours, hidden_states(trained_backbone(directory) if directory.name != "initial"
+                                               else import_pretrained(directory).eval(), wav))
+    # the trained weights moved away from the initial ones: the comparison above is not of one model
+    last = sorted((straight / "checkpoints").glob("step_*"))[-1]
+    assert not torch.equal(hidden_states(trained_backbone(last), wav),
+                           hidden_states(import_pretrained(straight / "initial").eval(), wav))
+
+
+def test_transformers_hubert_model_reads_a_checkpoint_as_mert_does(straight):
+    # MERTModel with feature_extractor_cqt and deepnorm off is HubertModel's modules and forward
+    # (tests/interop/mert_reference.py): HubertModel.from_pretrained reads every weight, no remote code.
+    pytest.importorskip("transformers")
+    from transformers import HubertModel
+
+    from tests.interop.mert_reference import MertReference
+    from tests.interop.test_huggingface import assert_state_matches
+
+    checkpoint = sorted((straight / "checkpoints").glob("step_*"))[-1]
+    model, info = HubertModel.from_pretrained(checkpoint, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    wav = torch.from_numpy(tone(1.0, 24_000, frequency=330.0))[None]
+    ours = hidden_states(trained_backbone(checkpoint), wav[0])
+    model.eval()
+    with torch.no_grad():
+        out = model(wav, output_hidden_states=True)
+        exact = copy.deepcopy(model).double()(wav.double(), output_hidden_states=True)
+    assert len(out.hidden_states) == len(ours) == 3
+    for layer, (want, truth) in enumerate(zip(out.hidden_states, exact.hidden_states)):
+        assert_state_matches(ours[layer], want[0], truth[0], f"hidden state {layer}")
+    reference = MertReference(model.config).eval()  # MERTModel's composition, the same weights: the same numbers
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in
+                   zip(reference(wav, output_hidden_states=True).hidden_states, out.hidden_states))
+
+
+@pytest.fixture(scope="module")
+def published(codes) -> Path:
+    """A MERT-v1 directory as m-a-p publishes one (pytorch_model.bin, weight_g / weight_v), random weights."""
+    pytest.importorskip("transformers")
+    from tests.interop.mert_reference import MERT_MICRO, build_reference, save_mert_format
+
+    return save_mert_format(*build_reference(MERT_MICRO, seed=3), codes / "MERT-v1-micro", weights="bin")
+
+
+def pretrain_from(codes: Path, init: Path, out: Path, *overrides: str) -> int:
+    return main(["pretrain", "mert", "--preset", "tiny", "--data", str(codes / "data"), "--labels",
+                 str(codes / "codes"), "--out", str(out), "--quiet", "--init", str(init),
+                 *sum([["--set", o] for o in [*MICRO, *SCHEDULE, *overrides]], [])])
+
+
+def cnn_features(backbone: Backbone, wav: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return backbone.feature_extractor(wav[None], None)
+
+
+def test_init_continues_a_published_mert_directory(codes, published, straight, tmp_path, capsys):
+    # 5 updates with the CNN frozen (feature_grad_mult 0): the exported run's CNN must give the
+    # published model's features exactly, its Transformer must have moved, and RUN/initial must be
+    # the published model, every hidden state bit for bit; the heads are the run's own fresh draw
+    out = tmp_path / "continued"
+    assert pretrain_from(codes, published, out, "trainer.max_steps=5", "model.backbone.feature_grad_mult=0") == 0
+    said = capsys.readouterr().err  # the tiny preset's own backbone is 4 x 128: the directory's is used, said once
+    assert said.count(f"--init {published}: the directory's architecture with the tiny recipe: ") == 1
+    assert "dim 32 (the preset's: 128)" in said
+    config = json.loads((out / "config.json").read_text())
+    assert config["init"] == str(published.resolve()) and config["model"]["backbone"]["dim"] == 32
+    recipe = mert_run("tiny", label_sets(16)).model.backbone
+    assert config["model"]["backbone"]["layerdrop"] == recipe.layerdrop != 0.1  # the preset's, not config.json's
+    history = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert history[-1]["step"] == 5 and math.isfinite(history[-1]["loss"])
+    wav = torch.from_numpy(tone(1.0, 24_000, frequency=220.0))
+    start = import_pretrained(published).eval()
+    initial = load_model(out / "initial", device="cpu").extract(wav.numpy(), 24_000, chunk_seconds=None)
+    assert torch.equal(initial, hidden_states(start, wav))
+    final = sorted((out / "checkpoints").glob("step_*"))[-1]
+    continued = import_pretrained(final).eval()
+    assert torch.equal(load_model(final, device="cpu").extract(wav.numpy(), 24_000, chunk_seconds=None),
+                       hidden_states(trained_backbone(final), wav))
+    assert torch.equal(cnn_features(continued, wav), cnn_features(start, wav))  # untouched: equal
+    assert (hidden_states(continued, wav)[-1] - hidden_states(start, wav)[-1]).abs().max() > 1e-3  # trained: moved
+    fresh = load_file(str(sorted((straight / "checkpoints").glob("step_*"))[0] / "training_state" /
+                          "heads.safetensors"))
+    heads = load_file(str(final / "training_state" / "heads.safetensors"))
+    assert heads.keys() == fresh.keys() and heads["cqt_head.weight"].shape == (336, 32)
+    pretrain(codes, out, "trainer.max_steps=6")  # resumed without --init: the record stays
+    assert json.loads((out / "config.json").read_text())["init"] == str(published.resolve())
+
+
+def test_init_of_a_non_mert_damaged_or_conflicting_directory_is_refused(codes, published, tmp_path, capsys):
+    hubert = tmp_path / "hubert"
+    shutil.copytree(published, hubert)
+    config = json.loads((hubert / "config.json").read_text())
+    (hubert / "config.json").write_text(json.dumps({**config, "model_type": "hubert"}))
+    assert pretrain_from(codes, hubert, tmp_path / "run") == 2
+    line, = capsys.readouterr().err.strip().splitlines()
+    assert str(hubert / "config.json") in line and "not a MERT-v1 directory" in line
+    damaged = tmp_path / "damaged"
+    shutil.copytree(published, damaged)
+    weights = damaged / "pytorch_model.bin"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert pretrain_from(codes, damaged, tmp_path / "run") == 2
+    line, = capsys.readouterr().err.strip().splitlines()
+    assert str(weights) in line
+    assert pretrain_from(codes, published, tmp_path / "run", "model.backbone.num_layers=3") == 2
+    line, = capsys.readouterr().err.strip().splitlines()
+    assert str(published / "config.json") in line and "num_layers=3" in line and "num_hidden_layers gives 2" in line
+    faster = tmp_path / "faster"  # a CNN hop of 256: 93.75 frames/s, off the 75 Hz labels
+    shutil.copytree(published, faster)
+    (faster / "config.json").write_text(json.dumps({**config, "conv_stride": [4, 2, 2, 2, 2, 2, 2]}))
+    assert pretrain_from(codes, faster, tmp_path / "run") == 2
+    line, = capsys.readouterr().err.strip().splitlines()
+    assert str(faster / "config.json") in line and "93.75 frames/s" in line and "75 Hz" in line
+    assert not (tmp_path / "run").exists()

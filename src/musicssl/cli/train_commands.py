@@ -31,6 +31,9 @@ def add_pretrain(commands) -> None:
     mert.add_argument("--labels", required=True, nargs="+", metavar="DIR",
                       help="8 codebooks at 75 Hz of 24 kHz audio: a directory from `musicssl labels rvq`, or 8 "
                            "label directories")
+    mert.add_argument("--init", default=None, metavar="DIR",
+                      help="continue pre-training a MERT-v1 directory (e.g. models/MERT-v1-95M): the backbone and "
+                           "its architecture from DIR, the recipe from --preset, fresh heads")
     for sub in (hubert, music2vec, bestrq, musicfm, muq, mert):
         presets = ("95m (MERT-95M), 330m (MERT-330M) or tiny (CPU tests)" if sub is mert else
                    "base (the paper's) or tiny (CPU tests, the demo)"
@@ -52,7 +55,8 @@ def run_pretrain(args) -> int:
     try:
         checkpoint = pretrain(args.method, args.preset, args.data, getattr(args, "labels", None), args.out,
                               args.overrides, args.resume, getattr(args, "variant", "vanilla"),
-                              progress=not args.quiet, rvq=getattr(args, "rvq", None))
+                              progress=not args.quiet, rvq=getattr(args, "rvq", None),
+                              init=getattr(args, "init", None))
     except Interrupted as stopped:  # its one line is printed (by rank 0); a checkpoint is saved
         return stopped.exit_code
     except KeyboardInterrupt:  # the second Ctrl-C: no checkpoint of the current update

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,14 +92,14 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
                   key=lambda p: int(p.name.split("_")[1]))
 
 
-def save_initial(run_dir: Path, backbone: Backbone | MelConformer) -> Path:
+def save_initial(run_dir: Path, backbone: Backbone | MelConformer, export=None) -> Path:
     """Export the backbone as initialised, before any update, to `run_dir/initial` (written
     once). Probing it next to the trained checkpoints isolates what pre-training added: the two
-    differ only by the updates, not by the random draw."""
+    differ only by the updates, not by the random draw. `export`: the task's format (`exporter`)."""
     final = run_dir / INITIAL
     if not final.is_dir():
         with atomic_path(final) as partial:
-            export_backbone(backbone, partial)
+            (export or export_backbone)(backbone, partial)
     return final
 
 
@@ -106,6 +107,13 @@ def export_backbone(backbone: Backbone | MelConformer, directory: Path) -> None:
     """Our backbones as transformers directories; MusicFM's encoder in MuQ's layout (the format
     published for that encoder that keeps a config; interop/musicfm.py)."""
     (export_muq if isinstance(backbone, MelConformer) else export_pretrained)(backbone, directory)
+
+
+def exporter(task: PretrainTask) -> Callable[[Backbone | MelConformer, Path], object]:
+    """How a task's backbone is written: its own format where it has one (MERT's: `MERTTask.export`,
+    a MERT-v1 directory), else `export_backbone`. The checkpoint's weight names are transformers'
+    either way, so `load_checkpoint` reads both."""
+    return getattr(task, "export", export_backbone)
 
 
 def save_checkpoint(run_dir: Path, task: PretrainTask, optimizer, scheduler, scaler, state: TrainState,
@@ -120,7 +128,7 @@ def save_checkpoint(run_dir: Path, task: PretrainTask, optimizer, scheduler, sca
 
 
 def _fill_checkpoint(partial: Path, task: PretrainTask, optimizer, scheduler, scaler, state: TrainState) -> None:
-    export_backbone(task.backbone(), partial)
+    exporter(task)(task.backbone(), partial)
     (partial / STATE).mkdir()
     save_file({k: v.detach().contiguous() for k, v in task.head_state().items()},
               str(partial / STATE / "heads.safetensors"))

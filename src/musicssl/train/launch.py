@@ -22,7 +22,9 @@ from musicssl.train.checkpoint import check_resumable, checkpoint_dirs, find_res
 from musicssl.train.interrupt import stop_on_signals
 from musicssl.train.label_identity import RECORD_KEY, check_resumed_labels, label_identities
 from musicssl.train.lock import run_lock
-from musicssl.train.mert import MERTRun, MERTTask, mert_run
+from musicssl.interop.mert import load_mert
+from musicssl.models.backbone import Backbone
+from musicssl.train.mert import MERTRun, MERTTask, continue_from, mert_run, preset_differences
 from musicssl.train.tasks import (MUSICFM_PRESETS, MUSICHUBERT_PRESETS, BestRQRun, BestRQTask, Music2VecRun,
                                   Music2VecTask, MusicFMRun, MusicFMTask, MusicHubertRun, MusicHubertTask, bestrq_run, check_corpus_holds_a_crop,
                                   measure_mel_statistics, muq_run, music2vec_run, resolve_run)
@@ -51,9 +53,11 @@ def _fitted_rvq(method: str, rvq_dir: str | None):
 
 
 def resolve(method: str, preset: str, labels: str | Sequence[str] | None, overrides: list[str], resume_from: Path | None,
-            variant: str = "vanilla", rvq: MelRVQConfig | None = None):
+            variant: str = "vanilla", rvq: MelRVQConfig | None = None,
+            init: tuple[Path, Backbone] | None = None):
     """A new run: preset + overrides. A resumed run: the checkpoint's config (the architecture
-    never comes from the command line), with only bookkeeping overrides allowed."""
+    never comes from the command line), with only bookkeeping overrides allowed. `init`: MERT's
+    `--init DIR` (DIR, its backbone), whose architecture a new run takes."""
     if resume_from is not None:
         from musicssl.config import apply_overrides
 
@@ -86,8 +90,11 @@ def resolve(method: str, preset: str, labels: str | Sequence[str] | None, overri
     if method == "mert":
         if not labels:
             raise ValueError("mert needs --labels: 8 codebooks at 75 Hz, e.g. one directory from `musicssl labels rvq`")
-        return resolve_run(mert_run(preset, [read_label_set(directory) for directory in _label_dirs(labels)]),
-                           overrides)
+        preset_run = mert_run(preset, [read_label_set(directory) for directory in _label_dirs(labels)])
+        run = resolve_run(preset_run, overrides)
+        if init is not None:
+            run = continue_from(init[1].config, init[0] / "config.json", resolve_run(preset_run, []), run)
+        return run
     recipe = MUSICHUBERT_PRESETS[preset]  # an unknown preset fails before any label is read
     if not labels:
         raise ValueError("musichubert needs --labels: a label directory from `musicssl labels`")
@@ -115,23 +122,31 @@ def _label_dirs(labels: str | Sequence[str]) -> list[str]:
 
 def pretrain(method: str, preset: str, data: str, labels: str | Sequence[str] | None, out: str, overrides: list[str],
              resume: str | None = None, variant: str = "vanilla", progress: bool = True,
-             rvq: str | None = None) -> Path | None:
+             rvq: str | None = None, init: str | None = None) -> Path | None:
     """Train into `out` (resuming its newest intact checkpoint), holding `out/.lock` throughout;
     a SIGINT/SIGTERM stops at the next update boundary with a checkpoint (`Interrupted`). `rvq`:
-    MuQ's fitted Mel-RVQ directory (`musicssl rvq fit`)."""
+    MuQ's fitted Mel-RVQ directory (`musicssl rvq fit`). `init`: MERT's `--init DIR`, a MERT-v1
+    directory whose backbone a new run starts from (the heads start fresh)."""
     env, device = setup_distributed()
     run_dir = Path(out)
     with run_lock(run_dir, env.is_main, env.world_size), stop_on_signals() as stop:
         return _pretrain_locked(method, preset, data, labels, run_dir, overrides, resume, variant, progress,
-                                env, device, stop, rvq)
+                                env, device, stop, rvq, init)
 
 
 def _pretrain_locked(method, preset, data, labels, run_dir: Path, overrides, resume, variant, progress, env, device,
-                     stop, rvq_dir=None) -> Path | None:
+                     stop, rvq_dir=None, init_dir=None) -> Path | None:
     check_manifest_has_rows(data)  # before the run folder gets a config.json
     rvq = _fitted_rvq(method, rvq_dir)
     resume_from = resume_point(run_dir, resume, method, env)
-    run = resolve(method, preset, labels, overrides, resume_from, variant, rvq.config if rvq else None)
+    # --init: read (and refused if it is not an intact MERT-v1 directory) before anything is written;
+    # a resumed run's checkpoint already holds the continued weights
+    init = (Path(init_dir), load_mert(init_dir)) if init_dir and resume_from is None else None
+    run = resolve(method, preset, labels, overrides, resume_from, variant, rvq.config if rvq else None, init)
+    differences = preset_differences(preset, init[1].config) if init else []
+    if differences and env.is_main:
+        print(f"--init {init[0]}: the directory's architecture with the {preset} recipe: "
+              f"{', '.join(differences[:4])}{' ...' if len(differences) > 4 else ''}", file=sys.stderr)
     backbone = run.model.backbone
     if method in MEL_TARGETS and resume_from is None:  # before the data summary lines: one error line
         if not is_prepared(data):  # a prepared corpus checks its own rate when it opens
@@ -145,12 +160,15 @@ def _pretrain_locked(method, preset, data, labels, run_dir: Path, overrides, res
         run_dir.mkdir(parents=True, exist_ok=True)
         record = {RECORD_KEY: label_identities(_label_dirs(labels))} if labels else {}
         record |= {"rvq": str(Path(rvq_dir).resolve())} if rvq else {}
+        record |= {"init": str(init[0].resolve())} if init else _recorded_init(run_dir) if resume_from else {}
         write_text(run_dir / "config.json", json.dumps({"method": method, **to_dict(run), **record}, indent=2) + "\n")
     loader = UpdateLoader(dataset, plan, run.data.num_workers, pin_memory=device.type == "cuda")
     torch.manual_seed(run.trainer.seed + env.rank)  # dropout differs across ranks, repeats across runs
     task = TASKS[method](run.model, backbone.sample_rate, run.trainer.seed)
     if rvq is not None:  # the fitted codebooks; a resumed run's checkpoint must hold the same
         task.model.quantizer.load_state_dict(rvq.state_dict())
+    if init is not None:  # the published backbone (its mask embedding too); the heads keep their fresh draw
+        task.backbone().load_state_dict(init[1].state_dict())
     if env.is_main:
         print(f"{method}: {sum(p.numel() for p in task.model.parameters()):,} parameters, world size "
               f"{env.world_size}, {plan.accumulation_steps} micro-batch(es) per update, device {device}",
@@ -158,6 +176,15 @@ def _pretrain_locked(method, preset, data, labels, run_dir: Path, overrides, res
     train(task, loader, run.trainer, run_dir, run, env, device, resume_from, progress, stop_requested=stop)
     final = checkpoint_dirs(run_dir)
     return final[-1] if final and env.is_main else None
+
+
+def _recorded_init(run_dir: Path) -> dict:
+    """A resumed run keeps the `--init` directory its first start recorded (config.json is rewritten)."""
+    try:
+        init = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("init")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {"init": init} if init else {}
 
 
 def resume_point(run_dir: Path, resume: str | None, method: str, env) -> Path | None:

@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,6 +17,9 @@ from torch import Tensor, nn
 from musicssl.config import Registry
 from musicssl.data.label_files import CODEBOOKS_JSON, LabelError, LabelSet
 from musicssl.data.pretrain import Batch, DataConfig
+from musicssl.interop.mert import ARCHITECTURE_FIELDS, architecture_conflicts, export_mert
+from musicssl.models.backbone import Backbone
+from musicssl.models.backbone_config import BackboneConfig, backbone_preset
 from musicssl.models.mert import MERT, MERT_CODEBOOKS, MERTConfig, MixtureConfig, mert_config
 from musicssl.train.schedules import ScheduleConfig
 from musicssl.train.tasks import MusicHubertTask, _Task, _tiny_polynomial
@@ -89,6 +94,30 @@ def mert_run(preset: str, label_sets: Sequence[LabelSet]) -> MERTRun:
     return recipe(tuple(label_set.k for label_set in label_sets))
 
 
+def preset_differences(preset: str, found: BackboneConfig) -> list[str]:
+    """The architecture fields in which the `--preset`'s own backbone differs from an `--init`
+    directory's (which wins): said once, so a 95m recipe on a 330M model is not a surprise."""
+    own = backbone_preset(f"mert_{preset}")
+    return [f"{name} {getattr(found, name)!r} (the preset's: {getattr(own, name)!r})" if name != "conv_layers"
+            else "another CNN" for name in ARCHITECTURE_FIELDS if getattr(own, name) != getattr(found, name)]
+
+
+def continue_from(found: BackboneConfig, source: Path, preset: MERTRun, run: MERTRun) -> MERTRun:
+    """`--init DIR`: `run` (the preset with the command line's overrides) on the architecture `found`
+    in the MERT-v1 directory DIR (`source`: its config.json); the recipe (schedule, masks, heads,
+    dropouts, LayerDrop) stays the run's. An architecture value the command line set differently from
+    DIR's, or a model off MERT's 24 kHz grid, is refused in one line naming `source`."""
+    if found.sample_rate != SAMPLE_RATE or abs(found.frame_rate_hz - LABEL_RATE_HZ) > 1e-9:
+        raise ValueError(f"{source}: sample_rate {found.sample_rate}, CNN hop {found.hop}: {found.frame_rate_hz:g} "
+                         f"frames/s; MERT's recipe predicts {LABEL_RATE_HZ:g} Hz codes of {SAMPLE_RATE} Hz audio")
+    conflicts = architecture_conflicts(preset.model.backbone, run.model.backbone, found)
+    if conflicts:
+        raise ValueError(f"{source}: the architecture comes from --init, but the command line sets "
+                         f"{'; '.join(conflicts)}")
+    backbone = dataclasses.replace(run.model.backbone, **{name: getattr(found, name) for name in ARCHITECTURE_FIELDS})
+    return dataclasses.replace(run, model=dataclasses.replace(run.model, backbone=backbone))
+
+
 class MERTTask(MusicHubertTask):
     """MusicHuBERT's task on MERT's model: the mixture of each micro-batch is drawn from its own
     generator keyed like the masks, (seed, update, first item), so it does not depend on the
@@ -96,6 +125,12 @@ class MERTTask(MusicHubertTask):
 
     def __init__(self, config: MERTConfig, sample_rate: int, seed: int):
         _Task.__init__(self, MERT(config), sample_rate, seed)  # MusicHubertTask's would build a MusicHubert
+
+    def export(self, backbone: Backbone, directory: Path) -> Path:
+        """Checkpoints and RUN/initial as MERT-v1 directories (interop/mert.py); MERT-330M's
+        attention_relax rides along in config.json (-1: off, MERT's default)."""
+        relax = self.model.config.attention_relax
+        return export_mert(backbone, directory, relax if relax > 0 else -1.0)
 
     def mixture_generator(self, batch: Batch, update: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, update, int(batch.indices[0]), 2])

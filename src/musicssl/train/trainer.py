@@ -41,7 +41,8 @@ from torch import Tensor, nn
 from musicssl.config import to_dict
 from musicssl.data.pretrain import Batch, UpdateLoader
 from musicssl.models.backbone import Backbone
-from musicssl.train.checkpoint import CHECKPOINTS, TrainState, load_checkpoint, save_checkpoint, save_initial
+from musicssl.train.checkpoint import (CHECKPOINTS, TrainState, exporter, load_checkpoint, save_checkpoint,
+                                      save_initial)
 from musicssl.train.collapse import CollapseConfig, CollapseMonitor
 from musicssl.train.interrupt import Interrupted
 from musicssl.train.schedules import ScheduleConfig, learning_rate, make_scheduler
@@ -238,7 +239,7 @@ def train(task: PretrainTask, loader: UpdateLoader, config: TrainerConfig, run_d
         if env.is_main:
             print(f"resumed from {resume_from} at step {state.step}", file=sys.stderr)
     elif env.is_main:
-        save_initial(run_dir, task.backbone())
+        save_initial(run_dir, task.backbone(), exporter(task))
     logger = Logger(run_dir, env.is_main, config.max_steps, state.step, progress)
     monitor = CollapseMonitor(config.collapse, run_dir, env.is_main, resumed=resume_from is not None)
     nonfinite_in_row, empty_in_row, window, started = 0, 0, defaultdict(float), time.perf_counter()
