@@ -86,13 +86,16 @@ def test_registry_registers_by_decorator_and_refuses_a_name_twice():
     (lambda: musichubert_run("huge", 8, 50.0), "unknown musichubert preset 'huge'; known: base, tiny"),
     (lambda: music2vec_run("huge"), "unknown music2vec preset 'huge'; known: base, tiny"),
     (lambda: music2vec_run("tiny", "span7"), "unknown Music2Vec variant 'span7'; known: vanilla, span5, span15"),
-    (lambda: backbone_preset("huge"), "unknown backbone preset 'huge'; known: hubert_base, data2vec_base"),
+    # (other modules register more backbone presets when imported: the order is the import order)
+    (lambda: backbone_preset("huge"), "unknown backbone preset 'huge'; known: "),
     (lambda: DEMO_PRESETS["huge"], "unknown demo preset 'huge'; known: demo, smoke"),
 ])
 def test_every_preset_family_names_its_presets(lookup, message):
     with pytest.raises(ConfigError) as error:
         lookup()
     assert str(error.value).startswith(message)
+    if "backbone" in message:
+        assert {"hubert_base", "data2vec_base"} <= set(str(error.value).split("known: ")[1].split(", "))
 
 
 def test_a_longer_run_keeps_the_presets_warmup_share_unless_the_warmup_is_set():
