@@ -137,12 +137,12 @@ def summary(result: dict) -> str:
 
 def host() -> str:
     """The CPU's model name and the ISA this run uses: ATen's kernel choice and native bf16."""
+    from backbone_speed import cpu_name
+
     from musicssl.extract import NATIVE_BF16_FLAGS, cpu_flags
 
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
     bf16 = sorted(cpu_flags() & set(NATIVE_BF16_FLAGS)) or ["no native bf16"]
-    return f"{model}; torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, {', '.join(bf16)}"
+    return f"{cpu_name()}; torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, {', '.join(bf16)}"
 
 
 def ceiling(preset: str, window: float, device: str, reference_rate: float) -> float:

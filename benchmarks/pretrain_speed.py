@@ -117,7 +117,7 @@ def reference_step(model, optimizer, wav, dtype, teacher_pass: bool, update: int
 
 
 def measure(method: str, dtypes: list[str], steps: int, device: torch.device, k: int = 500, preset: str = "base",
-            batch: int = 2, samples: int = 80_000, compile_backend: str = "") -> dict:
+            batch: int = 2, samples: int | None = None, compile_backend: str = "") -> dict:
     """Median seconds per step of ours and transformers per dtype (interleaved rounds after the
     warm-up, which also pays torch.compile's tracing), the matmul peaks and the step's FLOPs."""
     backbone_speed.DEVICE = device  # autocast, matmul peak and timing follow it
@@ -128,7 +128,7 @@ def measure(method: str, dtypes: list[str], steps: int, device: torch.device, k:
     optimizers = {"ours": torch.optim.AdamW(trained, lr=1e-5),
                   "hf": torch.optim.AdamW(reference.parameters(), lr=1e-5)}
     mel_model = method in ("musicfm", "muq")
-    samples = 120_000 if mel_model and samples == 80_000 else samples  # 5 s at their 24 kHz
+    samples = samples or 5 * ours.config.backbone.sample_rate  # 5 s at the model's rate
     wav = torch.randn(batch, samples, device=device)
     frames = samples // ours.config.backbone.hop if mel_model else conv_frames(samples, ours.config.backbone.conv_layers)[-1]
     # labels at 100 Hz: two per 50 Hz frame (498 for 5 s)
@@ -160,14 +160,14 @@ def measure(method: str, dtypes: list[str], steps: int, device: torch.device, k:
     if teacher:  # the teacher's forward: the Transformer only (the CNN and projection are the student's)
         flops += teacher_flops(ours.config.backbone, batch, frames)
     median = {key: statistics.median(values) for key, values in times.items()}
-    return {"median": median, "peaks": peaks, "flops": flops, "batch": batch, "samples": samples}
+    return {"median": median, "peaks": peaks, "flops": flops, "batch": batch, "samples": samples,
+            "sample_rate": ours.config.backbone.sample_rate}
 
 
 def print_result(result: dict, method: str, threads: int, k: int, device: torch.device) -> None:
     median, peaks, flops = result["median"], result["peaks"], result["flops"]
-    rate = 24_000 if method in ("musicfm", "muq") else 16_000
     print(f"{method}: torch {torch.__version__}, device {device}, {threads} threads, "
-          f"batch {result['batch']} x {result['samples'] / rate:g} s, k = {k}, "
+          f"batch {result['batch']} x {result['samples'] / result['sample_rate']:g} s, k = {k}, "
           f"matmul peak {', '.join(f'{d} {p:.0f} GFLOP/s' for d, p in peaks.items())}")
     print(f"{'model':6s} {'dtype':5s} {'s/step':>8s} {'steps/s':>8s} {'MFU':>6s}")
     for (name, dtype), seconds in median.items():

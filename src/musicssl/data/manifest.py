@@ -132,10 +132,10 @@ def recorded_sample_rate(path: str | Path) -> int | None:
         return None
 
 
-def check_sample_rate(path: str | Path, sample_rate: int, rows: int = 3) -> None:
+def check_sample_rate(path: str | Path, sample_rate: int, manifest: Manifest | None = None, rows: int = 3) -> None:
     """A manifest's sample counts are at one rate: read at another, every file looks changed. The
     rate `musicssl manifest` recorded, or for a manifest without the record (older, hand-made) the
-    rate the first readable rows' headers imply."""
+    rate the first readable rows' headers imply. `manifest`: `path` already read (not read again)."""
     again = f"list the audio again with `musicssl manifest AUDIO_DIR -o DIR --sample-rate {sample_rate}`"
     recorded = recorded_sample_rate(path)
     if recorded is not None:
@@ -143,7 +143,7 @@ def check_sample_rate(path: str | Path, sample_rate: int, rows: int = 3) -> None
             raise ManifestError(f"{path}: its sample counts are at {recorded} Hz, this model reads {sample_rate} Hz; "
                                 f"{again}")
         return
-    manifest = read_manifest(path)
+    manifest = manifest if manifest is not None else read_manifest(path)
     for index in range(min(rows, len(manifest))):
         try:
             info = audio.audio_info(manifest.path(index))

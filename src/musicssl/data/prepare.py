@@ -97,9 +97,9 @@ def prepare(manifest_dir: str | Path, out_dir: str | Path, sample_rate: int = 16
 
 def _plan_split(manifest_dir: Path, out_dir: Path, split: str, sample_rate: int,
                 num_shards: int | None) -> tuple[str, int, int, str, str]:
-    if not is_prepared(manifest_dir):
-        check_sample_rate(manifest_dir / f"{split}.tsv", sample_rate)
     manifest = read_manifest(manifest_dir / f"{split}.tsv")
+    if not is_prepared(manifest_dir):
+        check_sample_rate(manifest_dir / f"{split}.tsv", sample_rate, manifest)
     if len(manifest) == 0:
         raise ValueError(f"{manifest_dir / f'{split}.tsv'}: no rows to prepare")
     n = num_shards if num_shards is not None else -(-len(manifest) // ROWS_PER_SHARD)

@@ -388,9 +388,9 @@ def build_pretrain_data(manifest_dir: str | Path, split: str = "train",
     several on one grid), each ``{split}.km`` is checked against the manifest first: made from these
     rows (their fingerprint), a row and frame count per row (every rank checks; rank 0 prints the
     summary lines)."""
-    if not is_prepared(manifest_dir):  # a prepared corpus says its own rate (PreparedCorpus)
-        check_sample_rate(Path(manifest_dir) / f"{split}.tsv", sample_rate)
     manifest = read_manifest(Path(manifest_dir) / f"{split}.tsv")
+    if not is_prepared(manifest_dir):  # a prepared corpus says its own rate (PreparedCorpus)
+        check_sample_rate(Path(manifest_dir) / f"{split}.tsv", sample_rate, manifest)
     labels, grid = None, None
     if label_dir is not None:
         directories = [label_dir] if isinstance(label_dir, (str, Path)) else list(label_dir)

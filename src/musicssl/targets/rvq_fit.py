@@ -149,7 +149,7 @@ def fit_mel_rvq(data: str | Path, out: str | Path, run: RVQFitRun, device: str =
     if len(manifest) == 0:
         raise ValueError(f"{source}: the manifest has no rows")
     config, fit = run.model, run.fit
-    check_sample_rate(source, config.sample_rate)
+    check_sample_rate(source, config.sample_rate, manifest)
     crop = round(fit.crop_seconds * config.sample_rate)
     # one token at least, and more samples than the STFT's reflect padding needs
     shortest = max(round(fit.min_seconds * config.sample_rate), config.token_hop, config.n_fft // 2 + 1)

@@ -149,9 +149,10 @@ def _pretrain_locked(method, preset, data, labels, run_dir: Path, overrides, res
               f"{', '.join(differences[:4])}{' ...' if len(differences) > 4 else ''}", file=sys.stderr)
     backbone = run.model.backbone
     if method in MEL_TARGETS and resume_from is None:  # before the data summary lines: one error line
+        manifest = read_manifest(Path(data) / "train.tsv")
         if not is_prepared(data):  # a prepared corpus checks its own rate when it opens
-            check_sample_rate(Path(data) / "train.tsv", backbone.sample_rate)
-        check_corpus_holds_a_crop(read_manifest(Path(data) / "train.tsv"), run.data.crop_seconds, backbone.sample_rate)
+            check_sample_rate(Path(data) / "train.tsv", backbone.sample_rate, manifest)
+        check_corpus_holds_a_crop(manifest, run.data.crop_seconds, backbone.sample_rate)
     dataset, plan = build_pretrain_data(data, "train", _label_dirs(labels) if labels else None, backbone.sample_rate,
                                         run.data, backbone.normalize_waveform, env.world_size, env.rank)
     if method in MEL_TARGETS and run.model.mel_mean is None:  # a new run: its targets' statistics, kept in its config

@@ -354,9 +354,9 @@ class BestRQTask(_Task):
     def load_head_state(self, state: dict[str, Tensor]) -> None:
         """The checkpoint's quantiser and mel statistics must be the ones this run's config makes
         (or, for MuQ, the fitted Mel-RVQ this run was given)."""
-        frozen = [name for name in self.model.state_dict() if name.startswith("quantizer.") or name == "mel_statistics"]
-        for name in frozen:
-            mine = self.model.state_dict()[name]
+        own = self.model.state_dict()
+        for name in (n for n in own if n.startswith("quantizer.") or n == "mel_statistics"):
+            mine = own[name]
             if name not in state or state[name].shape != mine.shape or not torch.equal(state[name], mine):
                 raise ValueError(f"checkpoint {name} differs from this run's targets (quantiser seed "
                                  f"{self.model.config.quantizer_seed}, mel statistics {self.model.config.mel_mean}, "
