@@ -169,6 +169,21 @@ class RandomProjectionQuantizer(nn.Module):
 # waveform masking (MusicFM)
 
 
+def tokens_per_length(wav: Tensor, lengths: Tensor, hop: int, num_codebooks: int, tokenize,
+                      min_samples: int = 0) -> Tensor:
+    """(B, n), (B,) -> (B, n // hop, S) token ids, -1 past each item's whole tokens: `tokenize`
+    (b, length) -> (b, T', S) runs on the items of each length together, on their own samples only,
+    so padding never changes a target. Items shorter than `min_samples` get no tokens."""
+    tokens = torch.full((wav.shape[0], wav.shape[1] // hop, num_codebooks), -1, dtype=torch.long, device=wav.device)
+    for length in torch.unique(lengths).tolist():
+        count = length // hop
+        if count == 0 or length < min_samples:
+            continue
+        rows = (lengths == length).nonzero().squeeze(1)
+        tokens[rows, :count] = tokenize(wav[rows, :length])[:, :count]
+    return tokens
+
+
 def waveform_block_mask(wav: Tensor, lengths: Tensor, frames: int, hop: int, block_samples: int, prob: float,
                         noise_std: float, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
     """MusicFM's masking: whole blocks of `block_samples` (a trailing partial block never), each
@@ -220,16 +235,13 @@ class BestRQ(nn.Module):
 
     def _targets(self, wav: Tensor, lengths: Tensor) -> Tensor:
         config = self.config
-        tokens = torch.full((wav.shape[0], wav.shape[1] // config.backbone.hop, config.num_codebooks), -1,
-                            dtype=torch.long, device=wav.device)
-        for length in torch.unique(lengths).tolist():
-            rows = (lengths == length).nonzero().squeeze(1)
-            count = length // config.backbone.hop
-            if count == 0 or length <= config.n_fft // 2:
-                continue
-            mel = (self.log_mel(wav[rows, :length]) - config.mel_mean) / config.mel_std  # (b, t, M)
-            tokens[rows, :count] = self.quantizer(stack_frames(mel, config.frames_per_token))[:, :count]
-        return tokens
+
+        def tokenize(items: Tensor) -> Tensor:
+            mel = (self.log_mel(items) - config.mel_mean) / config.mel_std  # (b, t, M)
+            return self.quantizer(stack_frames(mel, config.frames_per_token))
+
+        return tokens_per_length(wav, lengths, config.backbone.hop, config.num_codebooks, tokenize,
+                                 min_samples=config.n_fft // 2 + 1)
 
     def forward(self, wav: Tensor, lengths: Tensor | None, mask: Tensor | None = None,
                 generator=None) -> dict[str, Tensor]:

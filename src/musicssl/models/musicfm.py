@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from musicssl.models.bestrq import (LogMel, RandomProjectionQuantizer, masked_prediction_losses, stack_frames,
-                                    waveform_block_mask)
+                                    tokens_per_length, waveform_block_mask)
 from musicssl.models.conformer import ConformerConfig, ConformerEncoder
 from musicssl.models.masking import numpy_generator
 from musicssl.models.mel_rvq import MelRVQ, MelRVQConfig
@@ -294,15 +294,9 @@ class MusicFMPretrain(nn.Module):
         """(B, n), (B,) -> (B, n // hop, S) token ids, -1 past each item's whole tokens."""
         if isinstance(self.quantizer, MelRVQ):
             return self.quantizer.tokens(wav, lengths)
-        hop = self.config.backbone.hop
-        tokens = torch.full((wav.shape[0], wav.shape[1] // hop, self.config.num_codebooks), -1, dtype=torch.long,
-                            device=wav.device)
-        for length in torch.unique(lengths).tolist():
-            rows, count = (lengths == length).nonzero().squeeze(1), length // hop
-            if count:
-                mel = self.backbone.normalized_mel(wav[rows, :length])  # (b, t, M)
-                tokens[rows, :count] = self.quantizer(stack_frames(mel, self.config.frames_per_token))[:, :count]
-        return tokens
+        return tokens_per_length(  # (b, t, M) normalised mel -> stacked frames -> tokens
+            wav, lengths, self.config.backbone.hop, self.config.num_codebooks,
+            lambda items: self.quantizer(stack_frames(self.backbone.normalized_mel(items), self.config.frames_per_token)))
 
     def forward(self, wav: Tensor, lengths: Tensor | None, mask: Tensor | None = None,
                 generator=None) -> dict[str, Tensor]:
