@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: test test-portability demo venv clean-venv bench fairseq-venv parity-convert parity-fairseq parity-bestrq \
-	musicfm-src-set parity-muq parity-muq-model parity-cqt
+	musicfm-src-set parity-mel parity-muq parity-muq-model parity-cqt
 
 venv: $(STAMP)
 
@@ -88,6 +88,25 @@ musicfm-src-set:
 parity-bestrq: musicfm-src-set $(STAMP) $(MUSICFM_STAMP)
 	OMP_NUM_THREADS=2 MUSICFM_VENV=$(MUSICFM_VENV) $(PY) benchmarks/bestrq_parity.py --musicfm-src $(MUSICFM_SRC) \
 		$(PARITY_ARGS)
+
+# The same comparisons with a real torchaudio beside MusicFM's code, which adds the whole target path
+# from the waveform: MusicFM's MelSTFT (torchaudio MelSpectrogram + AmplitudeToDB) against our LogMel,
+# and its tokens against ours. No torchaudio build on the registry loads beside our pinned torch
+# 2.13, so this venv holds the newest pair that installs here: torch 2.9.1 (a CUDA build, run on the
+# CPU; about 7 GB) and torchaudio 2.9. Seconds to run once installed.
+TORCHAUDIO_VENV := .venv-torchaudio
+TORCHAUDIO_STAMP := $(TORCHAUDIO_VENV)/.installed
+
+$(TORCHAUDIO_STAMP):
+	test -x $(TORCHAUDIO_VENV)/bin/python || $(PYTHON) -m venv $(TORCHAUDIO_VENV)
+	$(TORCHAUDIO_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TORCHAUDIO_VENV)/bin/python -m pip install --quiet torch==2.9.1 torchvision==0.24.1
+	$(TORCHAUDIO_VENV)/bin/python -m pip install --quiet torch==2.9.1 "torchaudio==2.9.*" einops numpy
+	touch $(TORCHAUDIO_STAMP)
+
+parity-mel: musicfm-src-set $(STAMP) $(TORCHAUDIO_STAMP)
+	OMP_NUM_THREADS=2 MUSICFM_VENV=$(TORCHAUDIO_VENV) $(PY) benchmarks/bestrq_parity.py --musicfm-src $(MUSICFM_SRC) \
+		--require-torchaudio
 
 # The Mel-RVQ tokenizer against MuQ's own ResidualVectorQuantize (the `muq` package on PyPI, MIT),
 # run in its own venv: torch, einops, numpy and muq without its dependencies (its __init__ pulls in

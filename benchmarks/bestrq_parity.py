@@ -1,10 +1,12 @@
 """BEST-RQ parity with MusicFM's own code: the random-projection quantiser (matrices from a seed,
-tokens of the same frames), the waveform masking (block structure, mask rate, noise) and the
-Conv2d front end (MusicFM's weights, the same mel). Exits 1
+tokens of the same frames), the waveform masking (block structure, mask rate, noise), the
+Conv2d front end (MusicFM's weights, the same mel) and, where the reference venv has torchaudio,
+the whole target path from the waveform (MelSTFT's dB-mel and the tokens). Exits 1
 when a comparison fails, and when no MusicFM source is given.
 
     make parity-bestrq MUSICFM_SRC=DIR      # DIR: a checkout of github.com/minzwon/musicfm
-    .venv/bin/python benchmarks/bestrq_parity.py --musicfm-src DIR [--write-fixtures]
+    make parity-mel MUSICFM_SRC=DIR         # the same in a venv with torchaudio (+ the waveform targets)
+    .venv/bin/python benchmarks/bestrq_parity.py --musicfm-src DIR [--write-fixtures] [--require-torchaudio]
 
 Our side runs here; MusicFM's in its own venv (`.venv-musicfm`: torch, einops, numpy), through
 benchmarks/musicfm_side.py, the frames and answers exchanged as .npz files in a temporary folder.
@@ -33,11 +35,12 @@ import torch
 from safetensors.numpy import save_file
 from scipy import stats
 
-from musicssl.models.bestrq import LogMel, RandomProjectionQuantizer, stack_frames, waveform_block_mask
-from musicssl.models.musicfm import Conv2dSubsampling
+from musicssl.models.bestrq import LogMel, RandomProjectionQuantizer, mel_filterbank, stack_frames, waveform_block_mask
+from musicssl.models.musicfm import Conv2dSubsampling, MusicFMPretrain, musicfm_pretrain_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.models.musicfm_cases
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.models.musicfm_cases, tests.numerics
 from tests.models.musicfm_cases import CODE_DIM, QUANTIZER_CASES, case_frames  # noqa: E402
+from tests.numerics import float64_calibrated  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_PYTHON = ROOT / os.environ.get("MUSICFM_VENV", ".venv-musicfm") / "bin" / "python"
@@ -137,10 +140,81 @@ def compare_masking(reference: dict, settings: dict, table: list) -> None:
                   f"{2 * bound:.1e})", f"{difference:.1e}", difference <= 2 * bound))
 
 
+# MusicFM's whole target path on a waveform: MuQ's MSD mel statistics stand in for a stats file.
+TARGETS_CASE = {"seed": 142, "mean": 6.768, "std": 18.418, "items": 2, "seconds": 6.0}
+
+
+def targets_wav() -> np.ndarray:
+    """(items, n) float32 at 24 kHz: notes with harmonics, a vibrato and a little noise."""
+    rng = np.random.default_rng(17)
+    samples = int(TARGETS_CASE["seconds"] * 24000)
+    t = np.arange(samples) / 24000
+    items = []
+    for _ in range(TARGETS_CASE["items"]):
+        freq = np.repeat(82.4 * 2 ** (rng.integers(0, 36, 24) / 12), samples // 24 + 1)[:samples]
+        phase = 2 * np.pi * np.cumsum(freq * (1 + 0.003 * np.sin(2 * np.pi * 5 * t))) / 24000
+        items.append(sum(np.sin(k * phase) / k for k in range(1, 8)) * 0.2 + 0.01 * rng.standard_normal(samples))
+    return np.stack(items).astype(np.float32)
+
+
+def float64_log_mel(wav: np.ndarray) -> torch.Tensor:
+    """The same definition in float64 (filterbank included): the truth both float32 mels round from."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        bank = mel_filterbank(24000, 2048, 128)  # (F, M)
+    finally:
+        torch.set_default_dtype(previous)
+    window = torch.hann_window(2048, dtype=torch.float64)
+    spectrum = torch.stft(torch.from_numpy(wav).double(), 2048, 240, window=window, center=True, pad_mode="reflect",
+                          return_complex=True)
+    mel = spectrum.abs().pow(2).transpose(-1, -2) @ bank  # (B, T + 1, M)
+    return 10.0 * torch.log10(torch.clamp(mel, min=1e-10))[:, :-1]
+
+
+def compare_targets(reference: dict, wav: np.ndarray, table: list) -> None:
+    """Our LogMel and MusicFMPretrain.targets against MusicFM's MelSTFT (torchaudio) and its target
+    functions. Both mels are float32 roundings of one float64 definition: |ours - theirs| must stay
+    within `float64_calibrated`'s multiple of their own error. Tokens: argmin over distances of the
+    normalised projection, so a token may flip only where its two codes are nearer to tie than the
+    two projections are apart (|d(x, c) - d(y, c)| <= |x - y| for unit codes c): each flip is checked."""
+    bank = LogMel(24000, 2048, 240, 128).filterbank
+    theirs_bank = torch.from_numpy(reference["targets/filterbank"])
+    bank_difference = float((bank - theirs_bank).abs().max())
+    table.append(("targets", "mel filterbank (1025, 128): max |ours - torchaudio| (values in [0, 1])",
+                  f"{bank_difference:.1e}", bank_difference <= 64 * 2.0**-24))
+    ours_mel = LogMel(24000, 2048, 240, 128)(torch.from_numpy(wav))  # (B, T, M)
+    theirs_mel = torch.from_numpy(reference["targets/mel"]).transpose(1, 2)
+    error, tolerance = float64_calibrated(ours_mel, theirs_mel, float64_log_mel(wav))
+    table.append(("targets", f"dB-mel {tuple(ours_mel.shape)}: max |ours - MelSTFT| dB (float64-calibrated bound "
+                  f"{tolerance:.1e})", f"{error:.1e}", ours_mel.shape == theirs_mel.shape and error <= tolerance))
+    config = musicfm_pretrain_config("tiny").with_mel_statistics(TARGETS_CASE["mean"], TARGETS_CASE["std"])
+    model = MusicFMPretrain(config).eval()
+    batch = torch.from_numpy(wav)
+    ours = model.targets(batch, torch.full((len(wav),), wav.shape[1]))[..., 0]  # (B, T / 4)
+    theirs = torch.from_numpy(reference["targets/tokens"]).long()
+    flips = (ours != theirs).nonzero().tolist()
+    explained = 0
+    if flips:
+        quantizer = model.quantizer
+        normalised = [stack_frames((mel - TARGETS_CASE["mean"]) / TARGETS_CASE["std"], 4)
+                      for mel in (ours_mel, theirs_mel)]
+        projected = [torch.nn.functional.normalize(x @ quantizer.projection[0], dim=-1) for x in normalised]
+        codes = torch.nn.functional.normalize(quantizer.codebook[0], dim=-1)
+        for item, token in flips:
+            x, y = projected[0][item, token], projected[1][item, token]
+            gap = float((x - codes[theirs[item, token]]).norm() - (x - codes[ours[item, token]]).norm())
+            explained += gap <= float((x - y).norm()) + 1e-6  # + cdist's own rounding of a unit-norm distance
+    table.append(("targets", f"tokens {tuple(ours.shape)}: differing from MusicFM's (each a near-tie: "
+                  f"{explained} of them)", str(len(flips)), explained == len(flips)))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--musicfm-src", default=os.environ.get("MUSICFM_SRC", ""))
     parser.add_argument("--write-fixtures", action="store_true")
+    parser.add_argument("--require-torchaudio", action="store_true",
+                        help="fail unless the reference venv ran the waveform targets (make parity-mel)")
     args = parser.parse_args()
     if not args.musicfm_src:
         print("parity-bestrq: MUSICFM_SRC is unset; MusicFM is on no package registry: clone "
@@ -153,10 +227,11 @@ def main() -> int:
     frames = {name: case_frames(name, dim, count) for name, dim, _, _, count in QUANTIZER_CASES}
     frames["mel_256"] = mel_frames()
     frames["conv/mel"] = conv_input()
+    frames["targets/wav"] = targets_wav()
     masking = {"seed": 11, "batch": 64, "samples": 24000 * 30, "mask_hop": 0.4, "mask_prob": 0.6}
     cases = {"quantizer": [{"name": name, "input_dim": dim, "code_dim": CODE_DIM, "codebook_size": k, "seed": seed}
                            for name, dim, k, seed, _ in QUANTIZER_CASES + [("mel_256", 256, 4096, 142, 0)]],
-             "masking": masking, "conv": CONV_CASE}
+             "masking": masking, "conv": CONV_CASE, "targets": TARGETS_CASE}
     with tempfile.TemporaryDirectory() as job_dir:
         job = Path(job_dir)
         (job / "cases.json").write_text(json.dumps(cases))
@@ -168,6 +243,11 @@ def main() -> int:
     fixture = compare(reference, frames, table)
     compare_masking(reference, masking, table)
     fixture.update(compare_conv(reference, frames["conv/mel"], table))
+    if "targets/mel" in reference:
+        compare_targets(reference, frames["targets/wav"], table)
+    else:
+        table.append(("targets", "waveform targets: the reference venv has no torchaudio (make parity-mel runs them)",
+                      "skipped", not args.require_torchaudio))
     for case, what, value, ok in table:
         print(f"{'ok  ' if ok else 'FAIL'} {case:20s} {what:75s} {value}")
     failed = [row for row in table if not row[3]]

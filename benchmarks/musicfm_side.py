@@ -7,7 +7,10 @@ benchmarks/bestrq_parity.py wrote.
 JOB_DIR/cases.json lists the cases, JOB_DIR/inputs.npz holds their frames; the answers go to
 JOB_DIR/musicfm.npz. MUSICFM_SRC is a checkout of github.com/minzwon/musicfm; its modules import
 each other as `musicfm.modules...`, so it is reached through a link named `musicfm`. torchaudio is
-stubbed when absent: only MelSTFT uses it, and nothing here builds one.
+stubbed when absent: only MelSTFT uses it. Where the venv has a real torchaudio (`make parity-mel`),
+the `targets` case runs MusicFM's whole target path on a waveform: MelSTFT (torchaudio's
+MelSpectrogram + AmplitudeToDB), the last frame dropped, the global statistics, 4 frames stacked,
+the quantiser (MusicFM25Hz.preprocessing / normalize / rearrange, its own functions).
 """
 
 from __future__ import annotations
@@ -53,6 +56,24 @@ def conv_front_end(conv_class, case: dict, mel: np.ndarray) -> dict[str, np.ndar
     return {**state, "conv/output": output.numpy()}
 
 
+def waveform_targets(model_class, case: dict, wav: np.ndarray) -> dict[str, np.ndarray]:
+    """MusicFM's own target functions on (B, n) float32 audio at 24 kHz: its dB-mel (B, M, T)
+    after `preprocessing` (the last frame dropped) and its tokens (B, T / 4)."""
+    from musicfm.modules.features import MelSTFT
+    from musicfm.modules.random_quantizer import RandomProjectionQuantizer
+    key = "melspec_2048"
+    # the three functions read only these fields of the model (the rest needs its weights)
+    fields = types.SimpleNamespace(
+        **{f"preprocessor_{key}": MelSTFT(n_fft=2048, hop_length=240, is_db=True),
+           f"quantizer_{key}": RandomProjectionQuantizer(512, 16, 4096, seed=case["seed"]),
+           "stat": {f"{key}_mean": case["mean"], f"{key}_std": case["std"]}})
+    mel = model_class.preprocessing(fields, torch.from_numpy(wav), features=[key])
+    stacked = model_class.rearrange(fields, model_class.normalize(fields, {key: mel[key].clone()}))
+    tokens = getattr(fields, f"quantizer_{key}")(stacked[key])
+    filterbank = getattr(fields, f"preprocessor_{key}").mel_stft.mel_scale.fb
+    return {"targets/mel": mel[key].numpy(), "targets/tokens": tokens.numpy(), "targets/filterbank": filterbank.numpy()}
+
+
 def main() -> int:
     job, source = Path(sys.argv[1]), Path(sys.argv[2])
     quantizer_class, model_class, conv_class = import_musicfm(source)
@@ -76,6 +97,8 @@ def main() -> int:
     out["masking/token_mask"] = tokens.numpy()
     out["masking/noise"] = noised[noised != 0].numpy()
     out.update(conv_front_end(conv_class, cases["conv"], inputs["conv/mel"]))
+    if "targets" in cases and hasattr(sys.modules["torchaudio"], "transforms"):  # a real torchaudio
+        out.update(waveform_targets(model_class, cases["targets"], inputs["targets/wav"]))
     np.savez(job / "musicfm.npz", **out)
     return 0
 
