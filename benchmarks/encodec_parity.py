@@ -78,8 +78,8 @@ def main() -> int:
         failed += ([] if error <= tolerance else [f"{name} latents"]) + ([] if not failures else [f"{name} codes"])
     if args.write_fixtures and not failed:
         _, samples, seed = CASES[0]
-        save_file({"pinned/codes": reference["pinned/codes"].astype(np.int64),
-                   "pinned/latents": reference["pinned/latents"]}, str(FIXTURE),
+        save_file({"pinned/codes": np.ascontiguousarray(reference["pinned/codes"], dtype=np.int64),
+                   "pinned/latents": np.ascontiguousarray(reference["pinned/latents"])}, str(FIXTURE),
                   metadata={"encodec": "0.1.1", "weight_seed": str(WEIGHT_SEED), "samples": str(samples),
                             "seed": str(seed)})
         print(f"wrote {FIXTURE.relative_to(ROOT)} ({FIXTURE.stat().st_size / 1024:.0f} KB)")
