@@ -103,6 +103,12 @@ def test_a_download_whose_sha256_does_not_match_its_name_is_refused(tmp_path):
         load_encodec(path)
 
 
+def test_a_pickle_of_something_else_is_refused_naming_what_was_expected(tmp_path):
+    path = write_checkpoint(tmp_path / "list.th", [torch.zeros(3)])
+    with pytest.raises(ValueError, match="list.th: an EnCodec state dict is a dict, found list"):
+        load_encodec(path)
+
+
 class RunsCode:
     def __reduce__(self):
         return os.system, ("echo pwned",)

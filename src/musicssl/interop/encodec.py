@@ -118,7 +118,7 @@ def load_encodec(path: str | Path, config: EncodecConfig = EncodecConfig()) -> t
     """(the tokenizer in eval mode, the file's sha256). A file named as EnCodec names its downloads
     (`encodec_24khz-d7cc33bc.th`) must start its sha256 with those digits, as `encodec` checks."""
     path = Path(path)
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, kind="an EnCodec state dict")
     sha = file_sha256(path)
     named = PUBLISHED_NAME.match(path.stem)
     if named and not sha.startswith(named.group(1)):

@@ -13,10 +13,10 @@ Everything mirrors the `encodec` package 0.1.1 (facebookresearch/encodec, MIT; [
 causal=True)` with its defaults (n_filters 32, ratios [8, 5, 4, 2] applied in reverse, dimension
 128, one residual unit per stage of kernels [3, 1], compress 2, a 1 x 1 convolution as the
 shortcut (true_skip False), ELU alpha 1, reflect padding, 2 LSTM layers), `audio_normalize=False`
-and `segment=None` (the whole input in one pass, no rescaling) [E model.py:282-300]. The quantiser
-holds 32 codebooks of 1,024 x 128 (`n_q = 1000 * 24 // (75 * 10)`, `bins=1024`, [E model.py:225-231]);
+and `segment=None` (the whole input in one pass, no rescaling) [E model.py:265-281]. The quantiser
+holds 32 codebooks of 1,024 x 128 (`n_q = 1000 * 24 // (75 * 10)`, `bins=1024`, [E model.py:232-237]);
 a bandwidth of 6 kbps uses the first `floor(6 / (log2(1024) * 75 / 1000)) = 8`
-[E quantization/vq.py:83-97]. The float32 operations are EnCodec's, in its layouts (weight norm as
+[E quantization/vq.py:86-98]. The float32 operations are EnCodec's, in its layouts (weight norm as
 `torch._weight_norm(v, g, 0)`, the distance formula, `max(...).indices`), so the same weights give
 the same latents and codes (`make parity-encodec`, tests/models/test_encodec.py).
 
@@ -39,16 +39,16 @@ class EncodecConfig:
     """EnCodec 24 kHz as `encodec_model_24khz` builds it; the only EnCodec we read (the 48 kHz model is
     stereo, non-causal, normalised and segmented: another architecture)."""
 
-    sample_rate: int = 24_000  # [E model.py:286]
-    channels: int = 1  # mono [E model.py:287]
-    n_filters: int = 32  # SEANetEncoder default [E seanet.py:87]
+    sample_rate: int = 24_000  # [E model.py:272]
+    channels: int = 1  # mono [E model.py:273]
+    n_filters: int = 32  # SEANetEncoder default [E seanet.py:91]
     ratios: tuple[int, ...] = (8, 5, 4, 2)  # the decoder's order; the encoder downsamples by 2, 4, 5, 8
     dimension: int = 128  # SEANetEncoder default: the latent and code width
     kernel_size: int = 7  # the first and the last convolution
     residual_kernel_size: int = 3  # a residual unit's kernels are [3, 1], dilations [1, 1]
     compress: int = 2  # a residual unit's hidden width is C / 2
     lstm_layers: int = 2
-    codebook_size: int = 1024  # `bins` [E model.py:230]
+    codebook_size: int = 1024  # `bins` [E model.py:236]
     total_codebooks: int = 32  # n_q for 24 kbps, the largest target bandwidth
     bandwidth_kbps: float = 6.0  # MERT-v1's codes: 8 codebooks
     normalize: bool = False  # `audio_normalize=False`: no per-segment volume rescaling
@@ -64,7 +64,7 @@ class EncodecConfig:
 
     @property
     def num_codebooks(self) -> int:
-        """Codebooks at `bandwidth_kbps`: each carries log2(bins) bits per frame [E vq.py:88-97]."""
+        """Codebooks at `bandwidth_kbps`: each carries log2(bins) bits per frame [E vq.py:86-98]."""
         per_codebook = math.log2(self.codebook_size) * self.frame_rate / 1000
         return int(max(1, math.floor(self.bandwidth_kbps / per_codebook)))  # 8
 
@@ -78,7 +78,7 @@ class EncodecConfig:
 
 
 def _reflect_pad(x: Tensor, left: int, right: int) -> Tensor:
-    """EnCodec's `pad1d(mode='reflect')` [E conv.py:71-89]: F.pad's reflection needs more samples than
+    """EnCodec's `pad1d(mode='reflect')` [E conv.py:79-95]: F.pad's reflection needs more samples than
     the padding, so a short input gets zeros on the right first, which are cut again afterwards."""
     length = x.shape[-1]
     extra = max(left, right) - length + 1 if length <= max(left, right) else 0
@@ -89,7 +89,7 @@ def _reflect_pad(x: Tensor, left: int, right: int) -> Tensor:
 
 
 class CausalConv1d(nn.Module):
-    """EnCodec's `SConv1d(causal=True, norm='weight_norm', pad_mode='reflect')` [E conv.py:171-205]:
+    """EnCodec's `SConv1d(causal=True, norm='weight_norm', pad_mode='reflect')` [E conv.py:175-210]:
     a Conv1d under torch's weight_norm (dim 0: weight = g v / |v| per output channel), its input
     reflect-padded by (kernel - 1) x dilation - (stride - 1) on the left and on the right by what
     makes the last window full, so n samples give ceil(n / stride) frames."""
@@ -105,7 +105,7 @@ class CausalConv1d(nn.Module):
         """(B, in, n) -> (B, out, ceil(n / stride))."""
         padding = (self.kernel_size - 1) * self.dilation - (self.stride - 1)
         length = x.shape[-1]
-        # get_extra_padding_for_conv1d [E conv.py:47-53], in integers: the same number
+        # get_extra_padding_for_conv1d [E conv.py:54-61], in integers: the same number
         frames = math.ceil((length - self.kernel_size + padding) / self.stride) + 1
         extra = (frames - 1) * self.stride + (self.kernel_size - padding) - length
         x = _reflect_pad(x, padding, extra)
@@ -114,7 +114,7 @@ class CausalConv1d(nn.Module):
 
 
 class ResidualUnit(nn.Module):
-    """`SEANetResnetBlock` [E seanet.py:21-62]: shortcut(x) + conv_b(ELU(conv_a(ELU(x)))), conv_a of
+    """`SEANetResnetBlock` [E seanet.py:21-63]: shortcut(x) + conv_b(ELU(conv_a(ELU(x)))), conv_a of
     kernel 3 to C / 2 channels, conv_b of kernel 1 back to C, the shortcut a kernel-1 convolution."""
 
     def __init__(self, channels: int, kernel_size: int, compress: int):
@@ -131,7 +131,7 @@ class ResidualUnit(nn.Module):
 
 class DownsampleStage(nn.Module):
     """One stride of the encoder: a residual unit, ELU, then a causal conv of kernel 2 x stride that
-    doubles the channels [E seanet.py:112-127]."""
+    doubles the channels [E seanet.py:113-130]."""
 
     def __init__(self, channels: int, stride: int, config: EncodecConfig):
         super().__init__()
@@ -176,7 +176,7 @@ class EncodecEncoder(nn.Module):
 
 def nearest_codes(x: Tensor, codebook: Tensor) -> Tensor:
     """(N, D) vectors, (K, D) codebook -> (N,) index of the nearest code in L2. EnCodec's
-    `EuclideanCodebook.quantize` [E core_vq.py:179-187] term for term: the distances in the same
+    `EuclideanCodebook.quantize` [E core_vq.py:174-182] term for term: the distances in the same
     float32 formula, so a near-tie resolves the same way; the first of exact ties."""
     embed = codebook.t()  # (D, K)
     distance = -(x.pow(2).sum(1, keepdim=True) - 2 * x @ embed + embed.pow(2).sum(0, keepdim=True))  # (N, K)
@@ -185,7 +185,7 @@ def nearest_codes(x: Tensor, codebook: Tensor) -> Tensor:
 
 def residual_codes(latents: Tensor, codebooks: Tensor) -> Tensor:
     """(B, D, T) latents, (S, K, D) codebooks -> (B, T, S) codes: `ResidualVectorQuantization.encode`
-    [E core_vq.py:340-350]: each stage quantises what the previous ones left, in EnCodec's (B, D, T)
+    [E core_vq.py:345-355]: each stage quantises what the previous ones left, in EnCodec's (B, D, T)
     layout (the subtraction there, the search on (B * T, D) rows)."""
     batch, dim, frames = latents.shape
     residual, codes = latents, []
