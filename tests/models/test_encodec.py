@@ -94,6 +94,14 @@ def test_the_configuration_is_encodec_24khz_at_6_kbps():
     assert not config.normalize and config.segment_seconds is None
 
 
+def test_building_a_tokenizer_leaves_the_global_random_stream_alone():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    EncodecTokenizer()
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_autocast_does_not_change_the_codes(tokenizer):
     wav = torch.from_numpy(case_input(3_200, 4))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):

@@ -155,8 +155,11 @@ class EncodecEncoder(nn.Module):
             stages.append(DownsampleStage(channels, stride, config))
             channels *= 2
         self.stages = nn.ModuleList(stages)
-        # `SLSTM` [E lstm.py]: time-major LSTM, its input added back (skip=True)
-        self.lstm = nn.LSTM(channels, channels, config.lstm_layers)
+        # `SLSTM` [E lstm.py]: time-major LSTM, its input added back (skip=True). Its default initialisation
+        # would draw from the global generator; the weights always come from a checkpoint, so it draws
+        # from a fork and loading a tokenizer leaves the caller's random stream as it was.
+        with torch.random.fork_rng(devices=[]):
+            self.lstm = nn.LSTM(channels, channels, config.lstm_layers)
         self.head = CausalConv1d(channels, config.dimension, config.kernel_size)
 
     def forward(self, wav: Tensor) -> Tensor:
