@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: test test-portability demo venv clean-venv bench fairseq-venv parity-convert parity-fairseq parity-bestrq \
-	musicfm-src-set parity-mel parity-muq parity-muq-model parity-cqt
+	musicfm-src-set parity-mel parity-muq parity-muq-model parity-cqt parity-encodec
 
 venv: $(STAMP)
 
@@ -163,3 +163,22 @@ $(NNAUDIO_STAMP):
 
 parity-cqt: $(STAMP) $(NNAUDIO_STAMP)
 	OMP_NUM_THREADS=2 NNAUDIO_VENV=$(NNAUDIO_VENV) $(PY) benchmarks/cqt_parity.py $(PARITY_ARGS)
+
+# EnCodec 24 kHz codes (`labels rvq --codec encodec`) against the `encodec` package (PyPI, MIT) on random
+# weights of a seed, saved in EnCodec's published .th format and read by our allow-list loader: latents
+# and 6 kbps codes of three waveforms. Its venv holds torch, einops, numpy and encodec without its
+# dependencies: torchaudio from the registry is a CUDA build that does not load beside the CPU torch, and
+# the encoder never calls it (benchmarks/encodec_side.py stands an empty module in). Seconds on 2 cores.
+# PARITY_ARGS=--write-fixtures rewrites tests/models/fixtures/encodec_reference.safetensors.
+ENCODEC_VENV := .venv-encodec
+ENCODEC_STAMP := $(ENCODEC_VENV)/.installed
+
+$(ENCODEC_STAMP):
+	test -x $(ENCODEC_VENV)/bin/python || $(PYTHON) -m venv $(ENCODEC_VENV)
+	$(ENCODEC_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(ENCODEC_VENV)/bin/python -m pip install --quiet torch==2.13.0 einops numpy
+	$(ENCODEC_VENV)/bin/python -m pip install --quiet --no-deps encodec==0.1.1
+	touch $(ENCODEC_STAMP)
+
+parity-encodec: $(STAMP) $(ENCODEC_STAMP)
+	OMP_NUM_THREADS=2 ENCODEC_VENV=$(ENCODEC_VENV) $(PY) benchmarks/encodec_parity.py $(PARITY_ARGS)

@@ -135,14 +135,20 @@ def add_labels(commands) -> None:
                          help="replace the label set in --out made with other arguments (all its split files)")
         sub.add_argument("--device", type=device_argument, default=None)
         sub.set_defaults(run=run_labels)
-    rvq = kinds.add_parser("rvq", help="codes of a fitted Mel-RVQ, one label directory per codebook (MERT's 8 at "
-                                       "75 Hz: fit it with `rvq fit --preset mert75`)",
-                           description="Tokenise every manifest row with a Mel-RVQ from `musicssl rvq fit` and write "
-                                       "CODES: codebooks.json and codebook_i/ (labels.json, {split}.km). "
-                                       "`--labels CODES` trains on all codebooks.")
-    rvq.add_argument("--data", required=True, help="manifest directory (train.tsv[, valid.tsv]) at the RVQ's rate")
+    rvq = kinds.add_parser("rvq", help="residual codes, one label directory per codebook (MERT's 8 at 75 Hz): a "
+                                       "fitted Mel-RVQ's (`rvq fit --preset mert75`) or EnCodec 24 kHz's",
+                           description="Tokenise every manifest row with a Mel-RVQ from `musicssl rvq fit` (--rvq) or "
+                                       "with EnCodec 24 kHz at 6 kbps from a checkpoint you have (--codec encodec "
+                                       "--checkpoint encodec_24khz-d7cc33bc.th) and write CODES: codebooks.json and "
+                                       "codebook_i/ (labels.json, {split}.km). `--labels CODES` trains on all codebooks.")
+    rvq.add_argument("--data", required=True, help="manifest directory (train.tsv[, valid.tsv]) at the tokenizer's "
+                                                   "rate (24 kHz for EnCodec)")
     rvq.add_argument("-o", "--out", required=True, help="output directory CODES (replaced whole when done)")
-    rvq.add_argument("--rvq", required=True, help="Mel-RVQ directory from `musicssl rvq fit`")
+    source = rvq.add_mutually_exclusive_group(required=True)
+    source.add_argument("--rvq", help="Mel-RVQ directory from `musicssl rvq fit`")
+    source.add_argument("--codec", choices=("encodec",), help="a neural codec's codes (needs --checkpoint)")
+    rvq.add_argument("--checkpoint", help="with --codec encodec: EnCodec's 24 kHz state dict (.th), read without "
+                                          "running pickled code")
     rvq.add_argument("--splits", nargs="+", default=["train", "valid"], help="splits to label (train required)")
     rvq.add_argument("--device", type=device_argument, default="cpu", help="cpu (default), cuda, cuda:1")
     rvq.set_defaults(run=run_rvq_labels)
@@ -171,9 +177,18 @@ def run_labels(args) -> int:
 
 
 def run_rvq_labels(args) -> int:
-    from musicssl.targets.rvq_labels import write_rvq_labels
+    from musicssl.targets.rvq_labels import write_codec_labels, write_rvq_labels
 
-    print(f"wrote {write_rvq_labels(args.data, args.out, args.rvq, tuple(args.splits), args.device)}")
+    if args.codec is not None:
+        if args.checkpoint is None:
+            raise ValueError("labels rvq --codec encodec needs --checkpoint FILE.th: EnCodec's 24 kHz state dict "
+                             "(encodec_24khz-d7cc33bc.th, downloaded beforehand; nothing is fetched)")
+        out = write_codec_labels(args.data, args.out, args.codec, args.checkpoint, tuple(args.splits), args.device)
+    else:
+        if args.checkpoint is not None:
+            raise ValueError("labels rvq: --checkpoint goes with --codec encodec, not with --rvq")
+        out = write_rvq_labels(args.data, args.out, args.rvq, tuple(args.splits), args.device)
+    print(f"wrote {out}")
     return 0
 
 

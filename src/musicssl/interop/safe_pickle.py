@@ -151,8 +151,9 @@ DAMAGED_CHECKPOINT_ERRORS = (pickle.UnpicklingError, EOFError, RuntimeError, zip
                              KeyError, TypeError, AttributeError, UnicodeDecodeError, OverflowError, MemoryError)
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """The checkpoint dict, tensors on the CPU; OmegaConf nodes as stand-ins (see `to_python`)."""
+def load_checkpoint(path: str | Path, kind: str = "a fairseq checkpoint") -> dict:
+    """The checkpoint dict, tensors on the CPU; OmegaConf nodes as stand-ins (see `to_python`). `kind`
+    names what the file should be in the error for a pickle of something else than a dict."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
@@ -164,7 +165,7 @@ def load_checkpoint(path: str | Path) -> dict:
         raise ValueError(f"{path}: not a readable torch checkpoint (empty, truncated or another format: "
                          f"{type(error).__name__}: {error})") from None
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: a fairseq checkpoint is a dict, found {type(state).__name__}")
+        raise ValueError(f"{path}: {kind} is a dict, found {type(state).__name__}")
     return state
 
 

@@ -83,8 +83,8 @@ def mert_run(preset: str, label_sets: Sequence[LabelSet]) -> MERTRun:
         if grid.sample_rate != SAMPLE_RATE or abs(grid.rate_hz - LABEL_RATE_HZ) > 1e-9:
             raise LabelError(f"{label_set.directory / 'labels.json'}: labels at {grid.rate_hz:g} Hz on "
                              f"{grid.sample_rate} Hz audio; MERT predicts codes at {LABEL_RATE_HZ:g} Hz of "
-                             f"{SAMPLE_RATE} Hz audio (`musicssl labels rvq` with a Mel-RVQ fitted with "
-                             "`rvq fit --preset mert75`)")
+                             f"{SAMPLE_RATE} Hz audio (`musicssl labels rvq` with `--codec encodec` or a Mel-RVQ "
+                             "fitted with `rvq fit --preset mert75`)")
     if len(label_sets) != MERT_CODEBOOKS:
         listing = label_sets[0].directory.parent / CODEBOOKS_JSON if label_sets else None
         where = listing if listing is not None and listing.exists() else \
