@@ -45,6 +45,14 @@ def import_mert(mert_src: str):
         sys.modules["torchaudio"].transforms = types.ModuleType("torchaudio.transforms")
     sys.path.insert(0, mert_src)
     from mert_fairseq.models.mert import mert_model
+
+    # MERT was written against fairseq 0.12.2, whose TransformerEncoder calls build_encoder_layer(args);
+    # 0.12.3 adds a `layer_idx` keyword, which MERT's override (the attention_relax / deepnorm
+    # encoder, mert_model.py:1387) does not take and none of its layers reads: dropped here.
+    extend = mert_model.TransformerEncoder_extend
+    if not hasattr(extend, "_build_layer_0_12_2"):
+        extend._build_layer_0_12_2 = extend.build_encoder_layer
+        extend.build_encoder_layer = lambda self, args, **kwargs: self._build_layer_0_12_2(args)
     return mert_model
 
 
@@ -58,7 +66,9 @@ def mert_model(mert, job: dict, mixture_prob: float, cqt: bool = True):
         audio_cqt_loss_m=cqt, audio_cqt_bins=model_cfg["cqt"]["n_bins"], mixture_prob=mixture_prob,
         inbatch_noise_augment_len_range=str([mixture["min_samples"], mixture["max_samples"]]),
         inbatch_noise_augment_number_range=str([mixture["min_segments"], mixture["max_segments"]]),
-        inbatch_noise_augment_volume=mixture["gain"], **encoder_fields(backbone))
+        inbatch_noise_augment_volume=mixture["gain"],
+        attention_relax=model_cfg["attention_relax"] if model_cfg["attention_relax"] > 0 else -1.0,  # MERT's "off"
+        **encoder_fields(backbone))
     task = types.SimpleNamespace(sample_rate=backbone["sample_rate"])
     return mert.MERTModel(cfg, task, label_dictionaries(model_cfg))
 

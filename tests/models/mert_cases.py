@@ -31,18 +31,30 @@ class MERTCase:
     samples: int = 36_000  # 1.5 s at 24 kHz: 112 frames; room for MERT's 0.5-1.0 s segments
     mixture: MixtureConfig = field(default_factory=MixtureConfig)  # MERT-95M's
     mixture_seed: int = 0
+    layer_norm_first: bool = False  # MERT-330M's pre-LN
+    attention_relax: float = 0.0  # MERT-330M's 32: MERT's TransformerEncoder_extend layers
+    label_shortfall: int = 0  # labels this many short of the CNN frames: MERT then trims frames
     seed: int = 0
     kept: str = ""  # why this case differs from MERT on purpose ("" = it must not differ)
 
     def config(self) -> MERTConfig:
-        config = mert_config(self.preset, self.codebooks, final_dim=64, mixture=self.mixture)
-        return replace_backbone_config(config, isolate_padding=False, **NO_DROPOUT)
+        config = mert_config(self.preset, self.codebooks, final_dim=64, mixture=self.mixture,
+                             attention_relax=self.attention_relax)
+        return replace_backbone_config(config, isolate_padding=False, layer_norm_first=self.layer_norm_first,
+                                       **NO_DROPOUT)
 
 
 MERT_CASES = {c.name: c for c in [
     MERTCase("mert_tiny", mixture_seed=11),  # clips mixed with 3 and 2 segments (some spanning two clips), one clean
     MERTCase("mert_tiny_1024", codebooks=(1024,) * 8, mixture_seed=20),  # MERT-v1's 8 x 1,024 codes
     MERTCase("mert_95m", "95m", clips=2, samples=48_000, mixture_seed=2),
+    # MERT-330M's recipe on the tiny model: pre-LN, attention_relax 32, segments of 0.5-1.5 s
+    MERTCase("mert_tiny_330m_recipe", samples=48_000, mixture=MixtureConfig(max_samples=36_000), mixture_seed=2,
+             layer_norm_first=True, attention_relax=32.0),
+    # Kept on purpose (rows marked "kept", never failing):
+    MERTCase("mert_tiny_short_labels", label_shortfall=1, mixture_seed=11,
+             kept="labels short of the CNN frames: MERT drops the last CNN frame before the encoder "
+                  "(forward_targets), we keep it in the encoder and out of the losses, as for HuBERT"),
 ]}
 
 
@@ -55,7 +67,8 @@ def mert_inputs(case: MERTCase) -> dict[str, Tensor]:
     frames, padding = _padding(model, wav, lengths)
     mask = mask_spans(case.clips, frames, config.mask, padding, generator=case.seed)
     g = _generator(case.name, "labels")
-    labels = torch.stack([torch.randint(0, k, (case.clips, frames), generator=g) for k in config.codebooks], -1)
+    labels = torch.stack([torch.randint(0, k, (case.clips, frames - case.label_shortfall), generator=g)
+                          for k in config.codebooks], -1)
     plan = draw_mixture(case.clips, case.samples, config.mixture, np.random.default_rng(case.mixture_seed))
     return {"wav": wav, "lengths": lengths, "mask": mask, "labels": labels, "mixture": plan_table(plan),
             **{f"weight.{k}": v for k, v in case_weights(model, case.name).items()}}
