@@ -71,8 +71,8 @@ parity-fairseq: $(STAMP) $(FAIRSEQ_STAMP)
 # MERT against MERT's own code: MERTModel of the `mert_fairseq` user dir with fairseq's hubert
 # criterion (loss_weights [10, 1]) vs our MERT on the same random weights, batch, mask, labels and
 # in-batch mixture (logits, per-codebook losses, CQT targets and loss, total loss, gradients), and our
-# mixture sampler vs MERT's draws in distribution (benchmarks/mert_parity.py; ~1 min tiny, ~3 min
-# with the 95M case on 2 cores). MERT is on no package registry: MERT_SRC names a checkout of
+# mixture sampler vs MERT's draws in distribution (benchmarks/mert_parity.py; about a minute on 2
+# cores, the 95M case included). MERT is on no package registry: MERT_SRC names a checkout of
 # github.com/yizhilll/MERT; without it the target fails, saying so. It runs in .venv-fairseq with
 # nnAudio added (MERT's CQT; its torchaudio import is stood in for, see benchmarks/mert_side.py).
 # PARITY_ARGS=--write-fixtures rewrites tests/models/fixtures/mert_reference.safetensors.
