@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: test test-portability demo venv clean-venv bench fairseq-venv parity-convert parity-fairseq parity-bestrq \
-	musicfm-src-set parity-mel parity-muq parity-muq-model parity-cqt parity-encodec
+	musicfm-src-set parity-mel parity-muq parity-muq-model parity-cqt parity-encodec mert-src-set parity-mert
 
 venv: $(STAMP)
 
@@ -67,6 +67,27 @@ parity-convert: $(STAMP) $(FAIRSEQ_STAMP)
 PARITY_ARGS ?=
 parity-fairseq: $(STAMP) $(FAIRSEQ_STAMP)
 	OMP_NUM_THREADS=2 FAIRSEQ_VENV=$(FAIRSEQ_VENV) $(PY) benchmarks/fairseq_parity.py $(PARITY_ARGS)
+
+# MERT against MERT's own code: MERTModel of the `mert_fairseq` user dir with fairseq's hubert
+# criterion (loss_weights [10, 1]) vs our MERT on the same random weights, batch, mask, labels and
+# in-batch mixture (logits, per-codebook losses, CQT targets and loss, total loss, gradients), and our
+# mixture sampler vs MERT's draws in distribution (benchmarks/mert_parity.py; about a minute on 2
+# cores, the 95M case included). MERT is on no package registry: MERT_SRC names a checkout of
+# github.com/yizhilll/MERT; without it the target fails, saying so. It runs in .venv-fairseq with
+# nnAudio added (MERT's CQT; its torchaudio import is stood in for, see benchmarks/mert_side.py).
+# PARITY_ARGS=--write-fixtures rewrites tests/models/fixtures/mert_reference.safetensors.
+MERT_STAMP := $(FAIRSEQ_VENV)/.mert-installed
+
+$(MERT_STAMP): $(FAIRSEQ_STAMP)
+	$(FAIRSEQ_VENV)/bin/python -m pip install --quiet nnAudio==0.3.4
+	touch $(MERT_STAMP)
+
+mert-src-set:
+	@test -n "$(MERT_SRC)" || { echo "parity-mert: MERT_SRC is unset; make a checkout of https://github.com/yizhilll/MERT \
+	(on no package registry; its mert_fairseq user dir is what runs) and run make parity-mert MERT_SRC=DIR" >&2; exit 1; }
+
+parity-mert: mert-src-set $(STAMP) $(MERT_STAMP)
+	OMP_NUM_THREADS=2 FAIRSEQ_VENV=$(FAIRSEQ_VENV) $(PY) benchmarks/mert_parity.py --mert-src $(MERT_SRC) $(PARITY_ARGS)
 
 # BEST-RQ against MusicFM's own code (its RandomProjectionQuantizer and MusicFM25Hz.masking), run in
 # its own venv (torch + einops). MusicFM is on no registry: MUSICFM_SRC names a checkout of

@@ -66,6 +66,7 @@ RENAMES = [  # (our pattern, fairseq template); {v} = variant-specific pieces be
     (r"backbone\.encoder\.layers\.(\d+)\.final_layer_norm\.(weight|bias)", r"encoder.layers.\1.final_layer_norm.\2"),
     (r"final_proj\.(weight|bias)", r"final_proj.\1"),
     (r"label_embeddings", "label_embs_concat"),
+    (r"cqt_head\.(weight|bias)", r"encoder_cqt_model.fc.\1"),  # MERT's CQT head (model_cqt_pred.fc)
 ]
 VARIANT_PIECES = {"hubert": {"norm": "2", "pos": ""}, "data2vec": {"norm": "2.1", "pos": ".0"}}
 
@@ -186,6 +187,14 @@ def gradient_difference(name: str, ours: dict, ref: dict) -> float:
         scale = ref[name[:-len("bias")] + "weight"].abs().max().item()
         return (ours[name] - ref[name]).abs().max().item() / scale
     return relative(ours[name], ref[name])
+
+
+def with_noise_floors(run, case, inputs: dict) -> dict:
+    """run(case, inputs), plus `floor.grad.<name>`: how far each gradient moves when the input audio
+    moves by one fp32 ulp (cases.nudged), the noise floor `compare_gradients` allows for."""
+    ours = run(case, inputs)
+    nudged = run(case, cases.nudged(inputs, case.name))
+    return ours | {f"floor.{k}": torch.tensor(relative(nudged[k], v)) for k, v in ours.items() if k.startswith("grad.")}
 
 
 def compare_gradients(table: Table, case: str, ours: dict, ref: dict) -> None:
@@ -357,10 +366,7 @@ def main() -> int:
             hubert = isinstance(case, cases.HubertCase)
             inputs = cases.hubert_inputs(case) if hubert else cases.music2vec_inputs(case)
             run = cases.run_ours_hubert if hubert else cases.run_ours_music2vec
-            ours = run(case, inputs)
-            nudged = run(case, cases.nudged(inputs, case.name))
-            ours |= {f"floor.{k}": torch.tensor(relative(nudged[k], v)) for k, v in ours.items() if k.startswith("grad.")}
-            del nudged
+            ours = with_noise_floors(run, case, inputs)
             save_file({k: v.contiguous() for k, v in ours.items()}, job_dir / f"{case.name}.ours")
             if hubert:
                 extra = case.config().extra_classes

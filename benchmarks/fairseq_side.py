@@ -62,21 +62,12 @@ class _Labels:
         return self.n
 
 
-def hubert_job(job: dict, inputs: dict) -> dict:
-    from fairseq.criterions.hubert_criterion import HubertCriterion
+def label_dictionaries(model_cfg: dict) -> list:
+    """One fairseq dictionary per codebook: 4 specials first (cluster c is row c + 4) or none."""
     from fairseq.data import Dictionary
-    from fairseq.models.hubert import hubert as hubert_module
-    from fairseq.models.hubert.hubert import HubertConfig, HubertModel
 
-    model_cfg, backbone = job["model"], job["backbone"]
-    mask_cfg = model_cfg["mask"]
-    cfg = HubertConfig(label_rate=model_cfg["label_rate_hz"], final_dim=model_cfg["final_dim"],
-                       untie_final_proj=True, logit_temp=model_cfg["logit_temperature"],
-                       mask_prob=mask_cfg["mask_prob"], mask_length=mask_cfg["mask_length"],
-                       skip_masked=False, skip_nomask=False, **encoder_fields(backbone))
-    codebooks = [model_cfg["num_classes"], *model_cfg["extra_codebooks"]]
     dictionaries = []
-    for k in codebooks:
+    for k in [model_cfg["num_classes"], *model_cfg["extra_codebooks"]]:
         if model_cfg["extra_classes"] == 4:
             d = Dictionary()  # <s>, <pad>, </s>, <unk>, then the k cluster ids: cluster c is c + 4
             for c in range(k):
@@ -86,37 +77,70 @@ def hubert_job(job: dict, inputs: dict) -> dict:
         else:
             raise ValueError(f"extra_classes {model_cfg['extra_classes']} has no fairseq dictionary")
         dictionaries.append(d)
-    model = HubertModel(cfg, types.SimpleNamespace(sample_rate=backbone["sample_rate"]), dictionaries)
+    return dictionaries
+
+
+def load_weights(model: torch.nn.Module, inputs: dict, ignore: tuple[str, ...] = ()) -> None:
+    """The `weight.*` inputs into `model`, every parameter and nothing else (buffers named in `ignore`
+    are the model's own, e.g. a fixed transform's kernels)."""
     weights = {k[len("weight."):]: v for k, v in inputs.items() if k.startswith("weight.")}
     missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if not k.startswith(ignore)] if ignore else missing
     if missing or unexpected:
-        raise KeyError(f"weights do not fit fairseq HubertModel: missing {missing}, unexpected {unexpected}")
-    model.train()
+        raise KeyError(f"weights do not fit fairseq {type(model).__name__}: missing {missing}, unexpected {unexpected}")
 
-    forced = inputs["mask"].numpy().astype(bool)
-    hubert_module.compute_mask_indices = lambda shape, *args, **kwargs: forced[:, :shape[1]]
-    criterion = HubertCriterion(None, model_cfg["masked_weight"], model_cfg["unmasked_weight"],
-                                loss_weights=[model_cfg["feature_penalty_weight"]])
-    wav, lengths = inputs["wav"], inputs["lengths"]
+
+def criterion_sample(inputs: dict, extra_classes: int) -> dict:
+    """The `hubert` criterion's sample: sample-level padding, one target list per codebook in
+    dictionary indices."""
+    wav, lengths, labels = inputs["wav"], inputs["lengths"], inputs["labels"]  # labels (B, T_label, S)
     padding = torch.arange(wav.shape[1])[None] >= lengths[:, None]  # sample-level (B, N)
-    offset = model_cfg["extra_classes"]
-    labels = inputs["labels"]  # (B, T_label, S) cluster ids
-    sample = {"net_input": {"source": wav, "padding_mask": padding},
-              "target_list": [labels[..., i] + offset for i in range(labels.shape[-1])],
-              "id": torch.arange(wav.shape[0])}
+    return {"net_input": {"source": wav, "padding_mask": padding},
+            "target_list": [labels[..., i] + extra_classes for i in range(labels.shape[-1])],
+            "id": torch.arange(wav.shape[0])}
+
+
+def run_criterion(model, criterion, sample: dict, codebooks: int) -> tuple[dict, dict]:
+    """criterion(model, sample) and its backward: loss, sample size, feature penalty, each codebook's
+    logits and loss (masked, and unmasked where the model computes them) and every gradient; and
+    the model's raw output."""
     captured = {}
     model.register_forward_hook(lambda module, args, output: captured.update(output))
     loss, sample_size, logs = criterion(model, sample)
     loss.backward()
     out = {"loss": loss.detach(), "sample_size": torch.tensor(float(sample_size)),
            "features_pen": captured["features_pen"].detach()}
-    for i in range(len(codebooks)):
-        out[f"logits_m_{i}"] = captured["logit_m_list"][i].detach().float()
-        out[f"logits_u_{i}"] = captured["logit_u_list"][i].detach().float()
-        out[f"loss_m_{i}"] = torch.tensor(logs[f"loss_m_{i}"])
-        out[f"loss_u_{i}"] = torch.tensor(logs[f"loss_u_{i}"])
+    for i in range(codebooks):
+        for kind in ("m", "u"):
+            if captured[f"logit_{kind}_list"][i] is not None:
+                out[f"logits_{kind}_{i}"] = captured[f"logit_{kind}_list"][i].detach().float()
+                out[f"loss_{kind}_{i}"] = torch.tensor(logs[f"loss_{kind}_{i}"])
     out |= {f"grad.{n}": p.grad for n, p in model.named_parameters() if p.grad is not None}
-    return out
+    return out, captured
+
+
+def hubert_job(job: dict, inputs: dict) -> dict:
+    from fairseq.criterions.hubert_criterion import HubertCriterion
+    from fairseq.models.hubert import hubert as hubert_module
+    from fairseq.models.hubert.hubert import HubertConfig, HubertModel
+
+    model_cfg, backbone = job["model"], job["backbone"]
+    mask_cfg = model_cfg["mask"]
+    cfg = HubertConfig(label_rate=model_cfg["label_rate_hz"], final_dim=model_cfg["final_dim"],
+                       untie_final_proj=True, logit_temp=model_cfg["logit_temperature"],
+                       mask_prob=mask_cfg["mask_prob"], mask_length=mask_cfg["mask_length"],
+                       skip_masked=False, skip_nomask=False, **encoder_fields(backbone))
+    dictionaries = label_dictionaries(model_cfg)
+    model = HubertModel(cfg, types.SimpleNamespace(sample_rate=backbone["sample_rate"]), dictionaries)
+    load_weights(model, inputs)
+    model.train()
+
+    forced = inputs["mask"].numpy().astype(bool)
+    hubert_module.compute_mask_indices = lambda shape, *args, **kwargs: forced[:, :shape[1]]
+    criterion = HubertCriterion(None, model_cfg["masked_weight"], model_cfg["unmasked_weight"],
+                                loss_weights=[model_cfg["feature_penalty_weight"]])
+    sample = criterion_sample(inputs, model_cfg["extra_classes"])
+    return run_criterion(model, criterion, sample, len(dictionaries))[0]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ against transformers.
 
     .venv/bin/python benchmarks/pretrain_speed.py [--method musichubert|music2vec|bestrq|musicfm|muq]
         [--steps 3] [--dtypes fp32 bf16] [--preset base] [--device cpu]
+    .venv/bin/python benchmarks/pretrain_speed.py --method mert --mert-src DIR [--preset 95m|330m|tiny]
 
 Same run, same weights, batch 2 x 5 s, 2 threads, AdamW step included in both:
 - ours: `MusicHubert` (span masking 0.8/10, masked prediction over k = 500 classes with the
@@ -21,6 +22,11 @@ front end (bit-equal to MusicFM's module, make parity-bestrq) and head around tr
 `Wav2Vec2ConformerEncoder` (which MusicFM and MuQ import), trained on the same targets and mask.
 There the conformer alone is also timed forward (ours against transformers'), and MFU is not
 printed (no FLOP count of the conformer here).
+For `--method mert`: ours = `MERT` as `MERTTask` steps it (span mask and in-batch mixture drawn per
+update, 8 codebooks of 1,024 codes, the CQT teacher), batch 2 x 5 s at 24 kHz; baseline = MERT's own
+fairseq step (`MERTModel` of DIR's `mert_fairseq` + the hubert criterion, its own mask and mixture
+draws, AdamW) on the same weights and batch, run in `.venv-fairseq` (benchmarks/mert_side.py, the
+venv of `make parity-mert`). Two processes cannot interleave: ours runs first, then MERT's.
 Printed: seconds per step (median of interleaved rounds), steps/s, the ratio baseline/ours
 (> 1 = ours faster; targets >= 1.0 in fp32, >= 1.5 for ours in bf16 against transformers in
 fp32) and MFU = model FLOPs per second / measured matmul peak of the same dtype.
@@ -164,6 +170,65 @@ def measure(method: str, dtypes: list[str], steps: int, device: torch.device, k:
             "sample_rate": ours.config.backbone.sample_rate}
 
 
+def measure_mert(dtypes: list[str], steps: int, device: torch.device, preset: str, mert_src: Path,
+                 threads: int, batch: int = 2) -> dict:
+    """Median seconds per step of our MERT per dtype, and of MERT's fairseq step in fp32 (its
+    process: benchmarks/mert_side.py's speed job), on the same initial weights and batch."""
+    import numpy as np
+    from mert_parity import MERT_MODEL, run_mert
+    from fairseq_parity import to_fairseq
+    from musicssl.models.mert import MERT
+    from musicssl.train.mert import MERT_PRESETS, SAMPLE_RATE
+
+    if not (mert_src / MERT_MODEL).is_file():
+        sys.exit(f"{mert_src / MERT_MODEL} not found: --mert-src must name a checkout of github.com/yizhilll/MERT")
+    torch.manual_seed(0)
+    config = MERT_PRESETS["95m" if preset == "base" else preset]((1024,) * 8).model
+    config = dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, layerdrop=0.0))
+    ours = MERT(config).to(device).train()
+    initial = {f"weight.{k}": v.detach().cpu().clone() for k, v in ours.state_dict().items()}
+    samples = 5 * SAMPLE_RATE
+    wav = 0.1 * torch.randn(batch, samples, device=device)
+    frames = conv_frames(samples, config.backbone.conv_layers)[-1]
+    labels = torch.randint(0, 1024, (batch, frames, 8), device=device)  # 8 codebooks at 75 Hz
+    optimizer, rng, updates = torch.optim.AdamW(ours.parameters(), lr=1e-5), np.random.default_rng(0), itertools.count()
+
+    def step(dtype: str) -> None:
+        update = next(updates)
+        with autocast(dtype):
+            result = ours(wav, None, labels, generator=update, mixture=ours.mixture_plan(batch, samples, rng))
+        (result["loss"] / result["sample_size"]).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    times = {("ours", d): [] for d in dtypes}
+    for round_index in range(steps + 1):
+        for (_, dtype), values in times.items():
+            start = time.perf_counter()
+            step(dtype)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if round_index >= 1:
+                values.append(time.perf_counter() - start)
+    extra = config.extra_classes
+    inputs = to_fairseq({"wav": wav.cpu(), "lengths": torch.full((batch,), samples), "labels": labels.cpu(), **initial},
+                        "hubert", [k + extra for k in config.codebooks], extra)
+    fields = dataclasses.asdict(config)
+    backbone = fields.pop("backbone")
+    with tempfile.TemporaryDirectory(prefix="mert_speed_") as tmp:
+        from safetensors.torch import load_file, save_file
+
+        save_file({k: v.contiguous() for k, v in inputs.items()}, Path(tmp) / "speed.in")
+        run_mert(Path(tmp), [{"kind": "speed", "name": "speed", "input": "speed.in", "output": "speed.out",
+                              "mert_src": str(mert_src.resolve()), "threads": threads, "device": str(device),
+                              "warm_up": 1, "steps": steps, "model": fields, "backbone": backbone}])
+        times[("mert", "fp32")] = load_file(Path(tmp) / "speed.out")["seconds"].tolist()
+    median = {key: statistics.median(values) for key, values in times.items()}
+    peaks = {d: matmul_gflops(torch.float32 if d == "fp32" else torch.bfloat16) for d in {*dtypes, "fp32"}}
+    return {"median": median, "peaks": peaks, "flops": model_flops(config.backbone, batch, samples, train=True),
+            "batch": batch, "samples": samples, "sample_rate": SAMPLE_RATE}
+
+
 def print_result(result: dict, method: str, threads: int, k: int, device: torch.device) -> None:
     median, peaks, flops = result["median"], result["peaks"], result["flops"]
     print(f"{method}: torch {torch.__version__}, device {device}, {threads} threads, "
@@ -177,6 +242,12 @@ def print_result(result: dict, method: str, threads: int, k: int, device: torch.
         if ("conformer ours", dtype) in median:
             ratio = median[("conformer hf", dtype)] / median[("conformer ours", dtype)]
             print(f"conformer forward, ours vs transformers {dtype}: {ratio:.2f}x (target >= 1.0)")
+    if ("mert", "fp32") in median:
+        for dtype in peaks:
+            if ("ours", dtype) in median:
+                ratio = median[("mert", "fp32")] / median[("ours", dtype)]
+                print(f"ours {dtype} vs MERT's fairseq step fp32: {ratio:.2f}x (issue 29's target >= 1.5 in fp32; "
+                      f"a shared CPU makes this indicative only)")
     if ("hf", "fp32") in median:
         for dtype, target in (("fp32", 1.0), ("bf16", 1.5)):
             if ("ours", dtype) in median:
@@ -191,8 +262,9 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--k", type=int, default=500)
-    parser.add_argument("--method", choices=("musichubert", "music2vec", "bestrq", "musicfm", "muq"),
+    parser.add_argument("--method", choices=("musichubert", "music2vec", "bestrq", "musicfm", "muq", "mert"),
                         default="musichubert")
+    parser.add_argument("--mert-src", type=Path, help="--method mert: a checkout of github.com/yizhilll/MERT")
     parser.add_argument("--preset", default="base", help="the models' preset (musicfm / muq: also large)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]: both models, batches and optimizers there")
     parser.add_argument("--compile", default="", metavar="BACKEND",
@@ -200,6 +272,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.method == "mert":
+        if args.mert_src is None:
+            parser.error("--method mert needs --mert-src DIR, a checkout of github.com/yizhilll/MERT")
+        result = measure_mert(args.dtypes, args.steps, device, args.preset, args.mert_src, args.threads)
+        print_result(result, args.method, args.threads, 1024, device)
+        return
     result = measure(args.method, args.dtypes, args.steps, device, k=args.k, preset=args.preset,
                      compile_backend=args.compile)
     print_result(result, args.method, args.threads, args.k, device)

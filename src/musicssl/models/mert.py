@@ -68,8 +68,9 @@ def draw_mixture(batch: int, clip_samples: int, config: MixtureConfig,
     Per clip, in MERT's order of draws: mixed or not, the segment count, every segment's offset in
     the other clips laid end to end (uniform over [0, pool - max_samples]), every length, then each
     segment's position in the clip. As in MERT a segment may span two neighbouring clips and may
-    overlap another; with fewer than max_samples in the pool or the clip (MERT's draw raises and its
-    `except` keeps the clip clean) every clip stays clean."""
+    overlap another; with fewer than max_samples in the pool (MERT's draw raises and its `except`
+    keeps the clip clean) or the clip every clip stays clean (MERT's code still mixes such a clip when
+    every length it drew fits: no preset has clips that short; docs/parity.md)."""
     pool = (batch - 1) * clip_samples
     if config.probability == 0 or pool < config.max_samples or clip_samples < config.max_samples:
         return [[] for _ in range(batch)]
