@@ -412,6 +412,11 @@ def main() -> int:
             fs_masks = load_file(job_dir / "masks.out")
             ours_masks = {name: our_masks(config, args.draws, seed=2) for name, config in settings.items()}
             compare_masks(table, ours_masks, {k: unpack_masks(v) for k, v in fs_masks.items()}, tests=2 * len(settings))
+    return summarise(table, started)
+
+
+def summarise(table: Table, started: float) -> int:
+    """Print how many comparisons held and each failure; the exit status (1 if any failed)."""
     failed = table.failed
     print(f"\n{len(table.rows) - len(failed)} of {len(table.rows)} comparisons within tolerance "
           f"({time.perf_counter() - started:.0f} s)")

@@ -286,14 +286,15 @@ def masks_job(job: dict, inputs: dict) -> dict:
 JOBS = {"hubert": hubert_job, "data2vec": data2vec_job, "schedules": schedules_job, "masks": masks_job}
 
 
-def main(job_dir: Path) -> None:
+def run_jobs(job_dir: Path, jobs: dict, side: str) -> None:
+    """Run JOB_DIR/jobs.json's jobs with `jobs[kind]`, each output written beside its input."""
     torch.manual_seed(0)
     for job in json.loads((job_dir / "jobs.json").read_text()):
         inputs = load_file(job_dir / job["input"]) if job.get("input") else {}
-        out = JOBS[job["kind"]](job, inputs)
+        out = jobs[job["kind"]](job, inputs)
         save_file({k: v.contiguous() for k, v in out.items()}, job_dir / job["output"])
-        print(f"fairseq: {job['name']} done", file=sys.stderr)
+        print(f"{side}: {job['name']} done", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    run_jobs(Path(sys.argv[1]), JOBS, "fairseq")

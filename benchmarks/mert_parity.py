@@ -36,7 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fairseq_parity import (FAIRSEQ_PYTHON, FIXTURES, ROOT, TOL, Table, compare_gradients, grads_to_ours,
-                            logits_to_ours, relative, to_fairseq, with_noise_floors)
+                            logits_to_ours, relative, summarise, to_fairseq, with_noise_floors)
 from fairseq_parity_masks import chi2_statistic, histogram, merge_matrix
 from musicssl.models.mert import MixtureConfig, apply_mixture, draw_mixture
 from tests.models import mert_cases as cases
@@ -239,12 +239,7 @@ def main() -> int:
         mert_rows = {k: v.numpy() for k, v in load_file(job_dir / "mixture.out").items()}
         ours_rows = {name: our_mixture_rows(p, args.batches, seed=2) for name, p in MIXTURE_PROBABILITIES.items()}
         compare_mixtures(table, ours_rows, mert_rows)
-    failed = table.failed
-    print(f"\n{len(table.rows) - len(failed)} of {len(table.rows)} comparisons within tolerance "
-          f"({time.perf_counter() - started:.0f} s)")
-    for row in failed:
-        print(f"FAILED: {row[0]} / {row[1]}: {row[2]:.3g} (tolerance {row[3]:.3g}) {row[5]}")
-    return 1 if failed else 0
+    return summarise(table, started)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ Jobs:
 from __future__ import annotations
 
 import importlib
-import json
 import sys
 import time
 import types
@@ -30,9 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-from fairseq_side import criterion_sample, encoder_fields, label_dictionaries, load_weights, run_criterion
+from fairseq_side import criterion_sample, encoder_fields, label_dictionaries, load_weights, run_criterion, run_jobs
 
 
 def import_mert(mert_src: str):
@@ -252,14 +250,5 @@ def speed_job(job: dict, inputs: dict) -> dict:
 JOBS = {"mert": mert_job, "mixture": mixture_job, "speed": speed_job}
 
 
-def main(job_dir: Path) -> None:
-    torch.manual_seed(0)
-    for job in json.loads((job_dir / "jobs.json").read_text()):
-        inputs = load_file(job_dir / job["input"]) if job.get("input") else {}
-        out = JOBS[job["kind"]](job, inputs)
-        save_file({k: v.contiguous() for k, v in out.items()}, job_dir / job["output"])
-        print(f"MERT: {job['name']} done", file=sys.stderr)
-
-
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    run_jobs(Path(sys.argv[1]), JOBS, "MERT")
