@@ -28,10 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MODELS = {"musichubert": "MusicHuBERT", "music2vec": "Music2Vec", "bestrq": "BEST-RQ", "musicfm": "MusicFM",
-          "muq": "MuQ"}
+          "muq": "MuQ", "mert": "MERT"}
 # the pretext number a run must improve: masked accuracy (up, by 2x), or Music2Vec's loss (down)
-RISING_ACCURACY = ("musichubert", "bestrq", "musicfm", "muq")
-MEL_24K = ("musicfm", "muq")  # models that read 24 kHz audio (the corpus listed again at that rate)
+RISING_ACCURACY = ("musichubert", "bestrq", "musicfm", "muq", "mert")
+AT_24K = ("musicfm", "muq", "mert")  # models that read 24 kHz audio (the corpus listed again at that rate)
+# MERT's acoustic codes for the curve: a Mel-RVQ on MERT's 75 Hz grid (8 x 1,024, `rvq fit --preset
+# mert75`) fitted as briefly as the `tiny` fit (2 s crops, 8 a batch, 150 steps at 1e-3): seconds, not
+# MuQ's hour; the codes are the targets' definition here, not the quality under test.
+MERT_CODES_FIT = ("fit.crop_seconds=2.0", "fit.batch_size=8", "fit.steps=150", "fit.learning_rate=1e-3",
+                  "fit.stats_crops=16")
 
 
 @dataclass(frozen=True)
@@ -48,11 +53,12 @@ class MethodInputs:
 
 
 def method_inputs(kind: str, out: Path, manifest: Path, labels: list[Path], progress: bool = False) -> MethodInputs:
-    """MusicHuBERT: the k-means labels; MusicFM / MuQ: the corpus listed at 24 kHz (`out/manifest24k`),
-    and for MuQ a tiny Mel-RVQ fitted on it (`out/rvq_tiny`, ~10 s); the others: the manifest."""
+    """MusicHuBERT: the k-means labels; MusicFM / MuQ / MERT: the corpus listed at 24 kHz
+    (`out/manifest24k`), for MuQ a tiny Mel-RVQ fitted on it (`out/rvq_tiny`, ~10 s), for MERT the codes
+    of a briefly fitted 75 Hz one (`out/rvq_mert75`, `out/codes_mert`); the others: the manifest."""
     if kind == "musichubert":
         return MethodInputs(manifest, tuple(labels))
-    if kind not in MEL_24K:
+    if kind not in AT_24K:
         return MethodInputs(manifest)
     from musicssl.data.manifest import build_manifest, read_manifest
 
@@ -62,12 +68,27 @@ def method_inputs(kind: str, out: Path, manifest: Path, labels: list[Path], prog
                        progress=progress)
     if kind == "musicfm":
         return MethodInputs(listed)
+    if kind == "mert":
+        return MethodInputs(listed, labels=(mert_codes(out, listed),))
     rvq = out / "rvq_tiny"
     if not (rvq / "model.safetensors").exists():
         from musicssl.targets.rvq_fit import fit_mel_rvq, resolve_fit_run
 
         fit_mel_rvq(listed, rvq, resolve_fit_run("tiny"), say=lambda line: None)
     return MethodInputs(listed, rvq=rvq)
+
+
+def mert_codes(out: Path, listed: Path) -> Path:
+    """`rvq fit --preset mert75` (MERT_CODES_FIT) then `labels rvq`, each skipped when done."""
+    from musicssl.targets.rvq_fit import fit_mel_rvq, resolve_fit_run
+    from musicssl.targets.rvq_labels import write_rvq_labels
+
+    rvq, codes = out / "rvq_mert75", out / "codes_mert"
+    if not (rvq / "model.safetensors").exists():
+        fit_mel_rvq(listed, rvq, resolve_fit_run("mert75", overrides=MERT_CODES_FIT), say=lambda line: None)
+    if not (codes / "codebooks.json").exists():
+        write_rvq_labels(listed, codes, rvq, splits=("train",))  # the listing at 24 kHz holds no valid rows
+    return codes
 
 
 def run_name(kind: str, seed: int, kernel: str) -> str:

@@ -47,9 +47,11 @@ from curve_stability import MODELS, method_inputs  # noqa: E402  (benchmarks/ is
 TOKEN_KEYS = ("accuracy/masked", "loss/masked_ce", "targets/usage", "targets/perplexity", "targets/top_share")
 PRETEXT_KEYS = {"musichubert": ("accuracy/masked", "accuracy/masked_1", "loss/masked_ce", "loss/masked_ce_1"),
                 "music2vec": ("loss", "target_std", "prediction_std"),
-                "bestrq": TOKEN_KEYS, "musicfm": TOKEN_KEYS, "muq": TOKEN_KEYS}
-# The BEST-RQ family (`--models bestrq,musicfm,muq`): their `tiny` presets with MusicHuBERT's demo
-# batch (20 s of audio per update), so the curves compare objectives at the same audio per update.
+                "bestrq": TOKEN_KEYS, "musicfm": TOKEN_KEYS, "muq": TOKEN_KEYS,
+                "mert": ("accuracy/masked", "loss/masked_ce", "loss/cqt_mse", "mixture/mixed_share")}
+# The BEST-RQ family and MERT (`--models bestrq,musicfm,muq,mert`): their `tiny` presets with
+# MusicHuBERT's demo batch (20 s of audio per update), so the curves compare objectives at the same
+# audio per update.
 TOKEN_OVERRIDES = ("data.batch_seconds=20",)
 
 
@@ -171,7 +173,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/curve")
     parser.add_argument("--steps", default="0,500,1000,2000,4000", help="updates at which to probe (0 = init)")
     parser.add_argument("--models", default="musichubert,music2vec",
-                        help="of musichubert, music2vec, bestrq, musicfm, muq")
+                        help="of musichubert, music2vec, bestrq, musicfm, muq, mert")
     parser.add_argument("--max-steps", default="", help="a model's own last step, e.g. music2vec=4000: its "
                         "run (and learning-rate schedule) ends there and it is probed at the steps up to it")
     parser.add_argument("--synth-preset", default="demo")

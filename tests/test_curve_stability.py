@@ -62,3 +62,29 @@ def test_majority_share_counts_the_training_labels(stability, tmp_path):
     (tmp_path / "train.km").write_text("1 1 2 3\n1 4\n")
     assert stability.majority_share(tmp_path) == pytest.approx(3 / 6)
     assert stability.majority_share(tmp_path / "missing") is None
+
+
+def test_merts_inputs_are_the_corpus_at_24k_and_8_codebooks_at_75_hz(stability, tmp_path, monkeypatch):
+    """`--models mert`: the corpus listed again at 24 kHz and a briefly fitted 75 Hz Mel-RVQ's codes,
+    one label set per codebook on MERT's grid, made once and reused."""
+    from musicssl.cli import main
+    from musicssl.data.label_files import read_label_set
+    from musicssl.data.manifest import recorded_sample_rate
+    from tests.train.test_pretrain_musichubert import pitched_corpus
+
+    pitched_corpus(tmp_path / "corpus", files=4, seconds=3.0)
+    assert main(["manifest", str(tmp_path / "corpus"), "-o", str(tmp_path / "data"), "--valid-percent", "0",
+                 "--workers", "1"]) == 0
+    monkeypatch.setattr(stability, "MERT_CODES_FIT", (*stability.MERT_CODES_FIT, "fit.steps=3", "fit.stats_crops=4",
+                                                      "fit.batch_size=4"))  # seconds, not the curve's 150 steps
+    inputs = stability.method_inputs("mert", tmp_path / "out", tmp_path / "data", [])
+    assert inputs.manifest == tmp_path / "out" / "manifest24k"
+    assert recorded_sample_rate(inputs.manifest / "train.tsv") == 24_000
+    (codes,) = inputs.labels
+    names = json.loads((codes / "codebooks.json").read_text())["codebooks"]
+    assert len(names) == 8
+    grid = read_label_set(codes / names[0]).grid
+    assert (grid.sample_rate, grid.rate_hz) == (24_000, 75.0)
+    stamp = (codes / "codebooks.json").stat().st_mtime_ns
+    assert stability.method_inputs("mert", tmp_path / "out", tmp_path / "data", []).labels == (codes,)
+    assert (codes / "codebooks.json").stat().st_mtime_ns == stamp  # not made again
