@@ -178,12 +178,13 @@ def compare_targets(reference: dict, wav: np.ndarray, table: list) -> None:
     within `float64_calibrated`'s multiple of their own error. Tokens: argmin over distances of the
     normalised projection, so a token may flip only where its two codes are nearer to tie than the
     two projections are apart (|d(x, c) - d(y, c)| <= |x - y| for unit codes c): each flip is checked."""
-    bank = LogMel(24000, 2048, 240, 128).filterbank
+    log_mel = LogMel(24000, 2048, 240, 128)
+    bank = log_mel.filterbank
     theirs_bank = torch.from_numpy(reference["targets/filterbank"])
     bank_difference = float((bank - theirs_bank).abs().max())
     table.append(("targets", "mel filterbank (1025, 128): max |ours - torchaudio| (values in [0, 1])",
                   f"{bank_difference:.1e}", bank_difference <= 64 * 2.0**-24))
-    ours_mel = LogMel(24000, 2048, 240, 128)(torch.from_numpy(wav))  # (B, T, M)
+    ours_mel = log_mel(torch.from_numpy(wav))  # (B, T, M)
     theirs_mel = torch.from_numpy(reference["targets/mel"]).transpose(1, 2)
     error, tolerance = float64_calibrated(ours_mel, theirs_mel, float64_log_mel(wav))
     table.append(("targets", f"dB-mel {tuple(ours_mel.shape)}: max |ours - MelSTFT| dB (float64-calibrated bound "

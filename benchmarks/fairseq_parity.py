@@ -334,12 +334,15 @@ def write_fixtures(values: dict[str, torch.Tensor], schedules: dict, inputs: dic
 # ---------------------------------------------------------------------------------------------
 
 
-def run_fairseq(job_dir: Path, jobs: list[dict]) -> None:
+def run_fairseq(job_dir: Path, jobs: list[dict], side: str = "fairseq_side.py") -> None:
+    """JOB_DIR/jobs.json's jobs through benchmarks/`side` in `.venv-fairseq` (benchmarks/ on its path:
+    mert_side.py imports fairseq_side's pieces)."""
     if not FAIRSEQ_PYTHON.exists():
         sys.exit(f"{FAIRSEQ_PYTHON} not found: build it with `make fairseq-venv`")
     (job_dir / "jobs.json").write_text(json.dumps(jobs))
-    subprocess.run([str(FAIRSEQ_PYTHON), str(ROOT / "benchmarks" / "fairseq_side.py"), str(job_dir)], check=True,
-                   env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")))
+    subprocess.run([str(FAIRSEQ_PYTHON), str(ROOT / "benchmarks" / side), str(job_dir)], check=True,
+                   env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+                            PYTHONPATH=str(ROOT / "benchmarks")))
 
 
 def main() -> int:

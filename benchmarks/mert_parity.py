@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -35,8 +33,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from fairseq_parity import (FAIRSEQ_PYTHON, FIXTURES, ROOT, TOL, Table, compare_gradients, grads_to_ours,
-                            logits_to_ours, relative, summarise, to_fairseq, with_noise_floors)
+from fairseq_parity import (FAIRSEQ_PYTHON, FIXTURES, TOL, Table, compare_gradients, grads_to_ours,
+                            logits_to_ours, relative, run_fairseq, summarise, to_fairseq, with_noise_floors)
 from fairseq_parity_masks import chi2_statistic, histogram, merge_matrix
 from musicssl.models.mert import MixtureConfig, apply_mixture, draw_mixture
 from tests.models import mert_cases as cases
@@ -179,12 +177,7 @@ def write_fixture(values: dict, mert_src: Path) -> None:
 
 
 def run_mert(job_dir: Path, jobs: list[dict]) -> None:
-    if not FAIRSEQ_PYTHON.exists():
-        sys.exit(f"{FAIRSEQ_PYTHON} not found: build it with `make fairseq-venv`")
-    (job_dir / "jobs.json").write_text(json.dumps(jobs))
-    subprocess.run([str(FAIRSEQ_PYTHON), str(ROOT / "benchmarks" / "mert_side.py"), str(job_dir)], check=True,
-                   env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
-                            PYTHONPATH=str(ROOT / "benchmarks")))
+    run_fairseq(job_dir, jobs, side="mert_side.py")
 
 
 def main() -> int:

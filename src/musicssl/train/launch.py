@@ -16,14 +16,14 @@ from musicssl.data.pretrain import UpdateLoader, build_pretrain_data
 from musicssl.data.label_files import expand_label_dirs, read_label_set
 from musicssl.data.manifest import check_sample_rate, read_manifest
 from musicssl.data.prepare import is_prepared
+from musicssl.interop.mert import load_mert
+from musicssl.models.backbone import Backbone
 from musicssl.models.mel_rvq import MelRVQConfig
 from musicssl.targets.rvq_fit import load_mel_rvq
 from musicssl.train.checkpoint import check_resumable, checkpoint_dirs, find_resumable, read_run_config
 from musicssl.train.interrupt import stop_on_signals
 from musicssl.train.label_identity import RECORD_KEY, check_resumed_labels, label_identities
 from musicssl.train.lock import run_lock
-from musicssl.interop.mert import load_mert
-from musicssl.models.backbone import Backbone
 from musicssl.train.mert import MERTRun, MERTTask, continue_from, mert_run, preset_differences
 from musicssl.train.tasks import (MUSICFM_PRESETS, MUSICHUBERT_PRESETS, BestRQRun, BestRQTask, Music2VecRun,
                                   Music2VecTask, MusicFMRun, MusicFMTask, MusicHubertRun, MusicHubertTask, bestrq_run, check_corpus_holds_a_crop,
