@@ -13,6 +13,8 @@ Jobs:
 - schedules: PolynomialDecayLRSchedule / TriStageLRSchedule `step_update`, and the data2vec
   EMA decay read after `set_num_updates`.
 - masks: `compute_mask_indices` statistics over many draws.
+- hubert_speed: HubertModel + the `hubert` criterion trained as fairseq's trainer steps it (its own
+  mask draws, AdamW), timed, for benchmarks/pretrain_speed.py --against fairseq.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -94,7 +97,7 @@ def criterion_sample(inputs: dict, extra_classes: int) -> dict:
     """The `hubert` criterion's sample: sample-level padding, one target list per codebook in
     dictionary indices."""
     wav, lengths, labels = inputs["wav"], inputs["lengths"], inputs["labels"]  # labels (B, T_label, S)
-    padding = torch.arange(wav.shape[1])[None] >= lengths[:, None]  # sample-level (B, N)
+    padding = torch.arange(wav.shape[1], device=wav.device)[None] >= lengths[:, None]  # sample-level (B, N)
     return {"net_input": {"source": wav, "padding_mask": padding},
             "target_list": [labels[..., i] + extra_classes for i in range(labels.shape[-1])],
             "id": torch.arange(wav.shape[0])}
@@ -119,9 +122,10 @@ def run_criterion(model, criterion, sample: dict, codebooks: int) -> tuple[dict,
     return out, captured
 
 
-def hubert_job(job: dict, inputs: dict) -> dict:
+def hubert_model(job: dict, inputs: dict):
+    """HubertModel of a job's config with its `weight.*` inputs, the `hubert` criterion, and the
+    number of codebooks."""
     from fairseq.criterions.hubert_criterion import HubertCriterion
-    from fairseq.models.hubert import hubert as hubert_module
     from fairseq.models.hubert.hubert import HubertConfig, HubertModel
 
     model_cfg, backbone = job["model"], job["backbone"]
@@ -133,14 +137,54 @@ def hubert_job(job: dict, inputs: dict) -> dict:
     dictionaries = label_dictionaries(model_cfg)
     model = HubertModel(cfg, types.SimpleNamespace(sample_rate=backbone["sample_rate"]), dictionaries)
     load_weights(model, inputs)
-    model.train()
-
-    forced = inputs["mask"].numpy().astype(bool)
-    hubert_module.compute_mask_indices = lambda shape, *args, **kwargs: forced[:, :shape[1]]
     criterion = HubertCriterion(None, model_cfg["masked_weight"], model_cfg["unmasked_weight"],
                                 loss_weights=[model_cfg["feature_penalty_weight"]])
-    sample = criterion_sample(inputs, model_cfg["extra_classes"])
-    return run_criterion(model, criterion, sample, len(dictionaries))[0]
+    return model.train(), criterion, len(dictionaries)
+
+
+def hubert_job(job: dict, inputs: dict) -> dict:
+    from fairseq.models.hubert import hubert as hubert_module
+
+    model, criterion, codebooks = hubert_model(job, inputs)
+    forced = inputs["mask"].numpy().astype(bool)
+    drawn = hubert_module.compute_mask_indices
+    hubert_module.compute_mask_indices = lambda shape, *args, **kwargs: forced[:, :shape[1]]
+    try:
+        sample = criterion_sample(inputs, job["model"]["extra_classes"])
+        return run_criterion(model, criterion, sample, codebooks)[0]
+    finally:
+        hubert_module.compute_mask_indices = drawn
+
+
+def timed_steps(model, criterion, sample_of, job: dict) -> dict:
+    """Seconds of each training step as fairseq's trainer takes it (criterion, backward of
+    loss / sample_size, an AdamW step) after `warm_up` untimed ones; `sample_of(batch)` builds the
+    criterion's sample from the job's batch on the job's device."""
+    torch.set_num_threads(job["threads"])
+    device = torch.device(job["device"])
+    model = model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    batch = {k: v.to(device) for k, v in job["batch"].items()}
+    times = []
+    for step in range(job["warm_up"] + job["steps"]):
+        sample = sample_of(batch)
+        start = time.perf_counter()
+        loss, sample_size, _ = criterion(model, sample)
+        (loss / sample_size).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if step >= job["warm_up"]:
+            times.append(time.perf_counter() - start)
+    return {"seconds": torch.tensor(times, dtype=torch.float64)}
+
+
+def hubert_speed_job(job: dict, inputs: dict) -> dict:
+    model, criterion, _ = hubert_model(job, inputs)
+    batch = {k: v for k, v in inputs.items() if not k.startswith("weight.")}
+    extra = job["model"]["extra_classes"]
+    return timed_steps(model, criterion, lambda b: criterion_sample(b, extra), dict(job, batch=batch))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,7 +327,8 @@ def masks_job(job: dict, inputs: dict) -> dict:
     return out
 
 
-JOBS = {"hubert": hubert_job, "data2vec": data2vec_job, "schedules": schedules_job, "masks": masks_job}
+JOBS = {"hubert": hubert_job, "data2vec": data2vec_job, "schedules": schedules_job, "masks": masks_job,
+        "hubert_speed": hubert_speed_job}
 
 
 def run_jobs(job_dir: Path, jobs: dict, side: str) -> None:

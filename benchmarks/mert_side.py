@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import importlib
 import sys
-import time
 import types
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fairseq_side import criterion_sample, encoder_fields, label_dictionaries, load_weights, run_criterion, run_jobs
+from fairseq_side import (criterion_sample, encoder_fields, label_dictionaries, load_weights, run_criterion, run_jobs,
+                          timed_steps)
 
 
 def import_mert(mert_src: str):
@@ -217,34 +217,21 @@ def decode(log: list, batch: int, probability: float, clips: int) -> list:
 
 def speed_job(job: dict, inputs: dict) -> dict:
     """MERT's training step as fairseq's trainer takes it, timed (benchmarks/pretrain_speed.py
-    --method mert): MERTModel with its own mask and mixture draws, the hubert criterion, backward of
-    loss / sample_size, an AdamW step. Seconds of each step after `warm_up` untimed ones."""
+    --method mert): MERTModel with its own mask and mixture draws and the hubert criterion
+    (fairseq_side.timed_steps)."""
     from fairseq.criterions.hubert_criterion import HubertCriterion
 
-    torch.set_num_threads(job["threads"])
-    device = torch.device(job["device"])
     mert = import_mert(job["mert_src"])
     model_cfg = job["model"]
     model = mert_model(mert, job, mixture_prob=model_cfg["mixture"]["probability"])  # 0.5: the same either way
     load_weights(model, inputs, ignore=("encoder_cqt_model.spec_layer.",))
-    model = model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     criterion = HubertCriterion(None, model_cfg["masked_weight"], model_cfg["unmasked_weight"],
                                 loss_weights=[model_cfg["feature_penalty_weight"], model_cfg["cqt_weight"]])
-    times = []
-    for step in range(job["warm_up"] + job["steps"]):
-        batch = {k: v.to(device) for k, v in inputs.items() if not k.startswith("weight.")}
-        sample = criterion_sample(dict(batch, wav=batch["wav"].clone()), model_cfg["extra_classes"])  # mixed in place
-        start = time.perf_counter()
-        loss, sample_size, _ = criterion(model, sample)
-        (loss / sample_size).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if step >= job["warm_up"]:
-            times.append(time.perf_counter() - start)
-    return {"seconds": torch.tensor(times, dtype=torch.float64)}
+    batch = {k: v for k, v in inputs.items() if not k.startswith("weight.")}
+    extra = model_cfg["extra_classes"]
+    # MERT mixes the batch's audio in place: each step gets a fresh copy
+    return timed_steps(model, criterion, lambda b: criterion_sample(dict(b, wav=b["wav"].clone()), extra),
+                       dict(job, batch=batch))
 
 
 JOBS = {"mert": mert_job, "mixture": mixture_job, "speed": speed_job}

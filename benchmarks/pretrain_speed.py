@@ -4,6 +4,7 @@ against transformers.
     .venv/bin/python benchmarks/pretrain_speed.py [--method musichubert|music2vec|bestrq|musicfm|muq]
         [--steps 3] [--dtypes fp32 bf16] [--preset base] [--device cpu]
     .venv/bin/python benchmarks/pretrain_speed.py --method mert --mert-src DIR [--preset 95m|330m|tiny]
+    .venv/bin/python benchmarks/pretrain_speed.py --against fairseq [--preset base|tiny] [--dtypes fp32 bf16]
 
 Same run, same weights, batch 2 x 5 s, 2 threads, AdamW step included in both:
 - ours: `MusicHubert` (span masking 0.8/10, masked prediction over k = 500 classes with the
@@ -27,6 +28,9 @@ update, 8 codebooks of 1,024 codes, the CQT teacher), batch 2 x 5 s at 24 kHz; b
 fairseq step (`MERTModel` of DIR's `mert_fairseq` + the hubert criterion, its own mask and mixture
 draws, AdamW) on the same weights and batch, run in `.venv-fairseq` (benchmarks/mert_side.py, the
 venv of `make parity-mert`). Two processes cannot interleave: ours runs first, then MERT's.
+`--against fairseq` (MusicHuBERT): the baseline is fairseq-fixed's HubertModel + the hubert criterion
+with its own mask draws and AdamW (benchmarks/fairseq_side.py's hubert_speed job in `.venv-fairseq`,
+the venv of `make parity-fairseq`), on the same initial weights, batch and 100 Hz labels; ours first.
 Printed: seconds per step (median of interleaved rounds), steps/s, the ratio baseline/ours
 (> 1 = ours faster; targets >= 1.0 in fp32, >= 1.5 for ours in bf16 against transformers in
 fp32) and MFU = model FLOPs per second / measured matmul peak of the same dtype.
@@ -122,6 +126,20 @@ def reference_step(model, optimizer, wav, dtype, teacher_pass: bool, update: int
     optimizer.zero_grad(set_to_none=True)
 
 
+def timed_rounds(step_fns: dict, steps: int, device: torch.device, warm_up: int = 1) -> dict:
+    """Seconds of every step function in `steps` interleaved rounds after `warm_up` untimed ones."""
+    times = {key: [] for key in step_fns}
+    for round_index in range(steps + warm_up):
+        for key, step in step_fns.items():
+            start = time.perf_counter()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if round_index >= warm_up:
+                times[key].append(time.perf_counter() - start)
+    return times
+
+
 def measure(method: str, dtypes: list[str], steps: int, device: torch.device, k: int = 500, preset: str = "base",
             batch: int = 2, samples: int | None = None, compile_backend: str = "") -> dict:
     """Median seconds per step of ours and transformers per dtype (interleaved rounds after the
@@ -149,18 +167,9 @@ def measure(method: str, dtypes: list[str], steps: int, device: torch.device, k:
         import musicfm_reference
 
         step_fns |= musicfm_reference.conformer_forwards(ours, reference, batch, frames, dtypes)
-    times = {key: [] for key in step_fns}
     # dynamo specialises on the first update number and recompiles for the second (then treats it
     # as dynamic): two warm-up rounds when compiled, so no timed round pays a compile
-    warm_up = 2 if compile_backend else 1
-    for round_index in range(steps + warm_up):
-        for key, step in step_fns.items():
-            start = time.perf_counter()
-            step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if round_index >= warm_up:
-                times[key].append(time.perf_counter() - start)
+    times = timed_rounds(step_fns, steps, device, warm_up=2 if compile_backend else 1)
     peaks = {d: matmul_gflops(torch.float32 if d == "fp32" else torch.bfloat16) for d in dtypes}
     flops = None if mel_model else model_flops(ours.config.backbone, batch, samples, train=True)
     if teacher:  # the teacher's forward: the Transformer only (the CNN and projection are the student's)
@@ -175,8 +184,7 @@ def measure_mert(dtypes: list[str], steps: int, device: torch.device, preset: st
     """Median seconds per step of our MERT per dtype, and of MERT's fairseq step in fp32 (its
     process: benchmarks/mert_side.py's speed job), on the same initial weights and batch."""
     import numpy as np
-    from mert_parity import MERT_MODEL, run_mert
-    from fairseq_parity import to_fairseq
+    from mert_parity import MERT_MODEL
     from musicssl.models.mert import MERT
     from musicssl.train.mert import MERT_PRESETS, SAMPLE_RATE
 
@@ -186,47 +194,70 @@ def measure_mert(dtypes: list[str], steps: int, device: torch.device, preset: st
     config = MERT_PRESETS["95m" if preset == "base" else preset]((1024,) * 8).model
     config = dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, layerdrop=0.0))
     ours = MERT(config).to(device).train()
-    initial = {f"weight.{k}": v.detach().cpu().clone() for k, v in ours.state_dict().items()}
     samples = 5 * SAMPLE_RATE
     wav = 0.1 * torch.randn(batch, samples, device=device)
     frames = conv_frames(samples, config.backbone.conv_layers)[-1]
     labels = torch.randint(0, 1024, (batch, frames, 8), device=device)  # 8 codebooks at 75 Hz
-    optimizer, rng, updates = torch.optim.AdamW(ours.parameters(), lr=1e-5), np.random.default_rng(0), itertools.count()
+    rng = np.random.default_rng(0)
+    mixture = lambda: ours.mixture_plan(batch, samples, rng)  # noqa: E731 (a fresh draw per step)
+    job = {"kind": "speed", "mert_src": str(mert_src.resolve())}
+    return against_fairseq(ours, config, wav, labels, dtypes, steps, device, threads, "mert", job, mixture)
+
+
+def measure_fairseq(dtypes: list[str], steps: int, device: torch.device, k: int, preset: str, threads: int,
+                    batch: int = 2) -> dict:
+    """Median seconds per step of our MusicHuBERT per dtype, and of fairseq's HubertModel + hubert
+    criterion in fp32 (its process: benchmarks/fairseq_side.py's hubert_speed job, its own mask
+    draws), on the same initial weights and batch: issue 27's >= 1.5x."""
+    torch.manual_seed(0)
+    config = musichubert_config(preset, num_classes=k, label_rate_hz=100.0)
+    config = dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, layerdrop=0.0))
+    ours = MusicHubert(config).to(device).train()
+    samples = 5 * config.backbone.sample_rate
+    wav = torch.randn(batch, samples, device=device)
+    frames = conv_frames(samples, config.backbone.conv_layers)[-1]
+    labels = torch.randint(0, k, (batch, 2 * frames, 1), device=device)  # one codebook at 100 Hz
+    return against_fairseq(ours, config, wav, labels, dtypes, steps, device, threads, "fairseq",
+                           {"kind": "hubert_speed"})
+
+
+def against_fairseq(ours, config, wav, labels, dtypes: list[str], steps: int, device: torch.device, threads: int,
+                    name: str, job: dict, mixture=None) -> dict:
+    """Our model's step per dtype, then the fairseq side's (`job`, run in .venv-fairseq) on the
+    initial weights and the same batch: two processes cannot interleave, so ours runs first."""
+    from fairseq_parity import run_fairseq, to_fairseq
+
+    initial = {f"weight.{k}": v.detach().cpu().clone() for k, v in ours.state_dict().items()}
+    optimizer, updates = torch.optim.AdamW(ours.parameters(), lr=1e-5), itertools.count()
+    batch, samples = wav.shape
 
     def step(dtype: str) -> None:
         update = next(updates)
+        extra = {} if mixture is None else {"mixture": mixture()}
         with autocast(dtype):
-            result = ours(wav, None, labels, generator=update, mixture=ours.mixture_plan(batch, samples, rng))
+            result = ours(wav, None, labels, generator=update, **extra)
         (result["loss"] / result["sample_size"]).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    times = {("ours", d): [] for d in dtypes}
-    for round_index in range(steps + 1):
-        for (_, dtype), values in times.items():
-            start = time.perf_counter()
-            step(dtype)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if round_index >= 1:
-                values.append(time.perf_counter() - start)
-    extra = config.extra_classes
+    times = timed_rounds({("ours", d): (lambda d=d: step(d)) for d in dtypes}, steps, device)
     inputs = to_fairseq({"wav": wav.cpu(), "lengths": torch.full((batch,), samples), "labels": labels.cpu(), **initial},
-                        "hubert", [k + extra for k in config.codebooks], extra)
+                        "hubert", [k + config.extra_classes for k in config.codebooks], config.extra_classes)
     fields = dataclasses.asdict(config)
     backbone = fields.pop("backbone")
-    with tempfile.TemporaryDirectory(prefix="mert_speed_") as tmp:
+    side = "mert_side.py" if name == "mert" else "fairseq_side.py"
+    with tempfile.TemporaryDirectory(prefix="fairseq_speed_") as tmp:
         from safetensors.torch import load_file, save_file
 
         save_file({k: v.contiguous() for k, v in inputs.items()}, Path(tmp) / "speed.in")
-        run_mert(Path(tmp), [{"kind": "speed", "name": "speed", "input": "speed.in", "output": "speed.out",
-                              "mert_src": str(mert_src.resolve()), "threads": threads, "device": str(device),
-                              "warm_up": 1, "steps": steps, "model": fields, "backbone": backbone}])
-        times[("mert", "fp32")] = load_file(Path(tmp) / "speed.out")["seconds"].tolist()
+        run_fairseq(Path(tmp), [{**job, "name": "speed", "input": "speed.in", "output": "speed.out",
+                                 "threads": threads, "device": str(device), "warm_up": 1, "steps": steps,
+                                 "model": fields, "backbone": backbone}], side=side)
+        times[(name, "fp32")] = load_file(Path(tmp) / "speed.out")["seconds"].tolist()
     median = {key: statistics.median(values) for key, values in times.items()}
     peaks = {d: matmul_gflops(torch.float32 if d == "fp32" else torch.bfloat16) for d in {*dtypes, "fp32"}}
     return {"median": median, "peaks": peaks, "flops": model_flops(config.backbone, batch, samples, train=True),
-            "batch": batch, "samples": samples, "sample_rate": SAMPLE_RATE}
+            "batch": batch, "samples": samples, "sample_rate": config.backbone.sample_rate}
 
 
 def print_result(result: dict, method: str, threads: int, k: int, device: torch.device) -> None:
@@ -242,12 +273,12 @@ def print_result(result: dict, method: str, threads: int, k: int, device: torch.
         if ("conformer ours", dtype) in median:
             ratio = median[("conformer hf", dtype)] / median[("conformer ours", dtype)]
             print(f"conformer forward, ours vs transformers {dtype}: {ratio:.2f}x (target >= 1.0)")
-    if ("mert", "fp32") in median:
-        for dtype in peaks:
-            if ("ours", dtype) in median:
-                ratio = median[("mert", "fp32")] / median[("ours", dtype)]
-                print(f"ours {dtype} vs MERT's fairseq step fp32: {ratio:.2f}x (issue 29's target >= 1.5 in fp32; "
-                      f"a shared CPU makes this indicative only)")
+    for name, what, issue in (("mert", "MERT's fairseq step", 29), ("fairseq", "fairseq's HuBERT step", 27)):
+        for dtype in ("fp32", "bf16"):
+            if (name, "fp32") in median and ("ours", dtype) in median:
+                ratio = median[(name, "fp32")] / median[("ours", dtype)]
+                print(f"ours {dtype} vs {what} fp32: {ratio:.2f}x (issue {issue}'s target >= 1.5 in fp32; the "
+                      f"two processes run one after the other: on a shared CPU indicative only)")
     if ("hf", "fp32") in median:
         for dtype, target in (("fp32", 1.0), ("bf16", 1.5)):
             if ("ours", dtype) in median:
@@ -265,6 +296,8 @@ def main() -> None:
     parser.add_argument("--method", choices=("musichubert", "music2vec", "bestrq", "musicfm", "muq", "mert"),
                         default="musichubert")
     parser.add_argument("--mert-src", type=Path, help="--method mert: a checkout of github.com/yizhilll/MERT")
+    parser.add_argument("--against", choices=("transformers", "fairseq"), default="transformers",
+                        help="--method musichubert: the baseline (fairseq: HubertModel + its criterion in .venv-fairseq)")
     parser.add_argument("--preset", default="base", help="the models' preset (musicfm / muq: also large)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]: both models, batches and optimizers there")
     parser.add_argument("--compile", default="", metavar="BACKEND",
@@ -277,6 +310,12 @@ def main() -> None:
             parser.error("--method mert needs --mert-src DIR, a checkout of github.com/yizhilll/MERT")
         result = measure_mert(args.dtypes, args.steps, device, args.preset, args.mert_src, args.threads)
         print_result(result, args.method, args.threads, 1024, device)
+        return
+    if args.against == "fairseq":
+        if args.method != "musichubert":
+            parser.error("--against fairseq times MusicHuBERT against fairseq's HuBERT (--method musichubert)")
+        result = measure_fairseq(args.dtypes, args.steps, device, args.k, args.preset, args.threads)
+        print_result(result, args.method, args.threads, args.k, device)
         return
     result = measure(args.method, args.dtypes, args.steps, device, k=args.k, preset=args.preset,
                      compile_backend=args.compile)
