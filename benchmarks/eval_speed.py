@@ -12,7 +12,7 @@
    ratio (ours / transformers; > 1 = faster); the last line of the script repeats it. With
    bf16 (`--dtypes`; by default where the CPU has avx512_bf16 / AMX, or on CUDA) ours also runs
    under bf16 autocast, against the same transformers fp32 run: `extraction bf16: ...`. Then
-   the compute ceiling: the forward's FLOPs per window at the fp32 GEMM peak measured in the
+   the compute ceiling: the forward's FLOPs per window at the fp32 (and bf16) GEMM peak measured in the
    same run, as audio-s/s and as a ratio to transformers (no fp32 extraction can beat it;
    AMD EPYC, 2 threads: 500 GFLOP a 30-s window, 11.1 audio-s/s = 1.43x transformers).
 2. Probe: for every registered task, one probe run (one layer, one learning rate, a fixed
@@ -120,6 +120,8 @@ def extraction(preset: str, count: int, seconds: float, window: float, device: s
         if "ours" in result:
             result["ratio"] = result["ours"] / result["transformers"]
         result["ceiling"] = ceiling(preset, window, device, result["transformers"])
+        if "ours bf16" in result:
+            result["ceiling bf16"] = ceiling(preset, window, device, result["transformers"], torch.bfloat16)
         return result
 
 
@@ -145,11 +147,13 @@ def host() -> str:
     return f"{cpu_name()}; torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, {', '.join(bf16)}"
 
 
-def ceiling(preset: str, window: float, device: str, reference_rate: float) -> float:
+def ceiling(preset: str, window: float, device: str, reference_rate: float,
+            dtype: torch.dtype = torch.float32) -> float:
     """The compute ceiling of extraction on this device: the forward's floating-point operations
     (convolutions, matmuls, attention; torch's FlopCounterMode, one window, every layer) at the
-    fp32 GEMM peak measured now. No fp32 implementation of this model extracts faster than that
-    (the elementwise work, decoding and pooling only add to it). Returns audio-s/s."""
+    GEMM peak in `dtype` measured now. No implementation of this model computing in that dtype
+    extracts faster than that (the elementwise work, decoding and pooling only add to it); for
+    bf16 it bounds what autocast can gain over fp32. Returns audio-s/s."""
     from torch.utils import flop_counter
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -169,9 +173,10 @@ def ceiling(preset: str, window: float, device: str, reference_rate: float) -> f
     with counter:
         model(torch.zeros(1, int(window * 16000)))  # every hidden state, as extraction keeps them
     flops = counter.get_total_flops()
-    peak = matmul_peak(device, torch.get_num_threads())
+    peak = matmul_peak(device, torch.get_num_threads(), dtype=dtype)
     rate = window / (flops / peak)
-    print(f"  compute ceiling: {flops / 1e9:.0f} GFLOP a {window:g}-s window at the fp32 GEMM peak "
+    name = "fp32" if dtype == torch.float32 else "bf16"
+    print(f"  compute ceiling: {flops / 1e9:.0f} GFLOP a {window:g}-s window at the {name} GEMM peak "
           f"{peak / 1e9:.1f} GFLOP/s = {rate:.1f} audio s/s = {rate / reference_rate:.2f}x transformers")
     return rate
 

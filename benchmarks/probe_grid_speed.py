@@ -144,10 +144,10 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_peak(device: str, threads: int, size: int = 2048) -> float:
-    """Best fp32 GEMM throughput of 5, in FLOP/s."""
+def matmul_peak(device: str, threads: int, size: int = 2048, dtype: torch.dtype = torch.float32) -> float:
+    """Best GEMM throughput in `dtype` of 5 (after one untimed), in FLOP/s."""
     torch.set_num_threads(threads)
-    a, b = (torch.randn(size, size, device=device) for _ in range(2))
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
     best = 0.0
     for _ in range(6):
         synchronize(device)
