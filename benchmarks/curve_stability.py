@@ -265,7 +265,10 @@ def stability_rows(runs: dict[str, dict], steps: list[int], window: int, average
 
 def stability_markdown(rows: list[dict], steps: list[int], cpu: str, prior: float | None = None) -> str:
     positive = [s for s in steps if s > 0]
-    head = (["run", "kernel", "seed"] + [f"masked acc @{s}" for s in positive] + [f"eff. rank @{s}" for s in steps]
+    kinds = {row["kind"] for row in rows}  # Music2Vec's pretext number is its regression loss
+    pretext = ("loss" if kinds == {"music2vec"} else "masked acc (Music2Vec: loss)" if "music2vec" in kinds
+               else "masked acc")
+    head = (["run", "kernel", "seed"] + [f"{pretext} @{s}" for s in positive] + [f"eff. rank @{s}" for s in steps]
             + ["codes used", "avg @0", f"avg @{max(steps)}", "learns", "pretrain s"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
