@@ -129,6 +129,17 @@ parity-mel: musicfm-src-set $(STAMP) $(TORCHAUDIO_STAMP)
 	OMP_NUM_THREADS=2 MUSICFM_VENV=$(TORCHAUDIO_VENV) $(PY) benchmarks/bestrq_parity.py --musicfm-src $(MUSICFM_SRC) \
 		--require-torchaudio
 
+# A reference venv whose reference package goes in without its dependencies (what would pull in a
+# CUDA torchaudio or another torch): $(1) the folder, $(2) what it needs beside torch 2.13, $(3) the
+# package itself. Its stamp is $(1)/.installed.
+define no_deps_venv
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade pip
+	$(1)/bin/python -m pip install --quiet torch==2.13.0 $(2)
+	$(1)/bin/python -m pip install --quiet --no-deps $(3)
+	touch $(1)/.installed
+endef
+
 # The Mel-RVQ tokenizer against MuQ's own ResidualVectorQuantize (the `muq` package on PyPI, MIT),
 # run in its own venv: torch, einops, numpy and muq without its dependencies (its __init__ pulls in
 # transformers and torchaudio; only muq/modules/rvq.py is loaded). Weights of a seed, codes,
@@ -138,11 +149,7 @@ MUQ_VENV := .venv-muq
 MUQ_STAMP := $(MUQ_VENV)/.installed
 
 $(MUQ_STAMP):
-	test -x $(MUQ_VENV)/bin/python || $(PYTHON) -m venv $(MUQ_VENV)
-	$(MUQ_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(MUQ_VENV)/bin/python -m pip install --quiet torch==2.13.0 einops numpy
-	$(MUQ_VENV)/bin/python -m pip install --quiet --no-deps muq==0.1.0
-	touch $(MUQ_STAMP)
+	$(call no_deps_venv,$(MUQ_VENV),einops numpy,muq==0.1.0)
 
 parity-muq: $(STAMP) $(MUQ_STAMP)
 	OMP_NUM_THREADS=2 MUQ_VENV=$(MUQ_VENV) $(PY) benchmarks/muq_rvq_parity.py $(PARITY_ARGS)
@@ -158,12 +165,7 @@ MUQ_MODEL_VENV := .venv-muqmodel
 MUQ_MODEL_STAMP := $(MUQ_MODEL_VENV)/.installed
 
 $(MUQ_MODEL_STAMP):
-	test -x $(MUQ_MODEL_VENV)/bin/python || $(PYTHON) -m venv $(MUQ_MODEL_VENV)
-	$(MUQ_MODEL_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(MUQ_MODEL_VENV)/bin/python -m pip install --quiet torch==2.13.0 einops numpy easydict safetensors \
-		"transformers<5" "huggingface_hub<1"
-	$(MUQ_MODEL_VENV)/bin/python -m pip install --quiet --no-deps muq==0.1.0
-	touch $(MUQ_MODEL_STAMP)
+	$(call no_deps_venv,$(MUQ_MODEL_VENV),einops numpy easydict safetensors "transformers<5" "huggingface_hub<1",muq==0.1.0)
 
 parity-muq-model: $(STAMP) $(MUQ_MODEL_STAMP)
 	OMP_NUM_THREADS=2 MUQ_MODEL_VENV=$(MUQ_MODEL_VENV) $(PY) benchmarks/muq_model_parity.py
@@ -195,11 +197,7 @@ ENCODEC_VENV := .venv-encodec
 ENCODEC_STAMP := $(ENCODEC_VENV)/.installed
 
 $(ENCODEC_STAMP):
-	test -x $(ENCODEC_VENV)/bin/python || $(PYTHON) -m venv $(ENCODEC_VENV)
-	$(ENCODEC_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(ENCODEC_VENV)/bin/python -m pip install --quiet torch==2.13.0 einops numpy
-	$(ENCODEC_VENV)/bin/python -m pip install --quiet --no-deps encodec==0.1.1
-	touch $(ENCODEC_STAMP)
+	$(call no_deps_venv,$(ENCODEC_VENV),einops numpy,encodec==0.1.1)
 
 parity-encodec: $(STAMP) $(ENCODEC_STAMP)
 	OMP_NUM_THREADS=2 ENCODEC_VENV=$(ENCODEC_VENV) $(PY) benchmarks/encodec_parity.py $(PARITY_ARGS)
