@@ -201,7 +201,8 @@ def measure_mert(dtypes: list[str], steps: int, device: torch.device, preset: st
     rng = np.random.default_rng(0)
     mixture = lambda: ours.mixture_plan(batch, samples, rng)  # noqa: E731 (a fresh draw per step)
     job = {"kind": "speed", "mert_src": str(mert_src.resolve())}
-    return against_fairseq(ours, config, wav, labels, dtypes, steps, device, threads, "mert", job, mixture)
+    return against_fairseq(ours, config, wav, labels, dtypes, steps, device, threads, "mert", job, mixture,
+                           side="mert_side.py")
 
 
 def measure_fairseq(dtypes: list[str], steps: int, device: torch.device, k: int, preset: str, threads: int,
@@ -222,8 +223,8 @@ def measure_fairseq(dtypes: list[str], steps: int, device: torch.device, k: int,
 
 
 def against_fairseq(ours, config, wav, labels, dtypes: list[str], steps: int, device: torch.device, threads: int,
-                    name: str, job: dict, mixture=None) -> dict:
-    """Our model's step per dtype, then the fairseq side's (`job`, run in .venv-fairseq) on the
+                    name: str, job: dict, mixture=None, side: str = "fairseq_side.py") -> dict:
+    """Our model's step per dtype, then `job` run by benchmarks/`side` in .venv-fairseq on the
     initial weights and the same batch: two processes cannot interleave, so ours runs first."""
     from fairseq_parity import run_fairseq, to_fairseq
 
@@ -245,7 +246,6 @@ def against_fairseq(ours, config, wav, labels, dtypes: list[str], steps: int, de
                         "hubert", [k + config.extra_classes for k in config.codebooks], config.extra_classes)
     fields = dataclasses.asdict(config)
     backbone = fields.pop("backbone")
-    side = "mert_side.py" if name == "mert" else "fairseq_side.py"
     with tempfile.TemporaryDirectory(prefix="fairseq_speed_") as tmp:
         from safetensors.torch import load_file, save_file
 
