@@ -248,7 +248,7 @@ def stability_rows(runs: dict[str, dict], steps: list[int], window: int, average
                             next((r["collapse/init_effective_rank"] for r in records
                                   if "collapse/init_effective_rank" in r), None)) for s in steps},
                "usage": codebook_usage(run["dir"], run["checkpoints"][max(steps)]) if max(steps) in run["checkpoints"] else None,
-               "average": {s: averages.get((name, s)) for s in (0, max(steps))}}
+               "average": {s: averages.get((name, s)) for s in steps}}
         first, last = row["pretext"].get(positive[0]), row["pretext"].get(positive[-1])
         # BEST-RQ's majority share is its own targets' (logged as targets/top_share), not the MFCC labels'
         floor = (prior if run["kind"] == "musichubert"
@@ -269,15 +269,15 @@ def stability_markdown(rows: list[dict], steps: list[int], cpu: str, prior: floa
     pretext = ("loss" if kinds == {"music2vec"} else "masked acc (Music2Vec: loss)" if "music2vec" in kinds
                else "masked acc")
     head = (["run", "kernel", "seed"] + [f"{pretext} @{s}" for s in positive] + [f"eff. rank @{s}" for s in steps]
-            + ["codes used", "avg @0", f"avg @{max(steps)}", "learns", "pretrain s"])
+            + ["codes used"] + [f"avg @{s}" for s in steps] + ["learns", "pretrain s"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     for row in rows:
         cells = [row["run"], row["kernel"], str(row["seed"])]
         cells += [fmt(row["pretext"][s], ".3f") for s in positive]
         cells += [fmt(row["rank"][s], ".1f") for s in steps]
-        cells += [fmt(row["usage"], ".0%"), fmt(row["average"][0], ".1f"), fmt(row["average"][max(steps)], ".1f"),
-                  ("yes" if row["learns"] else "NO") + ("" if row["criterion_complete"] else " (pretext only)"),
+        cells += [fmt(row["usage"], ".0%")] + [fmt(row["average"][s], ".1f") for s in steps]
+        cells += [("yes" if row["learns"] else "NO") + ("" if row["criterion_complete"] else " (pretext only)"),
                   f"{row['seconds']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     learned = sum(r["learns"] for r in rows)

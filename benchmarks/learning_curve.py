@@ -278,7 +278,7 @@ def stability(args, out: Path, config: DemoConfig, steps: list[int], manifest: P
         from musicssl.evaluate.benchmark import run_benchmark
 
         names = {f"{name}@{step}={run['checkpoints'][step]}": (name, step)
-                 for name, run in runs.items() for step in (0, max(steps)) if step in run["checkpoints"]}
+                 for name, run in runs.items() for step in steps if step in run["checkpoints"]}
         results = run_benchmark(list(names), {task: out / "data" / folder for task, folder in DEMO_TASKS.items()},
                                 out / "stability_bench", probe, options=options, device=args.device, progress=True,
                                 command="learning_curve.py --pretrain-seeds (stability table)")

@@ -51,8 +51,17 @@ def test_the_dry_run_lists_every_step_with_its_status_cost_and_command(folders):
     (lambda a, r: study_args(r, speech="phone"), "8000 Hz"),
 ])
 def test_bad_input_is_one_line_and_exit_2(folders, change, words):
-    code, _, err = run_cli(change(study_args(folders, "--dry-run"), folders))
+    code, _, err = run_cli(change(study_args(folders), folders))
     assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+    assert not (folders / "study").exists()  # refused before anything ran
+
+
+def test_a_dry_run_plans_for_folders_that_exist_only_where_it_will_run(tmp_path):
+    # e.g. planning a cluster's `--scale base` study on a laptop
+    code, out, err = run_cli(["study", "paper", "--scale", "base", "--data", str(tmp_path / "music"),
+                              "--bench-root", str(tmp_path / "bench"), "--out", str(tmp_path / "study"), "--dry-run"])
+    assert code == 0 and "whole plan:" in out
+    assert "--data" in err and "no such folder" in err and "dry run plans anyway" in err
 
 
 def test_synth_speech_needs_its_output_and_hours(tmp_path):

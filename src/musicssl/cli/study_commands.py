@@ -41,7 +41,13 @@ def run_study(args) -> int:
     from musicssl.study.findings import write_study_report
     from musicssl.study.plan import SCALES, assign_shards, build_plan, shard_of, step_status
 
-    check_inputs(args.data, args.bench_root, args.speech)
+    try:
+        check_inputs(args.data, args.bench_root, args.speech)
+    except (FileNotFoundError, ValueError) as problem:
+        if not args.dry_run:
+            raise
+        # a plan can be read before its data exist (e.g. on the cluster that will run it)
+        print(f"musicssl study: note: {problem} (a dry run plans anyway)", file=sys.stderr)
     scale = SCALES[args.scale]
     options = ("gs.segment_seconds=10",) if (Path(args.bench_root) / "synth.json").is_file() else ()  # generated GS
     only = tuple(part.strip() for part in args.only.split(",") if part.strip())
