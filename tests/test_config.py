@@ -107,7 +107,10 @@ def test_a_longer_run_keeps_the_presets_warmup_share_unless_the_warmup_is_set():
     assert (pinned.total_steps, pinned.warmup_steps) == (8000, 30)
     capped = resolve_run(tiny, ["trainer.max_steps=10", "trainer.schedule.warmup_steps=30"]).trainer.schedule
     assert capped.warmup_steps == 10
+    # an explicit length keeps the share too (it was the preset's 24: the collapse-prone fixed warm-up)
     explicit = resolve_run(tiny, ["trainer.max_steps=100", "trainer.schedule.total_steps=8000"]).trainer.schedule
-    assert (explicit.total_steps, explicit.warmup_steps) == (8000, 24)
+    assert (explicit.total_steps, explicit.warmup_steps) == (8000, 640)
+    short = resolve_run(tiny, ["trainer.schedule.total_steps=6"]).trainer.schedule  # was refused: 24 > 6
+    assert (short.total_steps, short.warmup_steps) == (6, 0)
     base = resolve_run(musichubert_run("base", 500, 50.0), []).trainer.schedule
     assert (base.total_steps, base.warmup_steps) == (250_000, 32_000)
