@@ -284,7 +284,11 @@ def stability_markdown(rows: list[dict], steps: list[int], cpu: str, prior: floa
     floor = "" if prior is None else f" and above {prior:.3f}, the share of the most frequent code"
     if any(r["kind"] == "bestrq" for r in rows):  # its own targets' most frequent code (targets/top_share)
         floor += "; BEST-RQ: above its targets' top share in the log"
-    lines += ["", f"{learned} of {len(rows)} runs learn (masked accuracy at the last step >= 2x the first{floor}; "
+    pretext_rule = f"masked accuracy at the last step >= 2x the first{floor}"
+    if "music2vec" in kinds:
+        pretext_rule = ("the loss at the last step <= the first" if kinds == {"music2vec"}
+                        else pretext_rule + "; Music2Vec: the loss at the last step <= the first")
+    lines += ["", f"{learned} of {len(rows)} runs learn ({pretext_rule}; "
               f"7-task average above the init where probed). Effective rank: the middle layer's frames on "
               f"the run's fixed batch (train/collapse.py). {cpu}."]
     return "\n".join(lines) + "\n"
