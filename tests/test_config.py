@@ -112,5 +112,8 @@ def test_a_longer_run_keeps_the_presets_warmup_share_unless_the_warmup_is_set():
     assert (explicit.total_steps, explicit.warmup_steps) == (8000, 640)
     short = resolve_run(tiny, ["trainer.schedule.total_steps=6"]).trainer.schedule  # was refused: 24 > 6
     assert (short.total_steps, short.warmup_steps) == (6, 0)
+    for bad in ("abc", "inf"):  # refused by the config's own check, naming the key
+        with pytest.raises(Exception, match="total_steps"):
+            resolve_run(tiny, [f"trainer.schedule.total_steps={bad}"])
     base = resolve_run(musichubert_run("base", 500, 50.0), []).trainer.schedule
     assert (base.total_steps, base.warmup_steps) == (250_000, 32_000)

@@ -225,7 +225,7 @@ def _warmup_share(preset, overrides: list[str]) -> list[str]:
     value = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].strip() == "trainer.schedule.total_steps"][-1]
     try:
         total = max(int(float(value)), 0)
-    except ValueError:
+    except (ValueError, OverflowError):  # "abc", "inf"
         return []
     return [f"trainer.schedule.warmup_steps={min(round(preset.warmup_steps * total / max(preset.total_steps, 1)), total)}"]
 
