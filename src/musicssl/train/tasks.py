@@ -219,17 +219,6 @@ def check_corpus_holds_a_crop(manifest: Manifest, crop_seconds: float, sample_ra
                          f"{crop_seconds:g} s crop (data.crop_seconds)")
 
 
-def _warmup_share(preset, overrides: list[str]) -> list[str]:
-    """The warm-up override that keeps `preset`'s share for an explicit total_steps (none when
-    that value is not a number: apply_overrides then names the key in its error)."""
-    value = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].strip() == "trainer.schedule.total_steps"][-1]
-    try:
-        total = max(int(float(value)), 0)
-    except (ValueError, OverflowError):  # "abc", "inf"
-        return []
-    return [f"trainer.schedule.warmup_steps={min(round(preset.warmup_steps * total / max(preset.total_steps, 1)), total)}"]
-
-
 def resolve_run(run, overrides: list[str]):
     """Apply `--set key=value` overrides; the schedule follows trainer.max_steps unless its own
     length is set explicitly. The warm-up keeps the preset's share of the run unless it is set
@@ -237,17 +226,23 @@ def resolve_run(run, overrides: list[str]):
     what made the tiny recipe collapse (docs/learning_curve.md)."""
     from musicssl.config import apply_overrides
 
+    length, warmup_key = "trainer.schedule.total_steps", "trainer.schedule.warmup_steps"
+
     def given(key: str) -> bool:
         return any(o.split("=", 1)[0].strip() == key for o in overrides)
 
-    if given("trainer.schedule.total_steps"):
-        if not given("trainer.schedule.warmup_steps"):
-            overrides = [*overrides, *_warmup_share(run.trainer.schedule, overrides)]
+    if given(length) and given(warmup_key):
         return apply_overrides(run, overrides)
-    run = apply_overrides(run, overrides)
-    schedule, steps = run.trainer.schedule, run.trainer.max_steps
-    warmup = schedule.warmup_steps if given("trainer.schedule.warmup_steps") else \
-        round(schedule.warmup_steps * steps / max(schedule.total_steps, 1))
+    preset = run.trainer.schedule
+    if given(length):  # the config parses it (its error names the key); a warm-up of 0 fits any length
+        run = apply_overrides(run, [*overrides, f"{warmup_key}=0"])
+        steps = run.trainer.schedule.total_steps
+    else:
+        run = apply_overrides(run, overrides)
+        steps = run.trainer.max_steps
+    schedule = run.trainer.schedule
+    warmup = schedule.warmup_steps if given(warmup_key) else \
+        round(preset.warmup_steps * steps / max(preset.total_steps, 1))
     schedule = dataclasses.replace(schedule, total_steps=steps, warmup_steps=min(warmup, steps))
     return dataclasses.replace(run, trainer=dataclasses.replace(run.trainer, schedule=schedule))
 
